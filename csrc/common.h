@@ -1,0 +1,37 @@
+// Shared helpers for the kernels: argument checks and dtype dispatch.
+// Buffers arrive as raw addresses that pyanom.ops has already checked (device,
+// dtype, contiguity); the kernels re-check sizes and raise ValueError on misuse.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pyanom {
+
+// Raised as ValueError on the Python side (pybind11 maps std::invalid_argument).
+#define PYANOM_CHECK(cond, msg)                                  \
+  do {                                                           \
+    if (!(cond)) throw std::invalid_argument(std::string(msg));  \
+  } while (0)
+
+template <typename T>
+inline T* as_ptr(std::uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+enum class DType { Float32, Float64 };
+
+inline DType parse_dtype(const std::string& name) {
+  if (name == "float32") return DType::Float32;
+  if (name == "float64") return DType::Float64;
+  throw std::invalid_argument("unsupported dtype '" + name + "': expected float32 or float64");
+}
+
+// Calls fn(T{}) with T = float or double according to the dtype name.
+template <typename Fn>
+inline auto dispatch_float(const std::string& dtype, Fn&& fn) {
+  if (parse_dtype(dtype) == DType::Float32) return fn(float{});
+  return fn(double{});
+}
+
+}  // namespace pyanom

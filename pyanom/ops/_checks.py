@@ -1,0 +1,74 @@
+"""Argument checks shared by every op, so the native and torch paths reject the same input."""
+
+from __future__ import annotations
+
+import torch
+
+FLOATS = (torch.float32, torch.float64)
+
+
+def tensor(name: str, x, *, ndim: int | tuple[int, ...], dtypes=FLOATS, finite: bool = True,
+           nonempty: bool = True) -> torch.Tensor:
+    """Check a tensor argument's type, rank, dtype, emptiness and finiteness."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    if x.dim() not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in dtypes:
+        want = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {want}, got {str(x.dtype).replace('torch.', '')}")
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    # Data-dependent, so skipped while torch.compile traces; eager calls always check.
+    if finite and x.numel() and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def same_device(**tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; returns it."""
+    devices = {name: t.device for name, t in tensors.items()}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on one device: {listed}")
+    return first
+
+
+def same_dtype(**tensors: torch.Tensor) -> torch.dtype:
+    """All tensors of one dtype; returns it."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    first = next(iter(dtypes.values()))
+    if any(d != first for d in dtypes.values()):
+        listed = ", ".join(f"{n} is {str(d).replace('torch.', '')}" for n, d in dtypes.items())
+        raise TypeError(f"tensors must share a dtype: {listed}")
+    return first
+
+
+def integer(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """Check an integer argument lies in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, torch.Tensor) or not hasattr(value, "__index__"):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def number(name: str, value, *, low: float | None = None, high: float | None = None) -> float:
+    """Check a real argument is finite and lies in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value

@@ -1,0 +1,118 @@
+"""Pure-PyTorch definitions of every kernel: the fallback's ground truth and the test oracle.
+
+These are written for clarity, not speed. Inputs are assumed checked by the public ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_projection(features: torch.Tensor, projection_dim: int, seed: int) -> torch.Tensor:
+    """Gaussian Johnson-Lindenstrauss projection of [N, D] rows to projection_dim columns.
+
+    Distances are preserved up to a small distortion, which is all k-center greedy needs,
+    and the selection loop gets D / projection_dim times cheaper. Skipped when
+    D <= projection_dim. The matrix is drawn on the CPU from `seed`, so every device and
+    backend projects identically.
+    """
+    d = features.shape[1]
+    if d <= projection_dim:
+        return features
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, projection_dim, generator=gen, dtype=torch.float64) / math.sqrt(projection_dim)
+    return features @ w.to(device=features.device, dtype=features.dtype)
+
+
+def coreset_start(n: int, seed: int) -> int:
+    """The first center of the greedy selection, drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return int(torch.randint(n, (1,), generator=gen))
+
+
+def squared_distances(points: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """||points - center||^2 per row, accumulated in float64 so backends agree to the last bit."""
+    return (points.double() - center.double()).pow(2).sum(dim=1)
+
+
+def greedy_select(points: torch.Tensor, k: int, start: int) -> torch.Tensor:
+    """k-center greedy: start, then repeatedly the point farthest from the chosen set.
+
+    Ties go to the lowest index (torch.argmax returns the first maximum).
+    """
+    min_dist = squared_distances(points, points[start])
+    chosen = [start]
+    for _ in range(1, k):
+        nxt = int(torch.argmax(min_dist))
+        chosen.append(nxt)
+        min_dist = torch.minimum(min_dist, squared_distances(points, points[nxt]))
+    return torch.tensor(chosen, dtype=torch.int64, device=points.device)
+
+
+def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128, seed: int = 0,
+                   start: int | None = None) -> torch.Tensor:
+    """Indices [k] (int64, selection order) of a k-center greedy coreset of the rows of features.
+
+    k >= N returns all N indices in order.
+    """
+    n = features.shape[0]
+    if k >= n:
+        return torch.arange(n, dtype=torch.int64, device=features.device)
+    points = random_projection(features, projection_dim, seed)
+    first = coreset_start(n, seed) if start is None else start
+    return greedy_select(points, k, first)
+
+
+def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest Euclidean distances [Q, k] (ascending) from each query to the bank, and
+    their bank indices [Q, k] (int64). Ties go to the lowest index.
+
+    Distances are exact (float64 differences) and returned in the inputs' dtype. This
+    oracle holds the whole Q x N matrix; the real op never does.
+    """
+    dist = torch.cdist(queries.double(), bank.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    values, index = torch.sort(dist, dim=1, stable=True)
+    return values[:, :k].to(queries.dtype), index[:, :k]
+
+
+def self_attention(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free self-attention over the H*W positions of each map (SA-PatchCore, eq. 4).
+
+    With X the map as [H*W, C]: softmax(X X^T / sqrt(C)) X, returned as [B, C, H, W].
+    """
+    b, c, h, w = x.shape
+    tokens = x.reshape(b, c, h * w).transpose(1, 2)  # [B, L, C]
+    weights = torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(c), dim=-1)
+    return (weights @ tokens).transpose(1, 2).reshape(b, c, h, w)
+
+
+def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 0.5,
+                      lam: float = 0.95, eps: float = 1e-6, detach_factor: bool = True) -> torch.Tensor:
+    """Concentrated loss (Wang et al. 2022): mean over images of (1 - IoU)^gamma * (lam Dice + (1 - lam) BCE).
+
+    Per image, with p = sigmoid(logits) and y the target:
+      IoU  = sum(p y) / (sum(p) + sum(y) - sum(p y) + eps)   (intersection over union, as the
+             paper's text defines it; its eq. 2 prints 2 sum(p y) in the numerator, which lets
+             "IoU" exceed 1 and leaves (1 - IoU)^0.5 undefined)
+      Dice = 1 - (2 sum(p y) + eps) / (sum(p) + sum(y) + eps)
+      BCE  = mean pixel binary cross-entropy, computed from the logits (stable).
+    The factor (1 - IoU)^gamma focuses the loss on badly segmented images. With
+    detach_factor it is a weight without gradient; otherwise its base is clamped to at least
+    eps so the gradient stays finite as IoU -> 1.
+    """
+    b = logits.shape[0]
+    z = logits.reshape(b, -1)
+    y = target.reshape(b, -1).to(z.dtype)
+    p = torch.sigmoid(z)
+    inter = (p * y).sum(dim=1)
+    total = p.sum(dim=1) + y.sum(dim=1)
+    iou = inter / (total - inter + eps)
+    dice = 1 - (2 * inter + eps) / (total + eps)
+    bce = F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(dim=1)
+    factor = (1 - iou).clamp_min(eps).pow(gamma)
+    if detach_factor:
+        factor = factor.detach()
+    return (factor * (lam * dice + (1 - lam) * bce)).mean()
