@@ -1,0 +1,1 @@
+"""Detector families bundled with pyanom, registered through entry points like any plugin."""

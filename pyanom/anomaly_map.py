@@ -1,0 +1,37 @@
+"""From coarse patch scores to a smooth anomaly map at the image's resolution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian with radius 4 sigma (the 33 taps of sigma = 4)."""
+    radius = max(1, int(math.ceil(4 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur [B, H, W] maps with two 1-D passes (a 2-D Gaussian is separable: 2 x 33 taps
+    instead of 33 x 33), reflecting at the borders."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma, maps.dtype, maps.device)
+    r = k.numel() // 2
+    x = maps.unsqueeze(1)
+    # Reflect padding needs the pad to be smaller than the side; replicate covers tiny maps.
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def upsample_scores(patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float) -> torch.Tensor:
+    """Patch scores [B, h, w] -> anomaly maps [B, H, W]: bilinear upsampling, then Gaussian blur."""
+    maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    return gaussian_blur(maps.squeeze(1), sigma)

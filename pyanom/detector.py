@@ -1,0 +1,152 @@
+"""The Detector contract every plugin implements, and the Prediction it returns.
+
+A detector learns from an InspectionSet, scores images, and carries a decision threshold
+so that its labels mean something even when no defective sample was ever seen.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+
+SUPERVISION = ("unsupervised", "few-shot", "supervised")
+
+
+@dataclass
+class Prediction:
+    """What a detector says about a batch of images.
+
+    image_scores: [B] float, higher = more anomalous.
+    anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
+    labels: [B] bool, image_scores >= threshold (defect = True).
+    """
+
+    image_scores: torch.Tensor
+    anomaly_maps: Optional[torch.Tensor]
+    labels: torch.Tensor
+
+
+class Detector(abc.ABC):
+    """Base class of every detector plugin.
+
+    Subclasses set `name`, `supervision` and `Config` (a dataclass of hyper-parameters with the
+    published defaults), and implement `_fit`, `_score`, `state_tensors` and
+    `load_state_tensors`. Images reaching a detector are float [B, 3, S, S] in [0, 1] with
+    S = config.image_size; normalisation is the backbone's business.
+    """
+
+    name: ClassVar[str]
+    supervision: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None, *, device: str | torch.device = "cpu", **overrides: Any):
+        base = config if config is not None else self.Config()
+        known = {f.name for f in dataclasses.fields(self.Config)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hyper-parameter(s) {unknown}; known: {sorted(known)}")
+        self.config = dataclasses.replace(base, **overrides)
+        self.device = torch.device(device)
+        self.threshold: float | None = None
+        self.normalization: dict[str, float] = {}
+
+    # -- what plugins implement -------------------------------------------------
+    @abc.abstractmethod
+    def _fit(self, train, progress: bool) -> None:
+        """Learn from the training set (an InspectionSet)."""
+
+    @abc.abstractmethod
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Image scores [B] and anomaly maps [B, S, S] (or None) for a batch on self.device."""
+
+    @abc.abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as named tensors (saved with safetensors)."""
+
+    @abc.abstractmethod
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what state_tensors returned."""
+
+    # -- the contract -----------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.config.image_size)
+
+    @property
+    def fitted(self) -> bool:
+        return self.threshold is not None
+
+    def fit(self, train, *, validation=None, holdout_fraction: float = 0.1, seed: int = 0,
+            progress: bool = True) -> "Detector":
+        """Learn from `train`, then set the decision threshold.
+
+        The threshold comes from `validation` when given, else from a seeded hold-out of the
+        training images that the detector does not learn from (unsupervised detectors would
+        otherwise score their own memory as perfectly normal).
+        """
+        if validation is None:
+            train, validation = train.holdout(holdout_fraction, seed=seed)
+        self._fit(train, progress)
+        scores = torch.cat([s for s, _ in self._score_set(validation, batch_size=32)])
+        self.threshold = calibrate(validation.labels, scores)
+        return self
+
+    def predict(self, images, *, batch_size: int = 32) -> Prediction:
+        """Score a tensor [B, 3, S, S] in [0, 1] or an InspectionSet."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() or pyanom.load() before predict()")
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+            parts = [self._score_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        else:
+            parts = list(self._score_set(images, batch_size=batch_size))
+        scores = torch.cat([s for s, _ in parts])
+        maps = None if parts[0][1] is None else torch.cat([m for _, m in parts])
+        return Prediction(scores, maps, scores >= self.threshold)
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, threshold and learned tensors to one file (atomic; never pickled)."""
+        from pyanom.io import save_detector
+
+        return save_detector(self, path)
+
+    # -- helpers ------------------------------------------------------------------
+    def _score_batch(self, images: torch.Tensor):
+        with torch.inference_mode():
+            scores, maps = self._score(images.to(self.device, torch.float32))
+        return scores.float().cpu(), None if maps is None else maps.float().cpu()
+
+    def _score_set(self, dataset, *, batch_size: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        for batch in iterate_images(dataset, batch_size):
+            yield self._score_batch(batch)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def calibrate(labels: torch.Tensor, scores: torch.Tensor) -> float:
+    """Decision threshold: the F1-maximising score when defects are present, else a bound
+    on the spread of normal scores (see pyanom.metrics.threshold_from_normal_scores)."""
+    from pyanom import metrics
+
+    labels = torch.as_tensor(labels)
+    if bool((labels == 1).any()) and bool((labels == 0).any()):
+        return float(metrics.f1_max(labels, scores)[1])
+    return float(metrics.threshold_from_normal_scores(scores[labels == 0]))
+
+
+def _stack_images(items: list[dict]) -> torch.Tensor:
+    return torch.stack([item["image"] for item in items])
+
+
+def iterate_images(dataset, batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of images [B, 3, S, S] from an InspectionSet; decoding overlaps scoring."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=1, collate_fn=_stack_images)
+    yield from loader

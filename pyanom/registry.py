@@ -1,0 +1,58 @@
+"""Finding detectors: every detector, bundled or third-party, is an entry point in the group
+`pyanom.detectors` ("name = package.module:Class")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Optional
+
+GROUP = "pyanom.detectors"
+
+
+@dataclass(frozen=True)
+class DetectorEntry:
+    """One registered detector; `error` says why it could not be imported, if it could not."""
+
+    name: str
+    target: str
+    supervision: Optional[str]
+    error: Optional[str]
+
+
+def _entry_points():
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def list_detectors() -> list[DetectorEntry]:
+    """Every registered detector, importable or not: one broken plugin never hides the others."""
+    listed = []
+    for name, ep in sorted(_entry_points().items()):
+        try:
+            cls = ep.load()
+            listed.append(DetectorEntry(name, ep.value, cls.supervision, None))
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail in any way; report it
+            listed.append(DetectorEntry(name, ep.value, None, f"{type(exc).__name__}: {exc}"))
+    return listed
+
+
+def detector_class(name: str):
+    """The Detector subclass registered as `name`."""
+    from pyanom.detector import Detector
+
+    eps = _entry_points()
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none"
+        raise ValueError(f"unknown detector {name!r}; registered detectors: {known}")
+    try:
+        cls = eps[name].load()
+    except Exception as exc:
+        raise ImportError(f"detector {name!r} ({eps[name].value}) failed to import: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise TypeError(f"detector {name!r} ({eps[name].value}) is not a pyanom.Detector subclass")
+    return cls
+
+
+def create(name: str, **kwargs):
+    """A new, unfitted detector: pyanom.create("patchcore", coreset_ratio=0.1, device="cpu")."""
+    return detector_class(name)(**kwargs)

@@ -1,0 +1,62 @@
+"""The `pyanom` command as a user meets it: help, fit/evaluate/predict, demo, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyanom.cli import main
+
+JSON_KEYS = {"image_auroc", "pixel_auroc", "aupro", "ap", "f1_max", "threshold", "per_defect_type"}
+
+
+def test_help_names_every_command():
+    out = subprocess.run([sys.executable, "-m", "pyanom.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("list", "fit", "evaluate", "predict", "demo"):
+        assert command in out
+    assert "examples:" in out
+
+
+def test_fit_evaluate_predict_on_a_synthetic_set(texture_set, tmp_path, capsys):
+    model = tmp_path / "m.pyanom"
+    assert main(["fit", "patchcore", str(texture_set), "--out", str(model),
+                 "--set", "image_size=128", "--set", "coreset_ratio=0.05"]) == 0
+    report_path = tmp_path / "metrics.json"
+    assert main(["evaluate", str(model), str(texture_set), "--json", str(report_path),
+                 "--heatmaps", str(tmp_path / "hm")]) == 0
+    report = json.loads(report_path.read_text())
+    assert JSON_KEYS <= set(report)
+    assert set(report["per_defect_type"]) <= {"scratch", "spot", "crack"} and report["per_defect_type"]
+    assert report["image_auroc"] >= 0.8
+    assert len(list((tmp_path / "hm").glob("*.png"))) == 12
+    printed = capsys.readouterr().out
+    assert "image_auroc" in printed and "ms/image" in printed
+    assert main(["predict", str(model), str(texture_set / "test" / "good"), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "scores.csv").read_text().count("\n") == 1 + 6
+
+
+def test_demo_runs_offline(tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert JSON_KEYS <= set(report)
+    assert report["image_auroc"] >= 0.9
+    assert any((tmp_path / "heatmaps").glob("*.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "patchcore", "/nonexistent/data", "--out", "x.pyanom"], "/nonexistent/data"),
+    (["fit", "nope", "/tmp", "--out", "x.pyanom"], "unknown detector 'nope'"),
+    (["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "coreset_ratio=2"], "coreset_ratio"),
+    (["evaluate", "/nonexistent/model.pyanom", "/tmp"], "/nonexistent/model.pyanom"),
+])
+def test_bad_input_is_a_clear_error_naming_the_culprit(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_bad_set_syntax_exits(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "novalue"])

@@ -1,0 +1,80 @@
+"""PatchCore and SA-PatchCore: behaviour on synthetic parts, save/load, and accuracy on MVTec bottle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyanom
+from pyanom.data import open_dataset
+from pyanom.metrics import evaluate
+
+
+@pytest.fixture(scope="module")
+def fitted(texture_set):
+    det = pyanom.create("patchcore", image_size=128, coreset_ratio=0.1)
+    det.fit(open_dataset(texture_set, "train").normal(), progress=False)
+    return det
+
+
+def test_scores_defects_above_good_parts(fitted, texture_set):
+    test = open_dataset(texture_set, "test", image_size=128)
+    pred = fitted.predict(test)
+    assert pred.image_scores.shape == (len(test),)
+    assert pred.anomaly_maps.shape == (len(test), 128, 128)
+    assert pred.labels.dtype == torch.bool
+    report = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
+    assert report["image_auroc"] >= 0.9
+    assert report["pixel_auroc"] >= 0.85
+
+
+def test_memory_bank_is_the_coreset(fitted):
+    assert fitted.memory_bank.shape[1] == 40 + 112  # Lite0 stride-8 + stride-16 channels
+    n_patches = 16 * 16 * (24 - 2)  # 128 px -> 16x16 grid; 10% of 24 training images held out
+    assert fitted.memory_bank.shape[0] == -(-n_patches // 10)
+
+
+def test_threshold_comes_from_normal_scores(fitted):
+    assert fitted.threshold is not None and fitted.threshold > 0
+
+
+def test_save_load_gives_identical_predictions(fitted, texture_set, tmp_path):
+    test = open_dataset(texture_set, "test", image_size=128)
+    path = fitted.save(tmp_path / "pc.pyanom")
+    loaded = pyanom.load(path)
+    assert loaded.threshold == fitted.threshold
+    a, b = fitted.predict(test), loaded.predict(test)
+    torch.testing.assert_close(a.image_scores, b.image_scores)
+    torch.testing.assert_close(a.anomaly_maps, b.anomaly_maps)
+
+
+def test_reweighting_can_be_switched_off(fitted, texture_set):
+    images = torch.stack([open_dataset(texture_set, "test", image_size=128)[i]["image"] for i in range(4)])
+    plain = pyanom.create("patchcore", image_size=128, reweight=False)
+    plain.memory_bank, plain.threshold = fitted.memory_bank, fitted.threshold
+    weighted, unweighted = fitted.predict(images).image_scores, plain.predict(images).image_scores
+    assert torch.all(weighted <= unweighted + 1e-6) and not torch.allclose(weighted, unweighted)
+
+
+def test_predict_before_fit_is_an_error():
+    with pytest.raises(RuntimeError, match="fit"):
+        pyanom.create("patchcore").predict(torch.rand(1, 3, 64, 64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ratio, image_min, pixel_min", [
+    ("patchcore", 0.01, 0.995, 0.975),
+    ("sa_patchcore", 0.01, 0.99, None),
+])
+def test_accuracy_on_mvtec_bottle(name, ratio, image_min, pixel_min, shared_data):
+    root = shared_data / "mvtec" / "bottle"
+    det = pyanom.create(name, coreset_ratio=ratio)
+    det.fit(open_dataset(root, "train").normal(), progress=False)
+    test = open_dataset(root, "test")
+    pred = det.predict(test)
+    report = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps,
+                      defect_types=test.defect_types)
+    print(name, {k: report[k] for k in ("image_auroc", "pixel_auroc", "aupro")})
+    assert report["image_auroc"] >= image_min
+    if pixel_min is not None:
+        assert report["pixel_auroc"] >= pixel_min
