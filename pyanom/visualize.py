@@ -1,0 +1,112 @@
+"""Heatmap overlays: an anomaly map drawn in colour over its image, saved as PNG.
+
+Colours come from small built-in tables, so nothing beyond numpy, scipy and Pillow is needed.
+Pass one ``vmin`` / ``vmax`` for every image of a model (e.g. the normal-score range, or 0 and
+a few times the decision threshold): the same colour then means the same score in every
+picture. Left out, each map is stretched to its own range, which makes a flawless part look
+as hot as a broken one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["COLORMAPS", "colorize", "overlay", "save_overlay"]
+
+
+def _jet(x: np.ndarray) -> np.ndarray:
+    # The classic piecewise-linear jet: dark blue, blue, cyan, yellow, red, dark red.
+    return np.clip(1.5 - np.abs(4 * x[:, None] - np.array([3.0, 2.0, 1.0])), 0, 1)
+
+
+# viridisLite::inferno(10): black, purple, red, orange, pale yellow; perceptually uniform.
+_INFERNO = np.array([[0x00, 0x00, 0x04], [0x1B, 0x0C, 0x42], [0x4B, 0x0C, 0x6B],
+                     [0x78, 0x1C, 0x6D], [0xA5, 0x2C, 0x60], [0xCF, 0x44, 0x46],
+                     [0xED, 0x69, 0x25], [0xFB, 0x9A, 0x06], [0xF7, 0xD0, 0x3C],
+                     [0xFC, 0xFF, 0xA4]]) / 255.0
+
+
+def _inferno(x: np.ndarray) -> np.ndarray:
+    knots = np.linspace(0, 1, len(_INFERNO))
+    return np.stack([np.interp(x, knots, _INFERNO[:, c]) for c in range(3)], axis=1)
+
+
+_LEVELS = np.linspace(0, 1, 256)
+# 256-entry RGB lookup tables (float in [0, 1]).
+COLORMAPS = {"jet": _jet(_LEVELS), "inferno": _inferno(_LEVELS)}
+
+
+def _numpy(x, name: str, *, boolean: bool = False) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().float()
+    a = np.asarray(x)
+    if boolean and a.dtype == bool:
+        return a
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)
+
+
+def colorize(anomaly_map, *, vmin: float | None = None, vmax: float | None = None,
+             colormap: str = "jet") -> np.ndarray:
+    """Anomaly map [H,W] -> float RGB [H,W,3] in [0, 1]; scores at or below vmin get the
+    coldest colour, at or above vmax the hottest."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
+    a = _numpy(anomaly_map, "anomaly_map")
+    if a.ndim != 2:
+        raise ValueError(f"anomaly_map must be [H,W], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("anomaly_map contains NaN or Inf")
+    low = float(a.min()) if vmin is None else float(vmin)
+    high = float(a.max()) if vmax is None else float(vmax)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
+    scaled = np.clip((a - low) / (high - low), 0, 1) if high > low else np.zeros_like(a)
+    return COLORMAPS[colormap][np.rint(scaled * 255).astype(np.intp)]
+
+
+def overlay(image, anomaly_map, *, vmin: float | None = None, vmax: float | None = None,
+            alpha: float = 0.5, mask=None, colormap: str = "jet",
+            contour_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Blend the coloured anomaly map over the image: uint8 RGB [H,W,3].
+
+    image: [3,H,W] or [1,H,W] (grey) with values in [0, 1], i.e. before mean/std normalisation.
+    anomaly_map: [H,W] at the image's size. alpha: weight of the heatmap (0 = image only).
+    mask: optional ground truth [H,W]; its outline is drawn in ``contour_color``, about one
+    pixel per 256 pixels of image side thick so it stays visible on large images.
+    """
+    img = _numpy(image, "image")
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"image must be [3,H,W] or [1,H,W], got shape {img.shape}")
+    if img.size and (img.min() < -1e-3 or img.max() > 1 + 1e-3):
+        raise ValueError(f"image values must lie in [0, 1] (undo the normalisation first), "
+                         f"got [{img.min():.3g}, {img.max():.3g}]")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    heat = colorize(anomaly_map, vmin=vmin, vmax=vmax, colormap=colormap)
+    if heat.shape[:2] != img.shape[1:]:
+        raise ValueError(f"anomaly_map is {heat.shape[:2]} but the image is {img.shape[1:]}; "
+                         "resize the map to the image first")
+    rgb = np.broadcast_to(np.clip(img, 0, 1).transpose(1, 2, 0), heat.shape)
+    out = np.rint(((1 - alpha) * rgb + alpha * heat) * 255).astype(np.uint8)
+    if mask is not None:
+        m = _numpy(mask, "mask", boolean=True) != 0
+        if m.shape != heat.shape[:2]:
+            raise ValueError(f"mask is {m.shape} but the image is {heat.shape[:2]}")
+        width = max(1, round(min(m.shape) / 256))
+        inner = ndimage.binary_erosion(m, structure=np.ones((3, 3), bool), iterations=width)
+        out[m & ~inner] = contour_color
+    return out
+
+
+def save_overlay(path, image, anomaly_map, **kwargs) -> Path:
+    """Write :func:`overlay` (same keyword arguments) as a PNG at ``path``, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, anomaly_map, **kwargs)).save(path, format="PNG")
+    return path

@@ -1,0 +1,173 @@
+"""pyanom.io archives: round trips, atomic writes and clear errors on bad files."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import pyanom
+from pyanom import io
+from pyanom.io import ArchiveError, load_archive, save_archive
+
+CONFIG = {"detector": "patchcore", "hparams": {"k": 9, "ratio": 0.1, "taps": ["s8", "s16"],
+                                               "blur": {"sigma": 4.0, "on": True}, "seed": None},
+          "threshold": 1.25, "name": "flasche-Ü"}
+
+
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 4, generator=g)
+    return {"memory_bank": torch.randn(50, 16, generator=g),
+            "stats": torch.randn(3, dtype=torch.float64, generator=g),
+            "indices": torch.randint(0, 100, (7,), generator=g),
+            "flags": torch.tensor([True, False]), "pixels": torch.arange(5, dtype=torch.uint8),
+            "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4),
+            "base": base, "transposed": base.t(), "rows": base[:3],  # views of one buffer
+            "from_numpy": np.arange(4, dtype=np.int32)}
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "model.pyanom"
+    assert save_archive(path, CONFIG, tensors()) == path
+    config, loaded = load_archive(path)
+    assert config == CONFIG
+    want = tensors()
+    assert set(loaded) == set(want)
+    for name, t in want.items():
+        t = torch.as_tensor(t)
+        assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
+        assert torch.equal(loaded[name], t), name
+    assert os.listdir(tmp_path) == ["model.pyanom"]
+
+
+def test_round_trip_details(tmp_path):
+    path = tmp_path / "m.pyanom"
+    save_archive(str(path), {"shape": (2, 3)}, {})
+    config, loaded = load_archive(path, map_location=torch.device("cpu"))
+    assert config == {"shape": [2, 3]} and loaded == {}  # JSON: tuples come back as lists
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_overwrite_keeps_permissions(tmp_path):
+    path = tmp_path / "m.pyanom"
+    save_archive(path, {"v": 1}, {})
+    path.chmod(0o640)
+    save_archive(path, {"v": 2}, {})
+    assert load_archive(path)[0] == {"v": 2}
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_map_location_cuda(tmp_path):
+    save_archive(tmp_path / "m.pyanom", {}, {"x": torch.ones(3)})
+    _, loaded = load_archive(tmp_path / "m.pyanom", map_location="cuda")
+    assert loaded["x"].device.type == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_map_location_cuda_unavailable(tmp_path):
+    save_archive(tmp_path / "m.pyanom", {}, {"x": torch.ones(3)})
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_archive(tmp_path / "m.pyanom", map_location="cuda")
+
+
+@pytest.mark.parametrize("fail_at", ["write", "replace"])
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch, fail_at):
+    path = tmp_path / "model.pyanom"
+    save_archive(path, {"v": 1}, {"x": torch.ones(3)})
+    before = path.read_bytes()
+
+    def broken_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 100)  # a partial file, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    def broken_replace(src, dst):
+        raise OSError("rename failed")
+
+    if fail_at == "write":
+        monkeypatch.setattr(io, "save_file", broken_save_file)
+    else:
+        monkeypatch.setattr(io.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        save_archive(path, {"v": 2}, {"x": torch.zeros(1000)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.pyanom"]
+
+
+def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        save_archive(tmp_path / "new.pyanom", {}, {"x": torch.ones(2)})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 60, -1])
+def test_truncated_file(tmp_path, keep):
+    path = tmp_path / "model.pyanom"
+    save_archive(path, CONFIG, {"x": torch.randn(100)})
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:-1])
+    with pytest.raises(ArchiveError, match="truncated or corrupt") as err:
+        load_archive(path)
+    assert str(path) in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_not_safetensors(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"x": torch.ones(2)}, path)  # a pickle: must be refused, never unpickled
+    with pytest.raises(ArchiveError, match="not a readable pyanom archive"):
+        load_archive(path)
+
+
+def test_foreign_safetensors(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.ones(2)}, path)
+    with pytest.raises(ArchiveError, match="safetensors file but not a pyanom archive"):
+        load_archive(path)
+    save_file({"w": torch.ones(2)}, path, metadata={"format": "pt"})
+    with pytest.raises(ArchiveError, match="not a pyanom archive"):
+        load_archive(path)
+
+
+def test_other_format_version(tmp_path):
+    path = tmp_path / "future.pyanom"
+    save_archive(path, {}, {}, format_version=io.FORMAT_VERSION + 1)
+    with pytest.raises(ArchiveError) as err:
+        load_archive(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"pyanom {pyanom.__version__} in archive format {io.FORMAT_VERSION + 1}" in message
+    assert f"supports format {io.FORMAT_VERSION}" in message
+    assert load_archive(path, format_version=io.FORMAT_VERSION + 1) == ({}, {})
+
+
+def test_corrupt_config(tmp_path):
+    path = tmp_path / "m.pyanom"
+    save_file({}, path, metadata={"format": "pyanom-archive", "format_version": str(io.FORMAT_VERSION),
+                                  "config": "{not json"})
+    with pytest.raises(ArchiveError, match="corrupt config"):
+        load_archive(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pyanom"):
+        load_archive(tmp_path / "nope.pyanom")
+
+
+@pytest.mark.parametrize("config, tensors_, error, match", [
+    ({"x": object()}, {}, ValueError, "not JSON-serialisable"),
+    ({"x": float("nan")}, {}, ValueError, "not JSON-serialisable"),
+    ([1, 2], {}, TypeError, "config must be a dict"),
+    ({}, {"x": [1, 2]}, TypeError, "must be a torch.Tensor"),
+    ({}, {1: torch.ones(1)}, TypeError, "names must be strings"),
+])
+def test_bad_save_arguments(tmp_path, config, tensors_, error, match):
+    with pytest.raises(error, match=match):
+        save_archive(tmp_path / "m.pyanom", config, tensors_)
+    assert os.listdir(tmp_path) == []
