@@ -53,7 +53,7 @@ class Detector(abc.ABC):
         self.config = dataclasses.replace(base, **overrides)
         self.device = torch.device(device)
         self.threshold: float | None = None
-        self.normalization: dict[str, float] = {}
+        self.data_split: dict | None = None  # how the CLI split the data at fit, reused by evaluate
 
     # -- what plugins implement -------------------------------------------------
     @abc.abstractmethod
