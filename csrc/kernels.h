@@ -27,7 +27,20 @@ int cuda_runtime_version();
 constexpr std::int64_t kConcentratedLossBlock = 8192;
 constexpr int kConcentratedLossSums = 4;
 
+#ifdef __CUDACC__
+#define PYANOM_LOSS_HOST_DEVICE __host__ __device__
+#else
+#define PYANOM_LOSS_HOST_DEVICE
+#endif
+
+PYANOM_LOSS_HOST_DEVICE constexpr std::int64_t concentrated_loss_blocks_per_image(std::int64_t pixels) {
+  return (pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock;
+}
+
 std::size_t concentrated_loss_workspace_bytes(std::int64_t batch, std::int64_t pixels);
+// Raises ValueError unless batch, pixels >= 1, gamma >= 0, 0 <= lam <= 1 and eps > 0.
+void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gamma, double lam,
+                             double eps);
 
 // loss: one element of the logits' dtype; sums: [batch, 4] float64.
 void concentrated_loss_forward_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
@@ -52,12 +65,6 @@ void concentrated_loss_backward_cuda(std::uintptr_t grad_loss, std::uintptr_t lo
                                      std::int64_t pixels, double gamma, double lam, double eps,
                                      bool detach_factor, std::uintptr_t grad_logits,
                                      const std::string& dtype, std::uintptr_t stream);
-#endif
-
-#ifdef __CUDACC__
-#define PYANOM_LOSS_HOST_DEVICE __host__ __device__
-#else
-#define PYANOM_LOSS_HOST_DEVICE
 #endif
 
 // One image's loss and the closed form of its gradient, shared by the CPU and CUDA kernels.

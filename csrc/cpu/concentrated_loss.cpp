@@ -87,7 +87,7 @@ struct Block {
 };
 
 inline Block block_of(std::int64_t index, std::int64_t pixels) {
-  const std::int64_t per_image = (pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock;
+  const std::int64_t per_image = concentrated_loss_blocks_per_image(pixels);
   const std::int64_t image = index / per_image, start = (index % per_image) * kConcentratedLossBlock;
   return {image, image * pixels + start, std::min(kConcentratedLossBlock, pixels - start)};
 }
@@ -95,7 +95,7 @@ inline Block block_of(std::int64_t index, std::int64_t pixels) {
 // Run fn(block index) over every block, in parallel when there is enough work.
 template <typename Fn>
 void for_blocks(std::int64_t batch, std::int64_t pixels, Fn&& fn) {
-  const std::int64_t count = batch * ((pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock);
+  const std::int64_t count = batch * concentrated_loss_blocks_per_image(pixels);
 #pragma omp parallel for schedule(static) if (batch * pixels > 2 * kConcentratedLossBlock)
   for (std::int64_t i = 0; i < count; ++i) fn(i);
 }
@@ -126,7 +126,7 @@ void forward(const T* z, const T* y, std::int64_t batch, std::int64_t pixels, do
     out[3] = bce;
   });
   // Fixed-order reduction of the blocks, then the mean over images.
-  const std::int64_t per_image = (pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock;
+  const std::int64_t per_image = concentrated_loss_blocks_per_image(pixels);
   double total = 0;
   for (std::int64_t i = 0; i < batch; ++i) {
     double* s = sums + kConcentratedLossSums * i;
@@ -164,7 +164,10 @@ void backward(T grad_loss, const T* z, const T* y, const double* sums, std::int6
   });
 }
 
-void check_arguments(std::int64_t batch, std::int64_t pixels, double gamma, double lam, double eps) {
+}  // namespace
+
+void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gamma, double lam,
+                             double eps) {
   PYANOM_CHECK(batch >= 1, "concentrated_loss: batch must be >= 1, got " + std::to_string(batch));
   PYANOM_CHECK(pixels >= 1, "concentrated_loss: pixels per image must be >= 1, got " + std::to_string(pixels));
   PYANOM_CHECK(std::isfinite(gamma) && gamma >= 0, "concentrated_loss: gamma must be >= 0, got " + std::to_string(gamma));
@@ -172,19 +175,17 @@ void check_arguments(std::int64_t batch, std::int64_t pixels, double gamma, doub
   PYANOM_CHECK(std::isfinite(eps) && eps > 0, "concentrated_loss: eps must be > 0, got " + std::to_string(eps));
 }
 
-}  // namespace
-
 std::size_t concentrated_loss_workspace_bytes(std::int64_t batch, std::int64_t pixels) {
   PYANOM_CHECK(batch >= 1 && pixels >= 1, "concentrated_loss: batch and pixels must be >= 1");
-  const std::int64_t per_image = (pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock;
-  return static_cast<std::size_t>(batch * per_image * kConcentratedLossSums) * sizeof(double);
+  return static_cast<std::size_t>(batch * concentrated_loss_blocks_per_image(pixels) *
+                                  kConcentratedLossSums) * sizeof(double);
 }
 
 void concentrated_loss_forward_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
                                    std::int64_t pixels, double gamma, double lam, double eps,
                                    std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
                                    std::size_t workspace_bytes, const std::string& dtype) {
-  check_arguments(batch, pixels, gamma, lam, eps);
+  concentrated_loss_check(batch, pixels, gamma, lam, eps);
   PYANOM_CHECK(workspace_bytes >= concentrated_loss_workspace_bytes(batch, pixels),
                "concentrated_loss: workspace too small (see concentrated_loss_workspace_bytes)");
   dispatch_float(dtype, [&](auto zero) {
@@ -199,7 +200,7 @@ void concentrated_loss_backward_cpu(std::uintptr_t grad_loss, std::uintptr_t log
                                     std::int64_t pixels, double gamma, double lam, double eps,
                                     bool detach_factor, std::uintptr_t grad_logits,
                                     const std::string& dtype) {
-  check_arguments(batch, pixels, gamma, lam, eps);
+  concentrated_loss_check(batch, pixels, gamma, lam, eps);
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     backward(*as_ptr<const T>(grad_loss), as_ptr<const T>(logits), as_ptr<const T>(target),

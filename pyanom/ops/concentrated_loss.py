@@ -120,18 +120,18 @@ def _native_backward(grad_loss: torch.Tensor, logits: torch.Tensor, target: torc
                      sums: torch.Tensor, gamma: float, lam: float, eps: float,
                      detach_factor: bool) -> torch.Tensor:
     """d loss / d logits from the fused backward kernel (one pass over the pixels)."""
-    grad_loss, logits, target = grad_loss.contiguous(), logits.contiguous(), target.contiguous()
+    grad_loss, logits, target, sums = (t.contiguous() for t in (grad_loss, logits, target, sums))
     batch = logits.shape[0]
     grad_logits = torch.empty_like(logits)
     _launch("concentrated_loss_backward", logits.device, grad_loss.data_ptr(), logits.data_ptr(),
-            target.data_ptr(), sums.contiguous().data_ptr(), batch, logits.numel() // batch,
+            target.data_ptr(), sums.data_ptr(), batch, logits.numel() // batch,
             gamma, lam, eps, detach_factor, grad_logits.data_ptr(), _dtype_name(logits))
     return grad_logits
 
 
 @_native_backward.register_fake
 def _(grad_loss, logits, target, sums, gamma, lam, eps, detach_factor):
-    return torch.empty_like(logits)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):

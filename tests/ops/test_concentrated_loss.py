@@ -139,9 +139,10 @@ def test_non_contiguous(backend, device):
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-5 * want_grad.abs().max().item())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["native", "torch"])
-def test_mask_targets_and_no_target_gradient(backend):
-    logits, target = make((2, 6, 5), torch.float32)
+def test_mask_targets_and_no_target_gradient(backend, device):
+    logits, target = make((2, 6, 5), torch.float32, device)
     want = concentrated_loss(logits, target, backend=backend)
     for mask in (target.bool(), target.to(torch.uint8), target.double()):
         assert torch.equal(concentrated_loss(logits, mask, backend=backend), want)
@@ -151,8 +152,10 @@ def test_mask_targets_and_no_target_gradient(backend):
     assert z.grad is not None and target.grad is None
 
 
-def test_deterministic():
-    logits, target = make((4, 50, 60), torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device):
+    # Partial sums are added in a fixed order: the same bits on every call.
+    logits, target = make((4, 150, 160), torch.float32, device)
     first = native(logits, target)
     second = native(logits, target)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
@@ -178,16 +181,17 @@ BAD = [
     (lambda z, y: (z.half(), y), {}, TypeError, "logits must have dtype"),
     (lambda z, y: (z[0, 0], y[0, 0]), {}, ValueError, "logits must have shape"),
     (lambda z, y: (z[:, :0], y[:, :0]), {}, ValueError, "logits is empty"),
-    (lambda z, y: (z.numpy(), y), {}, TypeError, "logits must be a torch.Tensor"),
+    (lambda z, y: (z.cpu().numpy(), y), {}, TypeError, "logits must be a torch.Tensor"),
     (lambda z, y: (z, y.tolist()), {}, TypeError, "target must be a torch.Tensor"),
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["native", "torch"])
 @pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_inputs(case, backend):
+def test_bad_inputs(case, backend, device):
     change, kwargs, error, message = BAD[case]
-    logits, target = change(*make((2, 4, 5), torch.float32))
+    logits, target = change(*make((2, 4, 5), torch.float32, device))
     with pytest.raises(error, match=message):
         concentrated_loss(logits, target, backend=backend, **kwargs)
 
