@@ -38,4 +38,26 @@ PYBIND11_MODULE(_C, m) {
   // ---- self_attention ----
 
   // ---- concentrated_loss ----
+  m.def("concentrated_loss_workspace_bytes", &concentrated_loss_workspace_bytes, py::arg("batch"),
+        py::arg("pixels"), "Bytes of float64 workspace the forward pass needs.");
+  m.def("concentrated_loss_forward_cpu", &concentrated_loss_forward_cpu, py::arg("logits"),
+        py::arg("target"), py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"),
+        py::arg("eps"), py::arg("loss"), py::arg("sums"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+  m.def("concentrated_loss_backward_cpu", &concentrated_loss_backward_cpu, py::arg("grad_loss"),
+        py::arg("logits"), py::arg("target"), py::arg("sums"), py::arg("batch"), py::arg("pixels"),
+        py::arg("gamma"), py::arg("lam"), py::arg("eps"), py::arg("detach_factor"),
+        py::arg("grad_logits"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+#ifdef PYANOM_WITH_CUDA
+  m.def("concentrated_loss_forward_cuda", &concentrated_loss_forward_cuda, py::arg("logits"),
+        py::arg("target"), py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"),
+        py::arg("eps"), py::arg("loss"), py::arg("sums"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("concentrated_loss_backward_cuda", &concentrated_loss_backward_cuda, py::arg("grad_loss"),
+        py::arg("logits"), py::arg("target"), py::arg("sums"), py::arg("batch"), py::arg("pixels"),
+        py::arg("gamma"), py::arg("lam"), py::arg("eps"), py::arg("detach_factor"),
+        py::arg("grad_logits"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
+#endif
 }

@@ -2,3 +2,4 @@
 
 This package is the only code that touches pyanom._C.
 """
+from pyanom.ops.concentrated_loss import concentrated_loss

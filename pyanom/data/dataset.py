@@ -1,0 +1,195 @@
+"""Data sets detectors consume: an inspection set (images, labels, masks) and a plain list of images."""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pyanom.data.files import checked_size, find_images, parallel_map, raise_problems, read_image, read_mask
+from pyanom.data.layouts import LAYOUTS, Sample, detect_layout, read_layout
+from pyanom.data.transforms import Preprocess, Size
+
+SPLITS = ("train", "test", "all")
+
+
+class InspectionSet(Dataset):
+    """Labelled inspection images; item i is a dict
+
+    image [3, H, W] float in [0, 1] RGB (not normalised: the backbone does that),
+    mask [1, H, W] float in {0, 1} (zeros without annotation), label int (0 good, 1 defect),
+    defect_type str ("good" for normal images), path str.
+
+    Every image and mask is checked when the set is built (validate=True), so a bad file
+    fails here, naming the file, and not in the middle of a fit.
+    """
+
+    def __init__(self, samples: Sequence[Sample], *, image_size: Size = 256, crop_size: Size | None = None,
+                 root: str | os.PathLike | None = None, layout: str | None = None, split: str | None = None,
+                 validate: bool = True):
+        self.preprocess = Preprocess(image_size, crop_size)
+        self.samples = list(samples)
+        self.root = Path(root) if root is not None else None
+        self.layout, self.split = layout, split
+        what = f"data set {root}" if root is not None else "data set"
+        if not self.samples:
+            raise FileNotFoundError(f"{what}: no images" + (f" in split {split!r}" if split else ""))
+        if validate:
+            check_samples(self.samples, what)
+        self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.int64)
+        self.defect_types = [s.defect_type for s in self.samples]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocess.image_size
+
+    @property
+    def crop_size(self) -> tuple[int, int] | None:
+        return self.preprocess.crop_size
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether any defect pixel annotation exists (supervised detectors need it)."""
+        return any(s.mask is not None for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.samples[index]
+        return {
+            "image": self.preprocess.image(read_image(s.image)),
+            "mask": self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None),
+            "label": s.label,
+            "defect_type": s.defect_type,
+            "path": str(s.image),
+        }
+
+    def subset(self, indices: Iterable[int]) -> InspectionSet:
+        """The samples at indices, already validated."""
+        return InspectionSet([self.samples[i] for i in indices], image_size=self.image_size,
+                             crop_size=self.crop_size, root=self.root, layout=self.layout, split=self.split,
+                             validate=False)
+
+    def normal(self) -> InspectionSet:
+        """Only the good images: what an unsupervised detector fits on."""
+        return self.subset(i for i, s in enumerate(self.samples) if s.label == 0)
+
+    def select(self, defect_types: Iterable[str]) -> InspectionSet:
+        """Only the samples of the given defect types (include "good" to keep the normal images)."""
+        wanted = set(defect_types)
+        unknown = wanted - set(self.defect_types)
+        if unknown:
+            raise ValueError(f"no samples of defect type {sorted(unknown)}; present: {sorted(set(self.defect_types))}")
+        return self.subset(i for i, s in enumerate(self.samples) if s.defect_type in wanted)
+
+    def counts(self) -> dict[str, int]:
+        """Number of samples per defect type."""
+        return dict(sorted(Counter(self.defect_types).items()))
+
+    def __repr__(self) -> str:
+        return (f"InspectionSet(root={str(self.root)!r}, layout={self.layout!r}, split={self.split!r}, "
+                f"n={len(self)}, counts={self.counts()}, size={self.preprocess.output_size})")
+
+
+class ImageList(Dataset):
+    """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path)."""
+
+    def __init__(self, paths: Sequence[Path], *, image_size: Size = 256, crop_size: Size | None = None,
+                 validate: bool = True):
+        self.preprocess = Preprocess(image_size, crop_size)
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("no images given")
+        if validate:
+            raise_problems(_problems(checked_size, self.paths), "the images given")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        return {"image": self.preprocess.image(read_image(path)), "path": str(path)}
+
+
+def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str | None = None,
+                 image_size: Size = 256, crop_size: Size | None = None, test_fraction: float = 0.3,
+                 seed: int = 0, normal_class: str | None = None) -> InspectionSet:
+    """Read one split of a data set folder, its layout detected unless given.
+
+    A layout without its own train/test split is split per defect type (stratified) by
+    test_fraction with a seeded shuffle, so "train" and "test" of the same seed never overlap.
+    normal_class names the good class where it is not "good", "ok", "normal" or the like.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    layout = layout or detect_layout(root)
+    splits = read_layout(root, layout, normal_class=normal_class)
+    if "all" in splits:
+        train, test = stratified_split(splits["all"], test_fraction, seed)
+        splits = {"train": train, "test": test}
+    if split == "all":
+        samples = sorted((s for part in splits.values() for s in part), key=lambda s: s.image)
+    elif split in splits:
+        samples = splits[split]
+    else:
+        raise FileNotFoundError(f"{root}: the {layout} data set has no {split!r} folder")
+    return InspectionSet(samples, image_size=image_size, crop_size=crop_size, root=root, layout=layout, split=split)
+
+
+def open_images(*inputs: str | os.PathLike, image_size: Size = 256, crop_size: Size | None = None) -> ImageList:
+    """Image files and folders of images (sorted, not recursive) as an ImageList, every file checked."""
+    return ImageList(find_images(*inputs), image_size=image_size, crop_size=crop_size)
+
+
+def stratified_split(samples: Sequence[Sample], test_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, test): round(n * test_fraction) of each defect type to test, chosen by a seeded shuffle.
+
+    Each type's shuffle is seeded by (seed, type name), so adding a class leaves the others' split alone.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: s.image):
+        groups.setdefault(s.defect_type, []).append(s)
+    train, test = [], []
+    for name, group in groups.items():
+        order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(group))
+        n_test = math.floor(len(group) * test_fraction + 0.5)
+        test += [group[i] for i in order[:n_test]]
+        train += [group[i] for i in order[n_test:]]
+    return sorted(train, key=lambda s: s.image), sorted(test, key=lambda s: s.image)
+
+
+def check_samples(samples: Sequence[Sample], what: str = "data set") -> None:
+    """Every image readable, every mask readable and of its image's size; one error listing all problems."""
+    raise_problems(_problems(_check_sample, samples), what)
+
+
+def _check_sample(s: Sample) -> None:
+    size = checked_size(s.image)
+    if s.mask is not None:
+        mask_size = checked_size(s.mask)
+        if mask_size != size:
+            raise ValueError(f"{s.mask}: mask is {mask_size[0]}x{mask_size[1]} (width x height) "
+                             f"but its image {s.image} is {size[0]}x{size[1]}")
+
+
+def _problems(check, items) -> list[Exception]:
+    def run(item):
+        try:
+            check(item)
+        except (ValueError, FileNotFoundError) as err:
+            return err
+        return None
+
+    return [p for p in parallel_map(run, list(items)) if p is not None]

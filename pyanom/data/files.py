@@ -1,0 +1,120 @@
+"""Image files: finding, reading and checking them before any work starts."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """Image files in a folder, sorted; hidden files and folders are skipped."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def find_images(*inputs: str | os.PathLike) -> list[Path]:
+    """Expand image files and folders (their images, not recursive, sorted) into one list in input order."""
+    if not inputs:
+        raise ValueError("no image or folder given")
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise FileNotFoundError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif item.is_file():
+            if not is_image_file(item):
+                raise ValueError(f"{item}: not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return list(dict.fromkeys(paths))
+
+
+def read_image(path: Path) -> Image.Image:
+    """An image as 8-bit RGB; greyscale is replicated, 16-bit greyscale is scaled to 8 bits."""
+    with Image.open(path) as img:
+        if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
+            grey = np.asarray(img, dtype=np.float32) / 257.0
+            return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        if img.mode == "F":
+            grey = np.asarray(img, dtype=np.float32)
+            return Image.fromarray((np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+        return img.convert("RGB")
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A defect mask as bool [H, W]: any channel above 127, or above 0 for masks stored as 0/1."""
+    with Image.open(path) as img:
+        values = np.asarray(img)
+    if values.ndim == 3:
+        values = values[..., :1] if values.shape[-1] <= 2 else values[..., :3]  # drop alpha
+        values = values.max(axis=-1)
+    return values > (127 if values.max(initial=0) > 1 else 0)
+
+
+def checked_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a readable image file; raises ValueError naming the file otherwise.
+
+    Cheap but complete: PNG chunks are CRC-checked without decoding pixels; a JPEG that ends
+    with its end-of-image marker is trusted; anything else is decoded fully, so a truncated
+    file of any format is caught.
+    """
+    try:
+        with Image.open(path) as img:
+            size, fmt = img.size, img.format
+            if fmt == "PNG":
+                img.verify()
+            elif fmt != "JPEG" or not _ends_with_jpeg_eoi(path):
+                img.load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"{path}: image has no pixels ({size[0]}x{size[1]})")
+    return size
+
+
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 64))
+        return f.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def parallel_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """fn over items on a few threads (file reads and image decoding release the GIL)."""
+    if len(items) < 8:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        return list(pool.map(fn, items))
+
+
+def raise_problems(problems: Iterable[Exception], what: str) -> None:
+    """Raise one error listing every problem found (the type of the first), if there are any."""
+    problems = list(problems)
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    shown = "\n  ".join(str(p) for p in problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    raise type(problems[0])(f"{len(problems)} problems in {what}:\n  {shown}{more}")
