@@ -133,26 +133,27 @@ def _write_heatmaps(out: Path, dataset, pred, det) -> None:
     vmax = max(float(det.threshold), vmin + 1e-6) * 1.5  # one scale for all images of a model
     for i in range(len(dataset)):
         item = dataset[i]
-        name = f"{item['defect_type']}_{Path(item['path']).stem}.png"
-        save_overlay(out / name, item["image"], pred.anomaly_maps[i], vmin=vmin, vmax=vmax,
-                     mask=item["mask"][0] if item["mask"].any() else None)
+        mask = item.get("mask")
+        path = Path(item["path"])  # folder + stem: MVTec repeats file names across defect folders
+        save_overlay(out / f"{path.parent.name}_{path.stem}.png", item["image"], pred.anomaly_maps[i],
+                     vmin=vmin, vmax=vmax, mask=mask[0] if mask is not None and mask.any() else None)
     print(f"wrote {len(dataset)} heatmaps to {out}")
 
 
 def cmd_predict(args) -> int:
     import pyanom
-    from pyanom.data import image_folder
+    from pyanom.data import open_images
 
     det = pyanom.load(args.model, device=args.device)
-    images = image_folder(args.images, image_size=det.image_size)
+    images = open_images(*args.images, image_size=det.image_size)
     pred = det.predict(images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "defect"])
-        for sample, score, label in zip(images.samples, pred.image_scores.tolist(), pred.labels.tolist()):
-            writer.writerow([str(sample.image), f"{score:.6g}", int(label)])
+        for path, score, label in zip(images.paths, pred.image_scores.tolist(), pred.labels.tolist()):
+            writer.writerow([str(path), f"{score:.6g}", int(label)])
     print(f"wrote {out / 'scores.csv'} ({len(images)} images, {int(pred.labels.sum())} flagged)")
     if pred.anomaly_maps is not None:
         _write_heatmaps(out / "heatmaps", images, pred, det)

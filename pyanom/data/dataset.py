@@ -74,9 +74,7 @@ class InspectionSet(Dataset):
 
     def subset(self, indices: Iterable[int]) -> InspectionSet:
         """The samples at indices, already validated."""
-        return InspectionSet([self.samples[i] for i in indices], image_size=self.image_size,
-                             crop_size=self.crop_size, root=self.root, layout=self.layout, split=self.split,
-                             validate=False)
+        return self._with([self.samples[i] for i in indices])
 
     def normal(self) -> InspectionSet:
         """Only the good images: what an unsupervised detector fits on."""
@@ -89,6 +87,24 @@ class InspectionSet(Dataset):
         if unknown:
             raise ValueError(f"no samples of defect type {sorted(unknown)}; present: {sorted(set(self.defect_types))}")
         return self.subset(i for i, s in enumerate(self.samples) if s.defect_type in wanted)
+
+    def masks(self) -> torch.Tensor:
+        """Every mask [N, H, W] (uint8 0/1, zeros where unannotated), for pixel metrics."""
+        return torch.stack([self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None)[0]
+                            for s in self.samples]).to(torch.uint8)
+
+    def holdout(self, fraction: float, seed: int = 0) -> tuple[InspectionSet, InspectionSet]:
+        """(rest, held out): a seeded, stratified share kept back to calibrate a decision threshold."""
+        if len(self) < 2:
+            raise ValueError(f"need at least 2 training images to hold some out for the threshold, got {len(self)}")
+        rest, held = stratified_split(self.samples, fraction, seed)
+        if not held or not rest:
+            rest, held = self.samples[1:], self.samples[:1]
+        return self._with(rest), self._with(held)
+
+    def _with(self, samples: Sequence[Sample]) -> InspectionSet:
+        return InspectionSet(samples, image_size=self.image_size, crop_size=self.crop_size, root=self.root,
+                             layout=self.layout, split=self.split, validate=False)
 
     def counts(self) -> dict[str, int]:
         """Number of samples per defect type."""

@@ -66,7 +66,8 @@ def test_unknown_detector_and_hyper_parameter_are_clear_errors(third_party):
 def test_third_party_detector_fits_and_predicts_through_the_cli(third_party, texture_set, tmp_path, capsys):
     model = tmp_path / "mean.pyanom"
     assert main(["fit", "mean_colour", str(texture_set), "--out", str(model), "--set", "image_size=32"]) == 0
-    assert main(["predict", str(model), str(texture_set / "test"), "--out", str(tmp_path / "pred")]) == 0
+    folders = [str(p) for p in sorted((texture_set / "test").iterdir())]
+    assert main(["predict", str(model), *folders, "--out", str(tmp_path / "pred")]) == 0
     rows = (tmp_path / "pred" / "scores.csv").read_text().strip().splitlines()
     assert rows[0] == "path,score,defect" and len(rows) == 1 + 12
     assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 12

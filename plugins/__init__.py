@@ -1,1 +1,0 @@
-"""Detector families bundled with pyanom, registered through entry points like any plugin."""
