@@ -1,12 +1,9 @@
 // Concentrated loss on the CPU: one pass over the pixels forward (per-image sums), one pass
 // backward (closed-form gradient from those sums, see concentrated_loss_image in kernels.h).
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "common.h"
 #include "kernels.h"
@@ -20,7 +17,8 @@ struct HostMath {
 
 // exp and log1p written so that the pixel loops vectorise: libm's scalar calls would
 // dominate the time. Each pixel needs e = exp(-|z|) in (0, 1] for the sigmoid and for the
-// stable BCE term log1p(e); accuracy is about 1 ulp in float and 2 ulp in double.
+// stable BCE term log1p(e). Measured against long double: exp within 1.2 ulp, log1p
+// within 3 ulp, in float and in double.
 template <typename T>
 struct Bits;
 template <>
@@ -60,7 +58,7 @@ inline T exp_negative(T a) {
   using Int = typename B::Int;
   const T x = -bit_cast<T>(std::min(bit_cast<Int>(a), bit_cast<Int>(-B::lowest)));
   // Adding 1.5 * 2^mantissa rounds x / ln2 to the integer n, which then sits in the low bits.
-  const T shifter = T(3) * T(typename B::Int(1) << (B::mantissa - 1));
+  const T shifter = T(3) * T(Int(1) << (B::mantissa - 1));
   const T shifted = x * T(1.4426950408889634074) + shifter;
   const T n = shifted - shifter;
   const T r = (x - n * B::ln2_hi) - n * B::ln2_lo;
@@ -92,11 +90,12 @@ inline Block block_of(std::int64_t index, std::int64_t pixels) {
   return {image, image * pixels + start, std::min(kConcentratedLossBlock, pixels - start)};
 }
 
-// Run fn(block index) over every block, in parallel when there is enough work.
+// Run fn(block index) over every block, in parallel when there is enough work. Blocks are
+// handed out dynamically: a thread the OS preempts then holds up at most one block.
 template <typename Fn>
 void for_blocks(std::int64_t batch, std::int64_t pixels, Fn&& fn) {
   const std::int64_t count = batch * concentrated_loss_blocks_per_image(pixels);
-#pragma omp parallel for schedule(static) if (batch * pixels > 2 * kConcentratedLossBlock)
+#pragma omp parallel for schedule(dynamic) if (batch * pixels > 2 * kConcentratedLossBlock)
   for (std::int64_t i = 0; i < count; ++i) fn(i);
 }
 
