@@ -34,6 +34,12 @@ PYBIND11_MODULE(_C, m) {
   // ---- greedy_coreset ----
 
   // ---- knn_scores ----
+  m.def("knn_scores_workspace_bytes", &knn_scores_workspace_bytes, py::arg("q"), py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("dtype"), py::arg("chunk_size"));
+  m.def("knn_scores_cpu", &knn_scores_cpu, py::arg("queries"), py::arg("bank"),
+        py::arg("distances"), py::arg("indices"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("q"), py::arg("n"), py::arg("d"), py::arg("k"),
+        py::arg("dtype"), py::arg("chunk_size"), py::call_guard<py::gil_scoped_release>());
 
   // ---- self_attention ----
 

@@ -3,3 +3,4 @@
 This package is the only code that touches pyanom._C.
 """
 from pyanom.ops.concentrated_loss import concentrated_loss
+from pyanom.ops.knn import knn_scores

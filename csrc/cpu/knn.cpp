@@ -1,0 +1,499 @@
+// Exact k-nearest-neighbour search on the CPU: a register-blocked GEMM micro-kernel computes
+// q.b for a tile of queries x bank rows, and the tile is turned into squared distances
+// ||q||^2 - 2 q.b + ||b||^2 and merged into each query's top-k while it is still in cache.
+// No Q x N matrix is ever written; scratch is one packed block of bank rows plus small
+// per-thread tiles (KnnPlan).
+//
+// Every dot product and every norm is one sequential FMA chain over the features in the same
+// order, so a query equal to a bank row gets exactly 0 (not the sqrt of a rounding residue),
+// duplicate bank rows get bit-identical distances (ties go to the lowest index), and the
+// result does not depend on the tiling, the chunk size or the number of threads.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+#include "common.h"
+#include "kernels.h"
+
+namespace pyanom {
+namespace {
+
+// ---- SIMD layer: one register type per ISA and dtype, two registers of bank rows per step ----
+
+// a * b + c as the vector kernels round it: fused where the hardware fuses.
+inline float fmadd(float a, float b, float c) {
+#ifdef FP_FAST_FMAF
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+inline double fmadd(double a, double b, double c) {
+#ifdef FP_FAST_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+template <typename T>
+struct Simd;
+
+#if defined(__AVX512F__)
+constexpr int kMR = 12;  // query rows per micro-tile: 24 accumulators of the 32 zmm registers
+template <>
+struct Simd<float> {
+  using V = __m512;
+  static constexpr int lanes = 16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // Masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand.
+  static V max(V a, V b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+  static V min(V a, V b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+  static unsigned mask_lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+};
+template <>
+struct Simd<double> {
+  using V = __m512d;
+  static constexpr int lanes = 8;
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V set1(double x) { return _mm512_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V max(V a, V b) { return _mm512_mask_max_pd(a, 0xFF, a, b); }
+  static V min(V a, V b) { return _mm512_mask_min_pd(a, 0xFF, a, b); }
+  static unsigned mask_lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kMR = 6;  // 12 accumulators of the 16 ymm registers
+template <>
+struct Simd<float> {
+  using V = __m256;
+  static constexpr int lanes = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static unsigned mask_lt(V a, V b) {
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
+  }
+};
+template <>
+struct Simd<double> {
+  using V = __m256d;
+  static constexpr int lanes = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  static unsigned mask_lt(V a, V b) {
+    return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
+  }
+};
+#else
+constexpr int kMR = 4;  // portable scalar fallback (correct, not fast)
+template <typename T>
+struct Simd {
+  using V = T;
+  static constexpr int lanes = 1;
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V set1(T x) { return x; }
+  static V fma(V a, V b, V c) { return fmadd(a, b, c); }
+  static V add(V a, V b) { return a + b; }
+  static V max(V a, V b) { return a > b ? a : b; }
+  static V min(V a, V b) { return a < b ? a : b; }
+  static unsigned mask_lt(V a, V b) { return a < b ? 1u : 0u; }
+};
+#endif
+
+template <typename T>
+constexpr int kNR = 2 * Simd<T>::lanes;  // bank rows per micro-tile
+
+// Depth of one pass over the features: keeps a micro-panel of kMR query rows in L1.
+template <typename T>
+constexpr int64_t kDepth = 1024 / sizeof(T);  // 256 floats, 128 doubles
+
+// Tile of the C (dot product) scratch each thread fills before merging it into the top-k.
+constexpr int64_t kTileQueryPanels = 8;  // kMR * 8 query rows
+constexpr int64_t kTileBankPanels = 8;   // kNR * 8 bank rows
+
+// ---- the micro-kernel: c[kMR x kNR] (+)= a[kMR rows, lda] . b[kNR interleaved]^T over kc ----
+
+template <typename T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b,
+                         T* __restrict c, int64_t ldc, bool accumulate) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int L = S::lanes;
+  V acc[kMR][2];
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) {
+    acc[i][0] = accumulate ? S::load(c + i * ldc) : S::set1(T(0));
+    acc[i][1] = accumulate ? S::load(c + i * ldc + L) : S::set1(T(0));
+  }
+  for (int64_t p = 0; p < kc; ++p) {
+    const V b0 = S::load(b + p * 2 * L);
+    const V b1 = S::load(b + p * 2 * L + L);
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) {
+      const V ai = S::set1(a[i * lda + p]);
+      acc[i][0] = S::fma(ai, b0, acc[i][0]);
+      acc[i][1] = S::fma(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) {
+    S::store(c + i * ldc, acc[i][0]);
+    S::store(c + i * ldc + L, acc[i][1]);
+  }
+}
+
+// ---- per-query top-k: (squared distance, index) pairs ----
+
+constexpr int64_t kEmpty = std::numeric_limits<int64_t>::max();  // index of an unfilled slot
+constexpr int64_t kSortedMax = 32;  // up to this k a sorted array (insertion); above, a max-heap
+
+// Order of (distance, index) pairs: nearer first, ties to the lower index.
+struct Lexicographic {
+  template <typename T>
+  bool operator()(T d, int64_t i, T wd, int64_t wi) const {
+    return d < wd || (d == wd && i < wi);
+  }
+};
+// The same order for a candidate whose index exceeds every index kept, as in a scan of the
+// bank in index order: a tie never goes before.
+struct LaterIndex {
+  template <typename T>
+  bool operator()(T d, int64_t, T wd, int64_t) const {
+    return d < wd;
+  }
+};
+
+template <typename T>
+struct TopK {
+  T* d;
+  int64_t* ix;
+  int64_t k;
+
+  bool heap() const { return k > kSortedMax; }
+  int64_t worst() const { return heap() ? 0 : k - 1; }
+
+  // Replaces the worst entry by (v, id), which must come before it.
+  template <typename Before>
+  void push(T v, int64_t id, Before before) const {
+    if (heap()) {  // entries compared with each other: always the full order
+      sift_down(0, k, v, id);
+      return;
+    }
+    int64_t j = k - 1;
+    for (; j > 0 && before(v, id, d[j - 1], ix[j - 1]); --j) {
+      d[j] = d[j - 1];
+      ix[j] = ix[j - 1];
+    }
+    d[j] = v;
+    ix[j] = id;
+  }
+
+  // Puts (v, id) at `pos` of the max-heap [0, n) and restores the heap below it.
+  void sift_down(int64_t pos, int64_t n, T v, int64_t id) const {
+    const Lexicographic before;
+    for (;;) {
+      int64_t child = 2 * pos + 1;
+      if (child >= n) break;
+      if (child + 1 < n && before(d[child], ix[child], d[child + 1], ix[child + 1])) ++child;
+      if (!before(v, id, d[child], ix[child])) break;
+      d[pos] = d[child];
+      ix[pos] = ix[child];
+      pos = child;
+    }
+    d[pos] = v;
+    ix[pos] = id;
+  }
+
+  // Adds another top-k's entry (any index order) if it beats the worst kept.
+  void offer(T v, int64_t id) const {
+    const int64_t w = worst();
+    if (Lexicographic()(v, id, d[w], ix[w])) push(v, id, Lexicographic());
+  }
+
+  // Ascending order (a heap is sorted in place), then squared distances -> distances.
+  void finish() const {
+    if (heap()) {
+      for (int64_t end = k - 1; end > 0; --end) {
+        const T v = d[end];
+        const int64_t id = ix[end];
+        d[end] = d[0];
+        ix[end] = ix[0];
+        sift_down(0, end, v, id);
+      }
+    }
+    for (int64_t j = 0; j < k; ++j) d[j] = std::sqrt(d[j]);
+  }
+};
+
+// Merges one query's row of a dot-product tile into its top-k. Squared distances are
+// ||q||^2 + (||b||^2 - 2 q.b), clamped to [0, max] so that rounding never makes them
+// negative and every candidate beats an empty (+inf) slot. Bank indices rise along the row,
+// so a candidate enters only when strictly nearer than the worst kept (ties keep the earlier).
+template <typename T>
+void merge_row(T* row, const T* bank_norms, T query_norm, int64_t cols, int64_t cols_pad,
+               int64_t first_id, const TopK<T>& top) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int L = S::lanes;
+  const V qn = S::set1(query_norm), minus2 = S::set1(T(-2)), zero = S::set1(T(0)),
+          most = S::set1(std::numeric_limits<T>::max());
+  const int64_t w = top.worst();
+  T limit = top.d[w];
+  V vlimit = S::set1(limit);
+  for (int64_t j = 0; j < cols_pad; j += L) {
+    const V d2 = S::min(
+        S::max(S::add(S::fma(S::load(row + j), minus2, S::load(bank_norms + j)), qn), zero), most);
+    unsigned hits = S::mask_lt(d2, vlimit);
+    if (!hits) continue;
+    S::store(row + j, d2);
+    do {
+      const int64_t col = j + __builtin_ctz(hits);
+      const T v = row[col];
+      if (v < limit && col < cols) {
+        top.push(v, first_id + col, LaterIndex());
+        limit = top.d[w];
+        vlimit = S::set1(limit);
+      }
+      hits &= hits - 1;
+    } while (hits);
+  }
+}
+
+// ---- the plan: tile sizes and the workspace layout, shared by the size query and the kernel ----
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct KnnPlan {
+  int threads = 1;
+  int64_t depth = 0;      // features per pass (kc)
+  int64_t mc = 0;         // queries per work item, multiple of kMR
+  int64_t nc = 0;         // bank rows per packed block, multiple of kNR
+  int64_t nc2 = 0;        // bank rows per C tile, multiple of kNR, <= nc
+  int64_t splits = 1;     // groups of bank tiles searched in parallel for few queries
+  // byte offsets into the workspace
+  int64_t packed = 0, bank_norms = 0, query_norms = 0, tiles = 0, tails = 0, split_d = 0,
+          split_i = 0, bytes = 0;
+};
+
+template <typename T>
+KnnPlan make_plan(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk, int threads) {
+  constexpr int64_t NR = kNR<T>;
+  KnnPlan p;
+  p.threads = std::max(1, threads);
+  // Fixed by (d, dtype) only, so every chunk size sums the same products in the same order.
+  const int64_t passes = (d + kDepth<T> - 1) / kDepth<T>;
+  p.depth = (d + passes - 1) / passes;
+
+  const int64_t n_pad = round_up(n, NR);
+  p.mc = std::min(kTileQueryPanels * kMR, round_up(q, kMR));
+  p.nc2 = std::min(kTileBankPanels * NR, n_pad);
+  // The chunk holds the packed bank block (rows x (d + 1 norm)) and every thread's tiles.
+  int64_t rest = chunk - p.threads * (p.mc * p.nc2 + kMR * d);
+  if (rest < NR * (d + 1)) {  // too small for the tuned tiles: one minimal tile at a time
+    p.mc = kMR;
+    p.nc2 = NR;
+    p.nc = NR;
+  } else {
+    p.nc = std::min(std::max(rest / (d + 1) / NR * NR, NR), n_pad);
+    p.nc2 = std::min(p.nc2, p.nc);
+  }
+  // Too few query blocks to occupy every thread: split each bank block between threads too,
+  // each split keeping its own top-k, merged at the end.
+  const int64_t items = (q + p.mc - 1) / p.mc;
+  if (items < p.threads) {
+    const int64_t tiles_per_block = (p.nc + p.nc2 - 1) / p.nc2;
+    p.splits = std::max<int64_t>(1, std::min<int64_t>((p.threads + items - 1) / items, tiles_per_block));
+  }
+
+  const auto carve = [&p](int64_t bytes) {
+    const int64_t at = p.bytes;
+    p.bytes += round_up(bytes, 64);
+    return at;
+  };
+  p.packed = carve(p.nc * d * int64_t(sizeof(T)));
+  p.bank_norms = carve(p.nc * int64_t(sizeof(T)));
+  p.query_norms = carve(q * int64_t(sizeof(T)));
+  p.tiles = carve(p.threads * p.mc * p.nc2 * int64_t(sizeof(T)));
+  p.tails = carve(p.threads * kMR * d * int64_t(sizeof(T)));
+  p.split_d = carve((p.splits - 1) * q * k * int64_t(sizeof(T)));
+  p.split_i = carve((p.splits - 1) * q * k * int64_t(sizeof(int64_t)));
+  return p;
+}
+
+// Packs bank rows [row0, row0 + rows) as kNR-row panels, each feature's kNR values adjacent
+// (zero rows pad the last panel), and their squared norms with the micro-kernel's FMA chain.
+template <typename T>
+void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
+  using S = Simd<T>;
+  constexpr int64_t NR = kNR<T>;
+  constexpr int L = S::lanes;
+  for (int64_t j = 0; j < NR; ++j) {
+    const T* src = bank + j * d;
+    if (j < rows) {
+      for (int64_t p = 0; p < d; ++p) out[p * NR + j] = src[p];
+    } else {
+      for (int64_t p = 0; p < d; ++p) out[p * NR + j] = T(0);
+    }
+  }
+  typename S::V n0 = S::set1(T(0)), n1 = S::set1(T(0));
+  for (int64_t p = 0; p < d; ++p) {
+    const typename S::V v0 = S::load(out + p * NR), v1 = S::load(out + p * NR + L);
+    n0 = S::fma(v0, v0, n0);
+    n1 = S::fma(v1, v1, n1);
+  }
+  S::store(norms, n0);
+  S::store(norms + L, n1);
+}
+
+template <typename T>
+void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char* ws,
+                  int64_t q, int64_t n, int64_t d, int64_t k, const KnnPlan& p) {
+  constexpr int64_t NR = kNR<T>;
+  T* packed = reinterpret_cast<T*>(ws + p.packed);
+  T* bank_norms = reinterpret_cast<T*>(ws + p.bank_norms);
+  T* query_norms = reinterpret_cast<T*>(ws + p.query_norms);
+  T* split_d = reinterpret_cast<T*>(ws + p.split_d);
+  int64_t* split_i = reinterpret_cast<int64_t*>(ws + p.split_i);
+  const int64_t items = (q + p.mc - 1) / p.mc;
+  const int64_t work = items * p.splits;
+  const auto state = [&](int64_t split, int64_t row) {
+    if (split == 0) return TopK<T>{dist + row * k, index + row * k, k};
+    const int64_t at = ((split - 1) * q + row) * k;
+    return TopK<T>{split_d + at, split_i + at, k};
+  };
+
+#pragma omp parallel num_threads(p.threads)
+  {
+    const int tid = omp_get_thread_num();
+    T* tile = reinterpret_cast<T*>(ws + p.tiles) + int64_t(tid) * p.mc * p.nc2;
+    T* tail = reinterpret_cast<T*>(ws + p.tails) + int64_t(tid) * kMR * d;
+
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < q; ++row) {
+      const T* x = queries + row * d;
+      T s = T(0);
+      for (int64_t f = 0; f < d; ++f) s = fmadd(x[f], x[f], s);
+      query_norms[row] = s;
+      for (int64_t split = 0; split < p.splits; ++split) {
+        const TopK<T> t = state(split, row);
+        std::fill(t.d, t.d + k, std::numeric_limits<T>::infinity());
+        std::fill(t.ix, t.ix + k, kEmpty);
+      }
+    }
+
+    for (int64_t block0 = 0; block0 < n; block0 += p.nc) {
+      const int64_t rows = std::min(p.nc, n - block0);
+      const int64_t panels = (rows + NR - 1) / NR;
+#pragma omp for schedule(static)
+      for (int64_t pi = 0; pi < panels; ++pi)
+        pack_panel(bank + (block0 + pi * NR) * d, std::min(NR, rows - pi * NR), d,
+                   packed + pi * NR * d, bank_norms + pi * NR);
+
+      // Work item = (query block, split); a split owns a contiguous run of this block's tiles.
+      const int64_t tiles = (rows + p.nc2 - 1) / p.nc2;
+      const int64_t tiles_per_split = (tiles + p.splits - 1) / p.splits;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t w = 0; w < work; ++w) {
+        const int64_t split = w % p.splits;
+        const int64_t q0 = (w / p.splits) * p.mc;
+        const int64_t mq = std::min(p.mc, q - q0);
+        const int64_t full = mq / kMR * kMR;  // rows read in place; the rest go through `tail`
+        if (full < mq) {
+          std::memcpy(tail, queries + (q0 + full) * d, size_t((mq - full) * d) * sizeof(T));
+          std::fill(tail + (mq - full) * d, tail + kMR * d, T(0));
+        }
+        const int64_t t_end = std::min(tiles, (split + 1) * tiles_per_split);
+        for (int64_t t = split * tiles_per_split; t < t_end; ++t) {
+          const int64_t c0 = t * p.nc2;                       // first column in the block
+          const int64_t cols = std::min(p.nc2, rows - c0);    // valid columns
+          const int64_t cols_pad = round_up(cols, NR);
+          for (int64_t f0 = 0; f0 < d; f0 += p.depth) {
+            const int64_t kc = std::min(p.depth, d - f0);
+            for (int64_t ir = 0; ir < mq; ir += kMR) {
+              const T* a = ir < full ? queries + (q0 + ir) * d + f0 : tail + f0;
+              for (int64_t jr = 0; jr < cols_pad; jr += NR)
+                micro_kernel<T>(kc, a, d, packed + (c0 + jr) * d + f0 * NR, tile + ir * p.nc2 + jr,
+                                p.nc2, f0 > 0);
+            }
+          }
+          for (int64_t i = 0; i < mq; ++i)
+            merge_row<T>(tile + i * p.nc2, bank_norms + c0, query_norms[q0 + i], cols, cols_pad,
+                         block0 + c0, state(split, q0 + i));
+        }
+      }
+    }
+
+    // Merge the splits into split 0 (the outputs), sort, take square roots.
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < q; ++row) {
+      const TopK<T> top = state(0, row);
+      for (int64_t split = 1; split < p.splits; ++split) {
+        const TopK<T> other = state(split, row);
+        for (int64_t j = 0; j < k; ++j)
+          if (other.ix[j] != kEmpty) top.offer(other.d[j], other.ix[j]);
+      }
+      top.finish();
+    }
+  }
+}
+
+// OpenMP threads worth waking for q x n x d multiply-adds: about 1 M each (~10 us), so small
+// calls, such as gradcheck's, do not pay fork-join and barrier costs that exceed the work.
+int threads_for(int64_t q, int64_t n, int64_t d) {
+  const int64_t useful = std::max<int64_t>(1, q * n * d / (int64_t(1) << 20));
+  return int(std::min<int64_t>(omp_get_max_threads(), useful));
+}
+
+}  // namespace
+
+int64_t knn_scores_workspace_bytes(int64_t q, int64_t n, int64_t d, int64_t k,
+                                   const std::string& dtype, int64_t chunk_size) {
+  return dispatch_float(dtype, [&](auto t) {
+    using T = decltype(t);
+    return make_plan<T>(q, n, d, k, chunk_size, threads_for(q, n, d)).bytes;
+  });
+}
+
+void knn_scores_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
+                    std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes,
+                    int64_t q, int64_t n, int64_t d, int64_t k, const std::string& dtype,
+                    int64_t chunk_size) {
+  PYANOM_CHECK(q > 0 && n > 0 && d > 0, "knn_scores: queries and bank must be non-empty");
+  PYANOM_CHECK(k >= 1 && k <= n, "knn_scores: k must lie in [1, number of bank rows]");
+  PYANOM_CHECK(chunk_size >= 1, "knn_scores: chunk_size must be >= 1");
+  dispatch_float(dtype, [&](auto t) {
+    using T = decltype(t);
+    const KnnPlan p = make_plan<T>(q, n, d, k, chunk_size, threads_for(q, n, d));
+    PYANOM_CHECK(workspace_bytes >= p.bytes,
+                 "knn_scores: workspace of " + std::to_string(workspace_bytes) + " bytes, " +
+                     std::to_string(p.bytes) + " needed (query knn_scores_workspace_bytes)");
+    knn_cpu_impl<T>(as_ptr<const T>(queries), as_ptr<const T>(bank), as_ptr<T>(distances),
+                    as_ptr<int64_t>(indices), as_ptr<char>(workspace), q, n, d, k, p);
+  });
+}
+
+}  // namespace pyanom

@@ -1,0 +1,282 @@
+"""knn_scores against the float64 reference, on both backends (and CUDA where present).
+
+Tolerance: the op computes d^2 = ||q||^2 - 2 q.b + ||b||^2 in the inputs' dtype, so a returned
+distance d must satisfy |d^2 - d_ref^2| <= RTOL * (||q||^2 + max ||b||^2) with RTOL = 2e-5 in
+float32 and 1e-12 in float64 (near 0 that allows |d - d_ref| ~ sqrt(RTOL) * ||q||). Indices must
+equal the reference's wherever its squared distances are more than twice that apart from their
+neighbours in the ranking; inside closer groups any index whose exact distance fits is accepted.
+Exact ties (duplicate rows) are checked separately, on data where the arithmetic is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyanom.ops.knn as knn_module
+from pyanom.ops import knn_scores, reference
+
+RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+CPU_BACKENDS = ["native", "torch"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def random(*shape, seed, dtype=torch.float32, device="cpu", scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+
+def check_knn(queries, bank, k, distances, indices):
+    """Assert (distances, indices) is a correct k-NN answer within the stated tolerance."""
+    q, n = queries.shape[0], bank.shape[0]
+    assert distances.shape == (q, k) and indices.shape == (q, k)
+    assert distances.dtype == queries.dtype and indices.dtype == torch.int64
+    assert distances.device == queries.device and indices.device == queries.device
+    qd, bd = queries.double().cpu(), bank.double().cpu()
+    d, i = distances.double().cpu(), indices.cpu()
+    ref_d, ref_i = reference.knn_scores(qd, bd, n)  # every bank row, ranked
+    exact = torch.cdist(qd, bd, compute_mode="donot_use_mm_for_euclid_dist")
+    tol = RTOL[queries.dtype] * (qd.pow(2).sum(1, keepdim=True) + bd.pow(2).sum(1).max())
+    assert not torch.isnan(d).any()
+    assert torch.all(d[:, 1:] >= d[:, :-1]), "distances not ascending"
+    assert torch.all((d.pow(2) - ref_d[:, :k].pow(2)).abs() <= tol), "distances off"
+    assert torch.all((i >= 0) & (i < n))
+    assert all(len(set(row)) == k for row in i.tolist()), "an index repeats"
+    own = exact.gather(1, i)  # each returned index's true distance must fit its returned distance
+    assert torch.all((d.pow(2) - own.pow(2)).abs() <= tol), "index does not fit its distance"
+    sq = ref_d.pow(2)
+    inf = torch.full((q, 1), float("inf"), dtype=torch.float64)
+    gap_before = sq[:, :k] - torch.cat([-inf, sq[:, :k - 1]], 1)
+    gap_after = torch.cat([sq[:, 1:], inf], 1)[:, :k] - sq[:, :k]
+    separated = (gap_before > 2 * tol) & (gap_after > 2 * tol)
+    assert torch.equal(i[separated], ref_i[:, :k][separated]), "wrong neighbour"
+
+
+SHAPES = [  # Q, N, D, k
+    (1, 1, 1, 1),
+    (1, 7, 3, 7),
+    (5, 1, 4, 1),
+    (17, 33, 1, 9),
+    (13, 100, 5, 1),
+    (64, 257, 31, 9),
+    (40, 70, 152, 70),
+    (3, 500, 7, 33),
+    (2, 2000, 4, 50),
+    (100, 200, 300, 9),
+    (29, 1000, 16, 1),
+    (1, 3000, 8, 5),
+    (3, 20000, 64, 5),  # few queries, enough work for threads: bank blocks split between them
+    (2, 20000, 64, 40),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference(backend, shape):
+    q, n, d, k = shape
+    queries, bank = random(q, d, seed=q * 7 + d), random(n, d, seed=n * 3 + k)
+    check_knn(queries, bank, k, *knn_scores(queries, bank, k, backend=backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(9, 60, 3, 9), (31, 300, 200, 4), (2, 900, 11, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_float64(backend, shape):
+    q, n, d, k = shape
+    queries, bank = random(q, d, seed=1, dtype=torch.float64), random(n, d, seed=2, dtype=torch.float64)
+    check_knn(queries, bank, k, *knn_scores(queries, bank, k, backend=backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_result_independent_of_chunk_size(dtype):
+    queries, bank = random(45, 37, seed=3, dtype=dtype), random(301, 37, seed=4, dtype=dtype)
+    for k in (9, 40):
+        expected = knn_scores(queries, bank, k, backend="native")
+        for chunk in (1, 100, 5000, 10**8):
+            got = knn_scores(queries, bank, k, chunk_size=chunk, backend="native")
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), chunk
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500, 4096])
+def test_torch_backend_small_chunks(chunk):
+    queries, bank = random(11, 6, seed=5), random(60, 6, seed=6)
+    for k in (1, 9, 60):
+        check_knn(queries, bank, k, *knn_scores(queries, bank, k, chunk_size=chunk, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_duplicate_rows_tie_to_lowest_index(backend, chunk):
+    # Small integers: every product and sum is exact in float32, so duplicates tie exactly in
+    # any evaluation order and the reference's stable order (lowest index first) is the answer.
+    gen = torch.Generator().manual_seed(7)
+    points = torch.randint(-4, 5, (6, 5), generator=gen).float()
+    bank = points[torch.randint(0, 6, (40,), generator=gen)]  # each point about 7 times
+    queries = torch.randint(-4, 5, (25, 5), generator=gen).float()
+    for k in (1, 4, 9, 40):
+        d, i = knn_scores(queries, bank, k, chunk_size=chunk, backend=backend)
+        ref_d, ref_i = reference.knn_scores(queries, bank, k)
+        assert torch.equal(i, ref_i), k
+        torch.testing.assert_close(d, ref_d, rtol=1e-6, atol=0)  # torch's float32 sqrt: 1 ulp
+
+
+def test_native_duplicate_float_rows_tie_exactly():
+    # Arbitrary floats: the native kernel sums every row in the same order, so duplicates still
+    # get bit-identical distances and keep index order.
+    bank = random(50, 19, seed=8)
+    bank = bank[torch.tensor([0, 1, 2, 1, 3, 0, 4, 2, 1] + list(range(5, 50)))]
+    queries = torch.cat([random(10, 19, seed=9), bank[:3] + 1e-3])
+    d, i = knn_scores(queries, bank, 6, backend="native")
+    assert torch.equal(i, reference.knn_scores(queries, bank, 6)[1])
+    for row_d, row_i in zip(d.tolist(), i.tolist()):
+        for (d0, i0), (d1, i1) in zip(zip(row_d, row_i), zip(row_d[1:], row_i[1:])):
+            if torch.equal(bank[i0], bank[i1]):
+                assert d0 == d1 and i0 < i1
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_query_equal_to_bank_row(backend, dtype):
+    bank = random(200, 64, seed=10, dtype=dtype, scale=100.0)  # large norms: worst cancellation
+    rows = torch.tensor([0, 17, 101, 199])
+    queries = torch.cat([bank[rows], random(3, 64, seed=11, dtype=dtype, scale=100.0)])
+    d, i = knn_scores(queries, bank, 3, backend=backend)
+    assert not torch.isnan(d).any() and torch.all(d >= 0)
+    assert torch.equal(i[:4, 0], rows)
+    if backend == "native":
+        assert torch.all(d[:4, 0] == 0)  # same summation order for the dot product and the norms
+    else:
+        limit = (RTOL[dtype] * 2 * queries[:4].double().pow(2).sum(1)).sqrt()
+        assert torch.all(d[:4, 0].double() <= limit)
+    check_knn(queries, bank, 3, d, i)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_inputs(backend):
+    queries = random(12, 30, seed=12).T  # [30, 12], transposed strides
+    bank = random(400, 24, seed=13)[::2, ::2]  # [200, 12], every other row and column
+    assert not queries.is_contiguous() and not bank.is_contiguous()
+    got = knn_scores(queries, bank, 5, backend=backend)
+    check_knn(queries, bank, 5, *got)
+    if backend == "native":  # the same kernel on the same values (torch's GEMM may differ by strides)
+        expected = knn_scores(queries.contiguous(), bank.contiguous(), 5, backend=backend)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def _bad_inputs():
+    q, b = random(4, 3, seed=14), random(6, 3, seed=15)
+    nan_q = q.clone()
+    nan_q[1, 2] = float("nan")
+    inf_b = b.clone()
+    inf_b[0, 0] = float("inf")
+    return [  # (queries, bank, k, keywords, error, message fragment)
+        (nan_q, b, 2, {}, ValueError, "queries contains NaN or Inf"),
+        (q, inf_b, 2, {}, ValueError, "bank contains NaN or Inf"),
+        (q, b, 0, {}, ValueError, "k must be >= 1"),
+        (q, b, 7, {}, ValueError, "k must be <= 6"),
+        (q, b, 2.0, {}, TypeError, "k must be an int"),
+        (q, random(6, 4, seed=16), 2, {}, ValueError, "same number of features"),
+        (q, b.double(), 2, {}, TypeError, "tensors must share a dtype"),
+        (q.int(), b.int(), 2, {}, TypeError, "queries must have dtype float32, float64"),
+        (q[0], b, 2, {}, ValueError, "queries must have 2 dimensions"),
+        (q, b[None], 2, {}, ValueError, "bank must have 2 dimensions"),
+        (q[:0], b, 2, {}, ValueError, "queries is empty"),
+        (q, b[:, :0], 2, {}, ValueError, "bank is empty"),
+        (q.tolist(), b, 2, {}, TypeError, "queries must be a torch.Tensor"),
+        (q, b, 2, {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+        (q, b, 2, {"chunk_size": 1.5}, TypeError, "chunk_size must be an int"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_inputs())))
+def test_bad_inputs_rejected_identically(case):
+    queries, bank, k, keywords, error, fragment = _bad_inputs()[case]
+    messages = []
+    for backend in CPU_BACKENDS:
+        with pytest.raises(error, match=fragment) as info:
+            knn_scores(queries, bank, k, backend=backend, **keywords)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_bad_backend():
+    q = random(4, 3, seed=17)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        knn_scores(q, q, 1, backend="gpu")
+
+
+def test_backend_selection(monkeypatch):
+    calls = []
+    native, torch_path = knn_module._native_knn, knn_module._torch_knn
+    monkeypatch.setattr(knn_module, "_native_knn", lambda *a: calls.append("native") or native(*a))
+    monkeypatch.setattr(knn_module, "_torch_knn", lambda *a: calls.append("torch") or torch_path(*a))
+    q = random(4, 3, seed=18)
+    monkeypatch.delenv("PYANOM_BACKEND", raising=False)
+    for backend in ("native", "torch", "auto"):
+        knn_scores(q, q, 2, backend=backend)
+    monkeypatch.setenv("PYANOM_BACKEND", "torch")
+    knn_scores(q, q, 2)  # the environment overrides auto ...
+    knn_scores(q, q, 2, backend="native")  # ... but never an explicit choice
+    assert calls == ["native", "torch", "native", "torch", "native"]
+
+
+def test_torch_compile_fullgraph():
+    queries, bank = random(20, 8, seed=19), random(90, 8, seed=20)
+
+    def score(x, y):
+        d, i = knn_scores(x, y, 3)
+        return d[:, 0] * 2, i
+
+    # aot_eager traces exactly what inductor would (the fake kernel, no graph break) without
+    # spending seconds compiling C++ for the surrounding arithmetic.
+    compiled = torch.compile(score, fullgraph=True, backend="aot_eager")
+    got, expected = compiled(queries, bank), score(queries, bank)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradients_match_reference(backend):
+    queries = random(6, 4, seed=21, dtype=torch.float64).requires_grad_()
+    bank = random(15, 4, seed=22, dtype=torch.float64).requires_grad_()
+    weights = random(6, 3, seed=23, dtype=torch.float64)
+    d, _ = knn_scores(queries, bank, 3, backend=backend)
+    grads = torch.autograd.grad((d * weights).sum(), (queries, bank))
+    ref_d, _ = reference.knn_scores(queries, bank, 3)
+    ref_grads = torch.autograd.grad((ref_d * weights).sum(), (queries, bank))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda x, y: knn_scores(x, y, 3, backend=backend)[0],
+                                    (queries, bank))
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_native_matches_reference(shape, dtype):
+    q, n, d, k = shape
+    queries = random(q, d, seed=q + d, dtype=dtype, device="cuda")
+    bank = random(n, d, seed=n + k, dtype=dtype, device="cuda")
+    for chunk in (None, 1):
+        check_knn(queries, bank, k, *knn_scores(queries, bank, k, chunk_size=chunk, backend="native"))
+
+
+@needs_cuda
+def test_cuda_native_ties_zero_and_non_contiguous():
+    gen = torch.Generator().manual_seed(24)
+    points = torch.randint(-4, 5, (6, 5), generator=gen).float()
+    bank = points[torch.randint(0, 6, (40,), generator=gen)]
+    queries = torch.randint(-4, 5, (25, 5), generator=gen).float()
+    d, i = knn_scores(queries.cuda(), bank.cuda(), 9, backend="native")
+    ref_d, ref_i = reference.knn_scores(queries, bank, 9)
+    assert torch.equal(i.cpu(), ref_i)
+    torch.testing.assert_close(d.cpu(), ref_d, rtol=1e-6, atol=0)
+    bank = random(300, 64, seed=25, device="cuda", scale=100.0)
+    d, i = knn_scores(bank[::3].T.contiguous().T, bank, 2, backend="native")
+    assert torch.equal(i[:, 0].cpu(), torch.arange(0, 300, 3)) and torch.all(d[:, 0] == 0)
+
+
+@needs_cuda
+def test_cuda_rejects_mixed_devices():
+    q = random(4, 3, seed=26)
+    with pytest.raises(ValueError, match="tensors must be on one device"):
+        knn_scores(q, q.cuda(), 1, backend="native")
