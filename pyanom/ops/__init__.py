@@ -2,3 +2,5 @@
 
 This package is the only code that touches pyanom._C.
 """
+
+from pyanom.ops.attention import self_attention
