@@ -42,6 +42,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("chunk_size"), py::call_guard<py::gil_scoped_release>());
 
   // ---- self_attention ----
+  m.def("self_attention_workspace_bytes", &self_attention_workspace_bytes, py::arg("batch"),
+        py::arg("channels"), py::arg("positions"), py::arg("full_limit"), py::arg("dtype"),
+        "Bytes of workspace self_attention_cpu needs for these sizes (OpenMP threads included).");
+  m.def("self_attention_cpu", &self_attention_cpu, py::arg("x"), py::arg("out"),
+        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("batch"), py::arg("channels"),
+        py::arg("positions"), py::arg("full_limit"), py::arg("dtype"),
+        py::call_guard<py::gil_scoped_release>(),
+        "softmax(X X^T / sqrt(C)) X over the positions of each contiguous [C, L] map.");
 
   // ---- concentrated_loss ----
   m.def("concentrated_loss_workspace_bytes", &concentrated_loss_workspace_bytes, py::arg("batch"),

@@ -1,0 +1,444 @@
+// Parameter-free self-attention softmax(X X^T / sqrt(C)) X over the L = H*W positions of
+// each [C, L] map (SA-PatchCore eq. 4) on the CPU.
+//
+// Layout. The input is channels-first, so a row X[c, :] holds one channel of every position.
+// Both products are computed transposed, with the query positions i in the SIMD lanes:
+//   S^T[j, i] = sum_c X[c, j] X[c, i]      (broadcast key value, vector of queries)
+//   O^T[c, i] = sum_j X[c, j] P^T[j, i]    (broadcast channel value, vector of queries)
+// so the softmax runs down columns (elementwise across vectors) and O^T is already the
+// channels-first output. The maps are first packed into panels of W positions, [L/W][C][W],
+// zero-padded to whole vectors, so that every vector load is whole.
+//
+// Work. One task is (image, block of BQ queries); register tiles are MR rows x NV vectors,
+// and the tails (rows and vectors) use smaller instances of the same templates.
+// - Full mode (L <= full_limit): S = X^T X is symmetric, so only its tiles on and above the
+//   diagonal are computed (3/4 of the multiply-adds of the whole op), mirrored into an [L][Lp]
+//   matrix per image, for a group of images at a time; then each query block takes its exact
+//   column max and softmax.
+// - Flash mode (longer maps): keys come in blocks of KB with the online softmax (running
+//   column max m and sum l, the partial output rescaled by exp(m_old - m_new)), so only a
+//   KB x BQ block of the L x L matrix exists per thread.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "common.h"
+#include "kernels.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace pyanom {
+namespace {
+
+// 64-byte SIMD vectors through GCC vector extensions: one zmm register with AVX-512, split by
+// the compiler on narrower targets (PYANOM_CPU_ARCH=x86-64-v3, other architectures). Those
+// targets warn that such vectors are passed differently than AVX-512 code would: harmless for
+// functions private to this file.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf32 __attribute__((vector_size(64)));
+typedef double vf64 __attribute__((vector_size(64)));
+typedef int32_t vi32 __attribute__((vector_size(64)));
+typedef int64_t vi64 __attribute__((vector_size(64)));
+
+template <typename T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  using V = vf32;
+  using VI = vi32;
+  static constexpr int W = 16;
+  static V splat(float x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
+  static V fma(V a, V b, V c) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_ps(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
+  // exp(x) for x <= ~0 (arguments of the softmax after the max is subtracted): Cephes expf
+  // polynomial on x - n ln2, |.| <= ln2/2 (about 1 ulp); exact 0 below the normal range.
+  static V exp(V x) {
+    const V lo = splat(-87.33654f);
+    V z = x < lo ? lo : x;
+    const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
+    V n = (z * 1.44269504088896341f + magic) - magic;
+    V r = z - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V p = splat(1.9875691500e-4f);
+    p = fma(p, r, splat(1.3981999507e-3f));
+    p = fma(p, r, splat(8.3334519073e-3f));
+    p = fma(p, r, splat(4.1665795894e-2f));
+    p = fma(p, r, splat(1.6666665459e-1f));
+    p = fma(p, r, splat(5.0000001201e-1f));
+    p = fma(p * r, r, r) + 1.0f;
+    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    V y = p * scale;
+    return x < lo ? V{} : y;
+  }
+};
+
+template <>
+struct Simd<double> {
+  using V = vf64;
+  using VI = vi64;
+  static constexpr int W = 8;
+  static V splat(double x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
+  static V fma(V a, V b, V c) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_pd(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
+  // exp(x) for x <= ~0: Taylor polynomial of degree 13 on x - n ln2 (|.| <= ln2/2, truncation
+  // below 1e-17 relative); exact 0 below the normal range.
+  static V exp(V x) {
+    const V lo = splat(-708.3964185322641);
+    V z = x < lo ? lo : x;
+    const V magic = splat(6755399441055744.0);  // 1.5 * 2^52
+    V n = (z * 1.4426950408889634 + magic) - magic;
+    V r = z - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    static constexpr double inv_fact[14] = {
+        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+        1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+    V p = splat(inv_fact[13]);
+    for (int k = 12; k >= 0; --k) p = fma(p, r, splat(inv_fact[k]));
+    VI bits = (__builtin_convertvector(n, VI) + 1023) << 52;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    V y = p * scale;
+    return x < lo ? V{} : y;
+  }
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V, typename T>
+inline void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+template <typename T>
+struct Plan {
+  static constexpr int W = Simd<T>::W;
+  static constexpr int NV = 4;       // vectors of queries per register tile and per task
+  static constexpr int BQ = NV * W;  // queries per task, and the side of a score tile
+  static constexpr int MR = 6;       // rows (keys, or channels) per register tile
+  static constexpr int KB = 512;     // keys per softmax block
+  static constexpr int KV = 64;      // keys per pass of the channel tiles in P V
+  // Images whose whole score matrices are held at once (full mode): up to this many bytes.
+  static constexpr std::int64_t kScoreBytes = std::int64_t(32) << 20;
+  std::int64_t batch, channels, positions, full_limit;
+  std::int64_t padded() const { return (positions + W - 1) / W * W; }
+  std::int64_t blocks() const { return (positions + BQ - 1) / BQ; }
+  bool full() const { return positions <= full_limit; }
+  std::int64_t packed_elems() const { return batch * padded() * channels; }
+  std::int64_t score_elems() const { return positions * padded(); }
+  // Images per group in full mode: as many score matrices as fit kScoreBytes, at least one.
+  std::int64_t group() const {
+    if (!full()) return 0;
+    return std::clamp<std::int64_t>(kScoreBytes / (score_elems() * std::int64_t(sizeof(T))), 1,
+                                    batch);
+  }
+  // Per thread: a block of P^T [KB][BQ] and the output block [C][BQ].
+  std::int64_t scratch_elems() const { return KB * BQ + channels * BQ; }
+  // OpenMP threads: one per kGrain multiply-adds, at most the OpenMP maximum (a parallel
+  // region costs more than a small problem, and much more on a busy machine).
+  static constexpr std::int64_t kGrain = std::int64_t(1) << 22;
+  int threads() const {
+    const std::int64_t work = batch * positions * positions * channels;
+    return int(std::clamp<std::int64_t>(work / kGrain, 1, omp_get_max_threads()));
+  }
+  std::int64_t workspace_bytes() const {
+    return (packed_elems() + group() * score_elems() + threads() * scratch_elems()) *
+           std::int64_t(sizeof(T));
+  }
+};
+
+// [B][C][L] -> [B][L/W][C][W], zero-padded to whole vectors of positions.
+template <typename T>
+void pack(const T* x, T* packed, const Plan<T>& plan) {
+  constexpr int W = Plan<T>::W;
+  const std::int64_t C = plan.channels, L = plan.positions, groups = plan.padded() / W;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(plan.threads())
+  for (std::int64_t b = 0; b < plan.batch; ++b)
+    for (std::int64_t g = 0; g < groups; ++g) {
+      const std::int64_t n = std::min<std::int64_t>(W, L - g * W);
+      const T* src = x + b * C * L + g * W;
+      T* dst = packed + (b * groups + g) * C * W;
+      for (std::int64_t c = 0; c < C; ++c) {
+        std::memcpy(dst + c * W, src + c * L, n * sizeof(T));
+        std::fill(dst + c * W + n, dst + (c + 1) * W, T(0));
+      }
+    }
+}
+
+// Raw scores of MR keys j0.. (rows of st, row stride ld) against NV vectors of queries i0..;
+// when colmax is given, the column maxima of these rows are folded into it.
+template <typename T, int MR, int NV>
+void score_tile(const T* xb, std::int64_t C, std::int64_t j0, std::int64_t i0, T* st,
+                std::int64_t ld, typename Simd<T>::V* colmax) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  const T* a[MR];
+  for (int r = 0; r < MR; ++r) a[r] = xb + (j0 + r) / W * C * W + (j0 + r) % W;
+  const T* bq = xb + i0 / W * C * W;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (std::int64_t c = 0; c < C; ++c) {
+    V q[NV];
+    for (int v = 0; v < NV; ++v) q[v] = load<V>(bq + v * C * W + c * W);
+    for (int r = 0; r < MR; ++r) {
+      const V k = S::splat(a[r][c * W]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(k, q[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(st + r * ld + v * W, acc[r][v]);
+  if (colmax)
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) colmax[v] = acc[r][v] > colmax[v] ? acc[r][v] : colmax[v];
+}
+
+// Partial output of MR channels: ot[c] = sum_j X[c, j] pt[j] + (first ? 0 : alpha ? ot[c] * alpha
+// : ot[c]).
+template <typename T, int MR, int NV>
+void value_tile(const T* xb, std::int64_t C, std::int64_t c0, std::int64_t k0, std::int64_t kb,
+                const T* pt, const typename Simd<T>::V* alpha, bool first, T* ot) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  constexpr int BQ = Plan<T>::BQ;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  // k0 is a multiple of W: keys come in whole panels, the last one possibly partial.
+  for (std::int64_t j = 0; j < kb; j += W) {
+    const T* panel = xb + (k0 + j) / W * C * W + c0 * W;
+    const int n = int(std::min<std::int64_t>(W, kb - j));
+    for (int jj = 0; jj < n; ++jj) {
+      V p[NV];
+      for (int v = 0; v < NV; ++v) p[v] = load<V>(pt + (j + jj) * BQ + v * W);
+      for (int r = 0; r < MR; ++r) {
+        const V xv = S::splat(panel[r * W + jj]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(xv, p[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      T* o = ot + (c0 + r) * BQ + v * W;
+      store(o, first ? acc[r][v] : alpha ? S::fma(load<V>(o), alpha[v], acc[r][v]) : load<V>(o) + acc[r][v]);
+    }
+}
+
+// Calls f(std::integral_constant<int, m>{}) for the runtime m in 1..MaxM.
+template <int MaxM, typename F>
+inline void with_rows(int m, F&& f) {
+  if constexpr (MaxM > 0) {
+    if (m == MaxM) return f(std::integral_constant<int, MaxM>{});
+    with_rows<MaxM - 1>(m, std::forward<F>(f));
+  }
+}
+
+// Scores of `rows` keys j0.. against the NV query vectors at i0, MR rows at a time.
+template <typename T, int NV>
+void score_rows(const T* xb, std::int64_t C, std::int64_t j0, std::int64_t rows, std::int64_t i0,
+                T* st, std::int64_t ld, typename Simd<T>::V* colmax) {
+  constexpr int MR = Plan<T>::MR;
+  std::int64_t j = 0;
+  for (; j + MR <= rows; j += MR) score_tile<T, MR, NV>(xb, C, j0 + j, i0, st + j * ld, ld, colmax);
+  with_rows<MR - 1>(int(rows - j), [&](auto m) {
+    score_tile<T, decltype(m)::value, NV>(xb, C, j0 + j, i0, st + j * ld, ld, colmax);
+  });
+}
+
+// Full mode, first phase: the score tile of key block J against query block I (J >= I) into the
+// symmetric [L][Lp] matrix s, mirrored into tile (I, J). Rows past L are never read; lanes past
+// L are zero so that whole-vector reads of the last column block stay finite.
+template <typename T>
+void score_block(const T* xb, const Plan<T>& plan, std::int64_t I, std::int64_t J, T* s) {
+  constexpr int W = Plan<T>::W, NV = Plan<T>::NV, BQ = Plan<T>::BQ;
+  const std::int64_t C = plan.channels, L = plan.positions, Lp = plan.padded();
+  const std::int64_t i0 = I * BQ, j0 = J * BQ, rows = std::min<std::int64_t>(BQ, L - j0);
+  const int nv = int(std::min<std::int64_t>(NV, (Lp - i0) / W));
+  with_rows<NV>(nv, [&](auto v) {
+    score_rows<T, decltype(v)::value>(xb, C, j0, rows, i0, s + j0 * Lp + i0, Lp, nullptr);
+  });
+  if (I == J) return;
+  const std::int64_t i_end = std::min<std::int64_t>(i0 + BQ, L);
+  const std::int64_t j_end = std::min<std::int64_t>(j0 + BQ, Lp);
+  for (std::int64_t i = i0; i < i_end; ++i)
+    for (std::int64_t j = j0; j < j_end; ++j) s[i * Lp + j] = j < L ? s[j * Lp + i] : T(0);
+}
+
+// softmax(scores / sqrt(C)) X for the queries i0.. of one image, written to out_b [C][L].
+// With full scores s ([L][Lp], full mode) the column max is known up front; otherwise the
+// scores are computed here block by block of KB keys with the online softmax.
+template <typename T, int NV>
+void attend_block(const T* xb, const Plan<T>& plan, std::int64_t i0, const T* s, T* scratch,
+                  T* out_b) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W, BQ = Plan<T>::BQ, MR = Plan<T>::MR, KB = Plan<T>::KB, KV = Plan<T>::KV;
+  const std::int64_t C = plan.channels, L = plan.positions, Lp = plan.padded();
+  const T scale = T(1) / std::sqrt(T(C));
+  T* pt = scratch;       // [KB][BQ]: this key block's probabilities (unnormalised)
+  T* ot = pt + KB * BQ;  // [C][BQ]: the unnormalised output
+  V m[NV];               // running column max of the raw scores
+  V l[NV];               // running column sum of exp((s - m) * scale)
+  V alpha[NV];           // rescale of the partial output for this key block
+  for (int v = 0; v < NV; ++v) {
+    m[v] = S::splat(-std::numeric_limits<T>::infinity());
+    l[v] = V{};
+    alpha[v] = S::splat(T(1));
+  }
+  if (s) {
+    for (std::int64_t j = 0; j < L; ++j)
+      for (int v = 0; v < NV; ++v) {
+        const V x = load<V>(s + j * Lp + i0 + v * W);
+        m[v] = x > m[v] ? x : m[v];
+      }
+  }
+  for (std::int64_t k0 = 0; k0 < L; k0 += KB) {
+    const std::int64_t kb = std::min<std::int64_t>(KB, L - k0);
+    const bool first = k0 == 0;
+    V sum[NV];
+    for (int v = 0; v < NV; ++v) sum[v] = V{};
+    if (s) {
+      for (std::int64_t j = 0; j < kb; ++j)
+        for (int v = 0; v < NV; ++v) {
+          const V p = S::exp((load<V>(s + (k0 + j) * Lp + i0 + v * W) - m[v]) * scale);
+          store(pt + j * BQ + v * W, p);
+          sum[v] += p;
+        }
+    } else {
+      V bmax[NV];
+      for (int v = 0; v < NV; ++v) bmax[v] = S::splat(-std::numeric_limits<T>::infinity());
+      score_rows<T, NV>(xb, C, k0, kb, i0, pt, BQ, bmax);
+      for (int v = 0; v < NV; ++v) {
+        const V mnew = bmax[v] > m[v] ? bmax[v] : m[v];
+        alpha[v] = S::exp((m[v] - mnew) * scale);  // 0 for the first block (m = -inf)
+        m[v] = mnew;
+      }
+      for (std::int64_t j = 0; j < kb; ++j)
+        for (int v = 0; v < NV; ++v) {
+          T* p = pt + j * BQ + v * W;
+          const V e = S::exp((load<V>(p) - m[v]) * scale);
+          store(p, e);
+          sum[v] += e;
+        }
+    }
+    for (int v = 0; v < NV; ++v) l[v] = S::fma(l[v], alpha[v], sum[v]);
+
+    // KV keys at a time, so that their probabilities stay in L1 while every channel tile (and
+    // the output block) streams past them; the rescale by alpha goes with the first.
+    for (std::int64_t j0 = 0; j0 < kb; j0 += KV) {
+      const std::int64_t n = std::min<std::int64_t>(KV, kb - j0);
+      const T* p = pt + j0 * BQ;
+      const V* a = j0 == 0 ? alpha : nullptr;
+      const bool f = first && j0 == 0;
+      std::int64_t c = 0;
+      for (; c + MR <= C; c += MR) value_tile<T, MR, NV>(xb, C, c, k0 + j0, n, p, a, f, ot);
+      with_rows<MR - 1>(int(C - c), [&](auto rows) {
+        value_tile<T, decltype(rows)::value, NV>(xb, C, c, k0 + j0, n, p, a, f, ot);
+      });
+    }
+  }
+
+  T inv[BQ];
+  for (int v = 0; v < NV; ++v) store(inv + v * W, T(1) / l[v]);
+  const std::int64_t n = std::min<std::int64_t>(BQ, L - i0);
+  for (std::int64_t c = 0; c < C; ++c)
+    for (std::int64_t i = 0; i < n; ++i) out_b[c * L + i0 + i] = ot[c * BQ + i] * inv[i];
+}
+
+template <typename T>
+void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const Plan<T>& plan) {
+  constexpr int W = Plan<T>::W, NV = Plan<T>::NV, BQ = Plan<T>::BQ;
+  const int threads = plan.threads();
+  PYANOM_CHECK(workspace_bytes >= plan.workspace_bytes(),
+               "self_attention: workspace too small (" + std::to_string(workspace_bytes) +
+                   " bytes, need " + std::to_string(plan.workspace_bytes()) + ")");
+  const std::int64_t C = plan.channels, L = plan.positions, Lp = plan.padded();
+  const std::int64_t nb = plan.blocks(), group = plan.group();
+  T* packed = workspace;
+  T* scores = packed + plan.packed_elems();
+  T* scratch = scores + group * plan.score_elems();
+  pack(x, packed, plan);
+
+  // Full mode takes the images `group` at a time, all scores first; flash mode all at once.
+  const std::int64_t step = plan.full() ? group : plan.batch;
+  for (std::int64_t b0 = 0; b0 < plan.batch; b0 += step) {
+    const std::int64_t nimg = std::min(step, plan.batch - b0);
+#pragma omp parallel num_threads(threads)
+    {
+      if (plan.full()) {
+        // Only the tiles on and above the diagonal: the scores are symmetric.
+#pragma omp for collapse(3) schedule(dynamic)
+        for (std::int64_t b = 0; b < nimg; ++b)
+          for (std::int64_t I = 0; I < nb; ++I)
+            for (std::int64_t J = 0; J < nb; ++J)
+              if (J >= I)
+                score_block(packed + (b0 + b) * Lp * C, plan, I, J, scores + b * plan.score_elems());
+      }
+      T* mine = scratch + omp_get_thread_num() * plan.scratch_elems();
+#pragma omp for collapse(2) schedule(static)
+      for (std::int64_t b = 0; b < nimg; ++b)
+        for (std::int64_t q = 0; q < nb; ++q) {
+          const std::int64_t i0 = q * BQ;
+          const T* s = plan.full() ? scores + b * plan.score_elems() : nullptr;
+          const int nv = int(std::min<std::int64_t>(NV, (Lp - i0) / W));
+          with_rows<NV>(nv, [&](auto v) {
+            attend_block<T, decltype(v)::value>(packed + (b0 + b) * Lp * C, plan, i0, s, mine,
+                                                out + (b0 + b) * C * L);
+          });
+        }
+    }
+  }
+}
+
+}  // namespace
+
+std::int64_t self_attention_workspace_bytes(std::int64_t batch, std::int64_t channels,
+                                            std::int64_t positions, std::int64_t full_limit,
+                                            const std::string& dtype) {
+  PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
+               "self_attention: batch, channels and positions must be positive");
+  return dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    return Plan<T>{batch, channels, positions, full_limit}.workspace_bytes();
+  });
+}
+
+void self_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
+                        std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
+                        std::int64_t positions, std::int64_t full_limit, const std::string& dtype) {
+  PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
+               "self_attention: batch, channels and positions must be positive");
+  PYANOM_CHECK(x && out && workspace, "self_attention: null buffer address");
+  dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    run<T>(as_ptr<const T>(x), as_ptr<T>(out), as_ptr<T>(workspace), workspace_bytes,
+           Plan<T>{batch, channels, positions, full_limit});
+  });
+}
+
+}  // namespace pyanom
