@@ -146,7 +146,8 @@ def _stack_images(items: list[dict]) -> torch.Tensor:
 
 
 def iterate_images(dataset, batch_size: int) -> Iterator[torch.Tensor]:
-    """Batches of images [B, 3, S, S] from an InspectionSet; decoding overlaps scoring."""
+    """Batches of images [B, 3, S, S] from an InspectionSet, decoded in this process (a forked
+    worker would deadlock in OpenMP once the parent has used it)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=1, collate_fn=_stack_images)
+                                         num_workers=0, collate_fn=_stack_images)
     yield from loader
