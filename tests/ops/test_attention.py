@@ -57,8 +57,8 @@ def test_flash_path_matches_reference(shape, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_more_images_than_one_group_of_score_matrices(dtype):
-    """Full mode holds the scores of a group of images at a time (8 fp32 / 4 fp64 at L = 1024)."""
+def test_more_images_than_one_group(dtype):
+    """The CPU kernel packs (and scores) a group of images at a time: 3 in fp32, 1 in fp64 here."""
     x = torch.randn(10, 3, 32, 32, dtype=dtype)
     check(self_attention(x, backend="native"), x)
 
