@@ -59,13 +59,16 @@ def _torch_attention(x: torch.Tensor) -> torch.Tensor:
 
 
 def _native_attention(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu":  # no CUDA kernel yet
-        return _torch_attention(x)
     c_mod = native_module()
     b, c, h, w = x.shape
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dtype = str(x.dtype).removeprefix("torch.")
+    if x.device.type == "cuda":
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream().cuda_stream
+            c_mod.self_attention_cuda(x.data_ptr(), out.data_ptr(), b, c, h * w, dtype, stream)
+        return out
     size = c_mod.self_attention_workspace_bytes(b, c, h * w, FULL_SCORES_MAX_POSITIONS, dtype)
     workspace = torch.empty(size, dtype=torch.uint8)
     c_mod.self_attention_cpu(x.data_ptr(), out.data_ptr(), workspace.data_ptr(), size, b, c,

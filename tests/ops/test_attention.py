@@ -194,8 +194,10 @@ def test_registered_custom_op():
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 2048, 8, 8), (1, 64, 64, 64), (2, 9, 23, 29)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 2048, 8, 8), (1, 64, 64, 64), (2, 9, 23, 29),
+                                            (1, 2100, 5, 5), (1, 3, 65, 65)], ids=str)
 def test_cuda_matches_reference(shape, dtype):
+    """C up to 2048 and H*W up to 4096 (the issue's range), and past both."""
     x = torch.randn(shape, dtype=dtype, device="cuda")
     out = self_attention(x, backend="native")
     assert out.device == x.device
@@ -215,9 +217,23 @@ def test_cuda_large_magnitude_is_stable(magnitude):
 def test_cuda_non_contiguous_and_side_stream():
     x = torch.randn(2, 24, 10, 12, device="cuda").to(memory_format=torch.channels_last)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         out = self_attention(x, backend="native")
-    stream.synchronize()
+    torch.cuda.current_stream().wait_stream(stream)
+    check(out.cpu(), x.cpu())
+
+
+@cuda
+def test_cuda_kernel_runs_on_the_current_stream():
+    """Graph capture fails for work launched on any stream but the capturing one."""
+    x = torch.randn(2, 16, 6, 6, device="cuda")
+    torch.ops.pyanom.self_attention(x, "native")  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.pyanom.self_attention(x, "native")
+    graph.replay()
+    torch.cuda.synchronize()
     check(out.cpu(), x.cpu())
 
 
