@@ -192,17 +192,24 @@ struct Plan {
   }
 };
 
-// One panel of W positions of a [C][L] map -> [C][W], zero-padded past L.
+// One panel of W positions of a [C][L] map -> [C][W], zero-padded past L. Returns whether all
+// its values are finite (x * 0 is 0 for those and NaN for NaN and Inf), which spares the
+// caller a separate pass over the input.
 template <typename T>
-void pack_panel(const T* xb, std::int64_t C, std::int64_t L, std::int64_t g, T* panel) {
+bool pack_panel(const T* xb, std::int64_t C, std::int64_t L, std::int64_t g, T* panel) {
   using V = typename Simd<T>::V;
   constexpr int W = Simd<T>::W;
   const int n = int(std::min<std::int64_t>(W, L - g * W));
   const T* src = xb + g * W;
-  if (n == W)
-    for (std::int64_t c = 0; c < C; ++c) store(panel + c * W, load<V>(src + c * L));
-  else
-    for (std::int64_t c = 0; c < C; ++c) store(panel + c * W, load_first<V>(src + c * L, n));
+  V probe = {};
+  for (std::int64_t c = 0; c < C; ++c) {
+    const V v = n == W ? load<V>(src + c * L) : load_first<V>(src + c * L, n);
+    store(panel + c * W, v);
+    probe += v * T(0);
+  }
+  bool finite = true;
+  for (int i = 0; i < W; ++i) finite = finite && probe[i] == probe[i];
+  return finite;
 }
 
 // Raw scores of MR keys j0.. (rows of st, row stride ld) against NV vectors of queries i0..;
@@ -398,15 +405,18 @@ void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const P
   T* packed = workspace;                                 // [group][Lp / W][C][W]
   T* scores = packed + group * plan.packed_elems();      // [group][L][Lp], full mode
   T* scratch = scores + group * plan.score_elems();      // per thread
+  bool finite = true;
 #pragma omp parallel num_threads(plan.threads())
   {
     T* mine = scratch + omp_get_thread_num() * plan.scratch_elems();
     for (std::int64_t b0 = 0; b0 < plan.batch; b0 += group) {
       const std::int64_t nimg = std::min(group, plan.batch - b0);
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(static) reduction(&& : finite)
       for (std::int64_t b = 0; b < nimg; ++b)
         for (std::int64_t g = 0; g < panels; ++g)
-          pack_panel(x + (b0 + b) * C * L, C, L, g, packed + (b * panels + g) * C * W);
+          finite = pack_panel(x + (b0 + b) * C * L, C, L, g, packed + (b * panels + g) * C * W) &&
+                   finite;
+      if (!finite) break;  // the same for every thread: the reduction ends with a barrier
       if (plan.full()) {
         // Only the tiles on and above the diagonal: the scores are symmetric.
 #pragma omp for collapse(3) schedule(dynamic)
@@ -430,6 +440,7 @@ void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const P
         }
     }
   }
+  PYANOM_CHECK(finite, "x contains NaN or Inf");
 }
 
 }  // namespace

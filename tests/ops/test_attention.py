@@ -132,6 +132,17 @@ def test_bad_input_rejected_alike(make, error, message, backend):
         self_attention(make(), backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (9, 2, 31, 30), (4, 1, 17, 5)])
+def test_one_non_finite_value_anywhere(where, value, backend):
+    """Also in the last image of the last group, in the last (partial) vector of positions."""
+    x = torch.randn(10, 3, 32, 31, dtype=torch.float64)
+    x[where] = value
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        self_attention(x, backend=backend)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         self_attention(torch.randn(1, 2, 3, 3), backend="fast")
