@@ -241,8 +241,8 @@ void score_tile(const T* xb, std::int64_t C, std::int64_t j0, std::int64_t i0, T
       for (int v = 0; v < NV; ++v) colmax[v] = acc[r][v] > colmax[v] ? acc[r][v] : colmax[v];
 }
 
-// Partial output of MR channels: ot[c] = sum_j X[c, j] pt[j] + (first ? 0 : alpha ? ot[c] * alpha
-// : ot[c]).
+// Partial output of MR channels, ot[c] += sum_j X[c, j] pt[j] over kb keys from k0: stored
+// as is for the first keys of all, else added to ot[c] rescaled by alpha (when given).
 template <typename T, int MR, int NV>
 void value_tile(const T* xb, std::int64_t C, std::int64_t c0, std::int64_t k0, std::int64_t kb,
                 const T* pt, const typename Simd<T>::V* alpha, bool first, T* ot) {
@@ -269,7 +269,10 @@ void value_tile(const T* xb, std::int64_t C, std::int64_t c0, std::int64_t k0, s
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
       T* o = ot + (c0 + r) * BQ + v * W;
-      store(o, first ? acc[r][v] : alpha ? S::fma(load<V>(o), alpha[v], acc[r][v]) : load<V>(o) + acc[r][v]);
+      if (first)
+        store(o, acc[r][v]);
+      else
+        store(o, alpha ? S::fma(load<V>(o), alpha[v], acc[r][v]) : load<V>(o) + acc[r][v]);
     }
 }
 

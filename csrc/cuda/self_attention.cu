@@ -3,7 +3,7 @@
 //
 // The head dimension is C (up to 2048 and more), far past what flash-attention kernels keep in
 // registers, so here nothing scales with C or L on chip:
-// - one thread block takes BM queries of one map and walks the keys in blocks of BN;
+// - one thread block takes BM queries of one map (128 or 64) and walks the keys in blocks of BN;
 // - S = Q^T K for the block is accumulated over C in shared chunks of BK channels; both
 //   operands are rows of the channels-first map, so the loads are coalesced;
 // - the online softmax (base 2) keeps a running max and sum per query in shared memory;
@@ -32,38 +32,27 @@ constexpr int kKeys = 64;      // BN: keys per block of the online softmax
 constexpr int kDepth = 16;     // BK: channels per shared chunk of Q and K, keys per chunk of V
 constexpr int kChannels = 64;  // CT: output channels per pass of P V
 
-template <typename T>
-struct Tile;
-template <>
-struct Tile<float> {
-  static constexpr int kQueries = 128;  // BM
-  static constexpr float kLowest = -FLT_MAX;
-};
-template <>
-struct Tile<double> {
-  static constexpr int kQueries = 64;  // BM: the same shared bytes as float
-  static constexpr double kLowest = -DBL_MAX;
-};
-
 __device__ __forceinline__ float exp2_t(float x) { return exp2f(x); }
 __device__ __forceinline__ double exp2_t(double x) { return exp2(x); }
+__device__ __forceinline__ float lowest(float) { return -FLT_MAX; }
+__device__ __forceinline__ double lowest(double) { return -DBL_MAX; }
 
 // Shared memory: P [BN][BM] (keys major), row max / sum / rescale [BM], then one work area
 // reused by the phases: Q and K chunks [BK][BM] + [BK][BN], partial reductions [16][BM], the
 // V chunk [BK][CT + 1] (padded: its stores go down columns).
-template <typename T>
+template <int BM>
 constexpr int shared_elems() {
-  constexpr int BM = Tile<T>::kQueries;
   constexpr int qk = kDepth * (BM + kKeys), red = 16 * BM, v = kDepth * (kChannels + 1);
   constexpr int work = qk > red ? (qk > v ? qk : v) : (red > v ? red : v);
   return kKeys * BM + 3 * BM + work;
 }
 
-template <typename T>
+// BM queries per block (a multiple of 16).
+template <typename T, int BM>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const T* __restrict__ x, T* __restrict__ out, int C, int L,
                      int query_blocks, T scale_log2) {
-  constexpr int BM = Tile<T>::kQueries, BN = kKeys, BK = kDepth, CT = kChannels;
+  constexpr int BN = kKeys, BK = kDepth, CT = kChannels;
   constexpr int TM = BM / 16, TN = BN / 16, TC = CT / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   T* ps = reinterpret_cast<T*>(smem);  // [BN][BM]
@@ -83,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
   T* ob = out + map;
 
   if (tid < BM) {
-    row_max[tid] = Tile<T>::kLowest;
+    row_max[tid] = lowest(T());
     row_sum[tid] = T(0);
   }
   for (int k0 = 0; k0 < L; k0 += BN) {
@@ -125,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // Q and K chunks consumed: red reuses them
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-      T m = Tile<T>::kLowest;
+      T m = lowest(T());
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         s[i][j] *= scale_log2;
@@ -177,7 +166,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = tid; e < BK * CT; e += kThreads) {
           const int k = e % BK, c = e / BK;
           const int key = k0 + kk + k, channel = c0 + c;
-          vs[k * (CT + 1) + c] = channel < C && key < L ? xb[std::int64_t(channel) * L + key] : T(0);
+          vs[k * (CT + 1) + c] =
+              channel < C && key < L ? xb[std::int64_t(channel) * L + key] : T(0);
         }
         __syncthreads();
 #pragma unroll
@@ -212,21 +202,34 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T>
-void launch(const T* x, T* out, std::int64_t batch, std::int64_t channels,
-            std::int64_t positions, cudaStream_t stream) {
-  constexpr int BM = Tile<T>::kQueries;
+template <typename T, int BM>
+void launch_tiles(const T* x, T* out, std::int64_t batch, std::int64_t channels,
+                  std::int64_t positions, cudaStream_t stream) {
   const std::int64_t query_blocks = (positions + BM - 1) / BM;
   PYANOM_CHECK(channels <= INT_MAX && positions <= INT_MAX && batch * query_blocks <= INT_MAX,
                "self_attention: maps too large for one CUDA launch");
-  const int bytes = shared_elems<T>() * int(sizeof(T));
-  // Above the 48 KiB default for double: opt in (every supported GPU allows 64 KiB).
-  PYANOM_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T>,
+  const int bytes = shared_elems<BM>() * int(sizeof(T));
+  // Past the 48 KiB default for double: opt in (every supported GPU allows 64 KiB).
+  PYANOM_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, BM>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   const T scale_log2 = T(1.4426950408889634) / std::sqrt(T(channels));
-  attention_kernel<T><<<unsigned(batch * query_blocks), kThreads, bytes, stream>>>(
+  attention_kernel<T, BM><<<unsigned(batch * query_blocks), kThreads, bytes, stream>>>(
       x, out, int(channels), int(positions), int(query_blocks), scale_log2);
   PYANOM_CUDA_CHECK_LAUNCH();
+}
+
+// 128 queries per block in float (64 in double, for the same shared bytes), or 64 when 128
+// would leave multiprocessors idle (small maps, e.g. 32 maps of 16 x 16 make only 64 blocks).
+template <typename T>
+void launch(const T* x, T* out, std::int64_t batch, std::int64_t channels,
+            std::int64_t positions, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  PYANOM_CUDA_CHECK(cudaGetDevice(&device));
+  PYANOM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if constexpr (sizeof(T) == 4)
+    if (batch * ((positions + 127) / 128) >= sms)
+      return launch_tiles<T, 128>(x, out, batch, channels, positions, stream);
+  launch_tiles<T, 64>(x, out, batch, channels, positions, stream);
 }
 
 }  // namespace

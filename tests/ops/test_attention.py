@@ -35,7 +35,8 @@ def expected(x):
 def check(out, x, scale=1.0):
     assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
     tol = TOL[x.dtype]
-    torch.testing.assert_close(out.double(), expected(x), rtol=tol["rtol"], atol=tol["atol"] * scale)
+    torch.testing.assert_close(out.double(), expected(x), rtol=tol["rtol"],
+                               atol=tol["atol"] * scale)
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
@@ -59,7 +60,7 @@ def test_flash_path_matches_reference(shape, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_more_images_than_one_group(dtype):
     """The CPU kernel packs (and scores) a group of images at a time: 3 in fp32, 1 in fp64 here."""
-    x = torch.randn(10, 3, 32, 32, dtype=dtype)
+    x = torch.randn(7, 3, 32, 32, dtype=dtype)
     check(self_attention(x, backend="native"), x)
 
 
@@ -85,7 +86,8 @@ def test_large_magnitude_is_stable(magnitude, dtype, backend):
 def test_constant_map_is_a_fixed_point(backend):
     """All positions equal: every weight row averages copies of the same vector."""
     x = torch.randn(2, 12, 1, 1).expand(2, 12, 6, 5)
-    torch.testing.assert_close(self_attention(x, backend=backend), x.contiguous(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(self_attention(x, backend=backend), x.contiguous(),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
@@ -101,8 +103,8 @@ def test_non_contiguous_input(layout, backend):
 
 def test_backends_agree_float32():
     x = torch.randn(4, 128, 12, 12)
-    torch.testing.assert_close(self_attention(x, backend="native"), self_attention(x, backend="torch"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(self_attention(x, backend="native"),
+                               self_attention(x, backend="torch"), rtol=1e-4, atol=1e-5)
 
 
 def test_native_is_deterministic():
@@ -115,7 +117,8 @@ BAD = [
     (lambda: torch.tensor([[[[1.0, float("inf")]]]]), ValueError, "x contains NaN or Inf"),
     (lambda: torch.randn(2, 3, 4), ValueError, "x must have 4 dimensions"),
     (lambda: torch.randn(1, 2, 3, 4, 5), ValueError, "x must have 4 dimensions"),
-    (lambda: torch.ones(1, 2, 3, 3, dtype=torch.int64), TypeError, "x must have dtype float32, float64"),
+    (lambda: torch.ones(1, 2, 3, 3, dtype=torch.int64), TypeError,
+     "x must have dtype float32, float64"),
     (lambda: torch.randn(1, 2, 3, 3).half(), TypeError, "x must have dtype float32, float64"),
     (lambda: torch.randn(0, 2, 3, 3), ValueError, "x is empty"),
     (lambda: torch.randn(1, 0, 3, 3), ValueError, "x is empty"),
@@ -181,8 +184,10 @@ def test_no_grad_mode_allows_native_on_grad_tensors():
 def test_auto_and_env_select_the_backend(monkeypatch):
     calls = []
     native, torch_path = attention._native_attention, attention._torch_attention
-    monkeypatch.setattr(attention, "_native_attention", lambda x: calls.append("native") or native(x))
-    monkeypatch.setattr(attention, "_torch_attention", lambda x: calls.append("torch") or torch_path(x))
+    monkeypatch.setattr(attention, "_native_attention",
+                        lambda x: calls.append("native") or native(x))
+    monkeypatch.setattr(attention, "_torch_attention",
+                        lambda x: calls.append("torch") or torch_path(x))
     x = torch.randn(1, 3, 4, 4)
     self_attention(x)
     monkeypatch.setenv("PYANOM_BACKEND", "torch")
