@@ -1,10 +1,14 @@
-"""self_attention on SA-PatchCore-sized feature maps: B = 32, C = 1024, 16x16 and 32x32.
+r"""self_attention on SA-PatchCore-sized feature maps: B = 32, C = 1024, 16x16 and 32x32.
 
 native (pyanom's CPU kernel) vs torch scaled_dot_product_attention (the bare call on the
 [B, 1, H*W, C] view, and pyanom's torch backend, which adds the layout copies) vs the reference
 formula, on the same inputs in one run. Target: native within 1.25x of SDPA or faster.
 
-    PYTHONPATH=$PWD python3 -P -m pytest benchmarks/bench_attention.py --benchmark-columns=min,median,mean,stddev,rounds
+    PYTHONPATH=$PWD python3 -P -m pytest benchmarks/bench_attention.py \
+        --benchmark-columns=min,median,mean,stddev,rounds
+
+(add OMP_NUM_THREADS=1 and --benchmark-timer=time.process_time for one core's CPU time, which
+a busy shared machine disturbs far less than wall time).
 """
 
 import math

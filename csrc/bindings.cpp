@@ -50,6 +50,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("positions"), py::arg("full_limit"), py::arg("dtype"),
         py::call_guard<py::gil_scoped_release>(),
         "softmax(X X^T / sqrt(C)) X over the positions of each contiguous [C, L] map.");
+#ifdef PYANOM_WITH_CUDA
+  m.def("self_attention_cuda", &self_attention_cuda, py::arg("x"), py::arg("out"),
+        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "The same on CUDA buffers, launched on the given stream (cudaStream_t address).");
+#endif
 
   // ---- concentrated_loss ----
   m.def("concentrated_loss_workspace_bytes", &concentrated_loss_workspace_bytes, py::arg("batch"),

@@ -31,10 +31,17 @@ void knn_scores_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t 
 // [B, C, L]. Maps of at most full_limit positions hold their whole (symmetric) score matrix and
 // compute half of it; longer ones go flash-attention style. Workspace: see _workspace_bytes.
 std::int64_t self_attention_workspace_bytes(std::int64_t batch, std::int64_t channels,
-                                            std::int64_t positions, std::int64_t full_limit, const std::string& dtype);
+                                            std::int64_t positions, std::int64_t full_limit,
+                                            const std::string& dtype);
 void self_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
                         std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
                         std::int64_t positions, std::int64_t full_limit, const std::string& dtype);
+#ifdef PYANOM_WITH_CUDA
+// The same on device buffers, fused in one kernel launched on `stream` (a cudaStream_t).
+void self_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
+                         std::int64_t channels, std::int64_t positions, const std::string& dtype,
+                         std::uintptr_t stream);
+#endif
 
 // ---- concentrated_loss ----
 // Work is split into blocks of at most kConcentratedLossBlock pixels of one image (one

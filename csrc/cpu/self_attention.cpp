@@ -36,15 +36,22 @@
 namespace pyanom {
 namespace {
 
-// 64-byte SIMD vectors through GCC vector extensions: one zmm register with AVX-512, split by
-// the compiler on narrower targets (PYANOM_CPU_ARCH=x86-64-v3, other architectures). Those
-// targets warn that such vectors are passed differently than AVX-512 code would: harmless for
-// functions private to this file.
+// SIMD vectors through GCC vector extensions: a zmm register with AVX-512, else a ymm register
+// (AVX2, e.g. PYANOM_CPU_ARCH=x86-64-v3), which the compiler splits on narrower targets. Those
+// warn that such vectors pass differently between targets: harmless for functions private to
+// this file.
 #pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf32 __attribute__((vector_size(64)));
-typedef double vf64 __attribute__((vector_size(64)));
-typedef int32_t vi32 __attribute__((vector_size(64)));
-typedef int64_t vi64 __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+constexpr int kQueryVectors = 4;  // 6 x 4 accumulators of the 32 zmm registers
+#else
+constexpr int kVectorBytes = 32;
+constexpr int kQueryVectors = 2;  // 6 x 2 accumulators of the 16 ymm registers
+#endif
+typedef float vf32 __attribute__((vector_size(kVectorBytes)));
+typedef double vf64 __attribute__((vector_size(kVectorBytes)));
+typedef int32_t vi32 __attribute__((vector_size(kVectorBytes)));
+typedef int64_t vi64 __attribute__((vector_size(kVectorBytes)));
 
 template <typename T>
 struct Simd;
@@ -53,7 +60,7 @@ template <>
 struct Simd<float> {
   using V = vf32;
   using VI = vi32;
-  static constexpr int W = 16;
+  static constexpr int W = kVectorBytes / 4;
   static V splat(float x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
   static V fma(V a, V b, V c) {
 #if defined(__AVX512F__)
@@ -90,7 +97,7 @@ template <>
 struct Simd<double> {
   using V = vf64;
   using VI = vi64;
-  static constexpr int W = 8;
+  static constexpr int W = kVectorBytes / 8;
   static V splat(double x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
   static V fma(V a, V b, V c) {
 #if defined(__AVX512F__)
@@ -128,6 +135,23 @@ inline V load(const T* p) {
   return v;
 }
 
+// The first n lanes from p (n <= lanes), zeros after; never reads past p[n - 1].
+template <typename V, typename T>
+inline V load_first(const T* p, int n) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
+  else
+    return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p);
+#else
+  constexpr int lanes = int(sizeof(V) / sizeof(T));
+  if (n == lanes) return load<V>(p);
+  V v = {};
+  for (int i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+
 template <typename V, typename T>
 inline void store(T* p, V v) {
   std::memcpy(p, &v, sizeof v);
@@ -136,24 +160,22 @@ inline void store(T* p, V v) {
 template <typename T>
 struct Plan {
   static constexpr int W = Simd<T>::W;
-  static constexpr int NV = 4;       // vectors of queries per register tile and per task
+  static constexpr int NV = kQueryVectors;  // vectors of queries per register tile and task
   static constexpr int BQ = NV * W;  // queries per task, and the side of a score tile
   static constexpr int MR = 6;       // rows (keys, or channels) per register tile
   static constexpr int KB = 512;     // keys per softmax block
   static constexpr int KV = 64;      // keys per pass of the channel tiles in P V
-  // Images whose whole score matrices are held at once (full mode): up to this many bytes.
-  static constexpr std::int64_t kScoreBytes = std::int64_t(32) << 20;
+  // Images are taken in groups whose packed maps (and score matrices, full mode) fit this.
+  static constexpr std::int64_t kGroupBytes = std::int64_t(16) << 20;
   std::int64_t batch, channels, positions, full_limit;
   std::int64_t padded() const { return (positions + W - 1) / W * W; }
   std::int64_t blocks() const { return (positions + BQ - 1) / BQ; }
   bool full() const { return positions <= full_limit; }
-  std::int64_t packed_elems() const { return batch * padded() * channels; }
-  std::int64_t score_elems() const { return positions * padded(); }
-  // Images per group in full mode: as many score matrices as fit kScoreBytes, at least one.
+  std::int64_t packed_elems() const { return padded() * channels; }              // per image
+  std::int64_t score_elems() const { return full() ? positions * padded() : 0; }  // per image
   std::int64_t group() const {
-    if (!full()) return 0;
-    return std::clamp<std::int64_t>(kScoreBytes / (score_elems() * std::int64_t(sizeof(T))), 1,
-                                    batch);
+    const std::int64_t bytes = (packed_elems() + score_elems()) * std::int64_t(sizeof(T));
+    return std::clamp<std::int64_t>(kGroupBytes / bytes, 1, batch);
   }
   // Per thread: a block of P^T [KB][BQ] and the output block [C][BQ].
   std::int64_t scratch_elems() const { return KB * BQ + channels * BQ; }
@@ -165,31 +187,33 @@ struct Plan {
     return int(std::clamp<std::int64_t>(work / kGrain, 1, omp_get_max_threads()));
   }
   std::int64_t workspace_bytes() const {
-    return (packed_elems() + group() * score_elems() + threads() * scratch_elems()) *
+    return (group() * (packed_elems() + score_elems()) + threads() * scratch_elems()) *
            std::int64_t(sizeof(T));
   }
 };
 
-// [B][C][L] -> [B][L/W][C][W], zero-padded to whole vectors of positions.
+// One panel of W positions of a [C][L] map -> [C][W], zero-padded past L. Returns whether all
+// its values are finite (x * 0 is 0 for those and NaN for NaN and Inf), which spares the
+// caller a separate pass over the input.
 template <typename T>
-void pack(const T* x, T* packed, const Plan<T>& plan) {
-  constexpr int W = Plan<T>::W;
-  const std::int64_t C = plan.channels, L = plan.positions, groups = plan.padded() / W;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(plan.threads())
-  for (std::int64_t b = 0; b < plan.batch; ++b)
-    for (std::int64_t g = 0; g < groups; ++g) {
-      const std::int64_t n = std::min<std::int64_t>(W, L - g * W);
-      const T* src = x + b * C * L + g * W;
-      T* dst = packed + (b * groups + g) * C * W;
-      for (std::int64_t c = 0; c < C; ++c) {
-        std::memcpy(dst + c * W, src + c * L, n * sizeof(T));
-        std::fill(dst + c * W + n, dst + (c + 1) * W, T(0));
-      }
-    }
+bool pack_panel(const T* xb, std::int64_t C, std::int64_t L, std::int64_t g, T* panel) {
+  using V = typename Simd<T>::V;
+  constexpr int W = Simd<T>::W;
+  const int n = int(std::min<std::int64_t>(W, L - g * W));
+  const T* src = xb + g * W;
+  V probe = {};
+  for (std::int64_t c = 0; c < C; ++c) {
+    const V v = n == W ? load<V>(src + c * L) : load_first<V>(src + c * L, n);
+    store(panel + c * W, v);
+    probe += v * T(0);
+  }
+  bool finite = true;
+  for (int i = 0; i < W; ++i) finite = finite && probe[i] == probe[i];
+  return finite;
 }
 
 // Raw scores of MR keys j0.. (rows of st, row stride ld) against NV vectors of queries i0..;
-// when colmax is given, the column maxima of these rows are folded into it.
+// when colmax is given, the column maxima of these rows are folded into colmax.
 template <typename T, int MR, int NV>
 void score_tile(const T* xb, std::int64_t C, std::int64_t j0, std::int64_t i0, T* st,
                 std::int64_t ld, typename Simd<T>::V* colmax) {
@@ -217,8 +241,8 @@ void score_tile(const T* xb, std::int64_t C, std::int64_t j0, std::int64_t i0, T
       for (int v = 0; v < NV; ++v) colmax[v] = acc[r][v] > colmax[v] ? acc[r][v] : colmax[v];
 }
 
-// Partial output of MR channels: ot[c] = sum_j X[c, j] pt[j] + (first ? 0 : alpha ? ot[c] * alpha
-// : ot[c]).
+// Partial output of MR channels, ot[c] += sum_j X[c, j] pt[j] over kb keys from k0: stored
+// as is for the first keys of all, else added to ot[c] rescaled by alpha (when given).
 template <typename T, int MR, int NV>
 void value_tile(const T* xb, std::int64_t C, std::int64_t c0, std::int64_t k0, std::int64_t kb,
                 const T* pt, const typename Simd<T>::V* alpha, bool first, T* ot) {
@@ -245,7 +269,10 @@ void value_tile(const T* xb, std::int64_t C, std::int64_t c0, std::int64_t k0, s
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
       T* o = ot + (c0 + r) * BQ + v * W;
-      store(o, first ? acc[r][v] : alpha ? S::fma(load<V>(o), alpha[v], acc[r][v]) : load<V>(o) + acc[r][v]);
+      if (first)
+        store(o, acc[r][v]);
+      else
+        store(o, alpha ? S::fma(load<V>(o), alpha[v], acc[r][v]) : load<V>(o) + acc[r][v]);
     }
 }
 
@@ -363,9 +390,9 @@ void attend_block(const T* xb, const Plan<T>& plan, std::int64_t i0, const T* s,
     }
   }
 
-  T inv[BQ];
+  T inv[NV * W];
   for (int v = 0; v < NV; ++v) store(inv + v * W, T(1) / l[v]);
-  const std::int64_t n = std::min<std::int64_t>(BQ, L - i0);
+  const std::int64_t n = std::min<std::int64_t>(NV * W, L - i0);
   for (std::int64_t c = 0; c < C; ++c)
     for (std::int64_t i = 0; i < n; ++i) out_b[c * L + i0 + i] = ot[c * BQ + i] * inv[i];
 }
@@ -373,23 +400,26 @@ void attend_block(const T* xb, const Plan<T>& plan, std::int64_t i0, const T* s,
 template <typename T>
 void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const Plan<T>& plan) {
   constexpr int W = Plan<T>::W, NV = Plan<T>::NV, BQ = Plan<T>::BQ;
-  const int threads = plan.threads();
   PYANOM_CHECK(workspace_bytes >= plan.workspace_bytes(),
                "self_attention: workspace too small (" + std::to_string(workspace_bytes) +
                    " bytes, need " + std::to_string(plan.workspace_bytes()) + ")");
   const std::int64_t C = plan.channels, L = plan.positions, Lp = plan.padded();
-  const std::int64_t nb = plan.blocks(), group = plan.group();
-  T* packed = workspace;
-  T* scores = packed + plan.packed_elems();
-  T* scratch = scores + group * plan.score_elems();
-  pack(x, packed, plan);
-
-  // Full mode takes the images `group` at a time, all scores first; flash mode all at once.
-  const std::int64_t step = plan.full() ? group : plan.batch;
-  for (std::int64_t b0 = 0; b0 < plan.batch; b0 += step) {
-    const std::int64_t nimg = std::min(step, plan.batch - b0);
-#pragma omp parallel num_threads(threads)
-    {
+  const std::int64_t nb = plan.blocks(), group = plan.group(), panels = Lp / W;
+  T* packed = workspace;                                 // [group][Lp / W][C][W]
+  T* scores = packed + group * plan.packed_elems();      // [group][L][Lp], full mode
+  T* scratch = scores + group * plan.score_elems();      // per thread
+  bool finite = true;
+#pragma omp parallel num_threads(plan.threads())
+  {
+    T* mine = scratch + omp_get_thread_num() * plan.scratch_elems();
+    for (std::int64_t b0 = 0; b0 < plan.batch; b0 += group) {
+      const std::int64_t nimg = std::min(group, plan.batch - b0);
+#pragma omp for collapse(2) schedule(static) reduction(&& : finite)
+      for (std::int64_t b = 0; b < nimg; ++b)
+        for (std::int64_t g = 0; g < panels; ++g)
+          finite = pack_panel(x + (b0 + b) * C * L, C, L, g, packed + (b * panels + g) * C * W) &&
+                   finite;
+      if (!finite) break;  // the same for every thread: the reduction ends with a barrier
       if (plan.full()) {
         // Only the tiles on and above the diagonal: the scores are symmetric.
 #pragma omp for collapse(3) schedule(dynamic)
@@ -397,22 +427,23 @@ void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const P
           for (std::int64_t I = 0; I < nb; ++I)
             for (std::int64_t J = 0; J < nb; ++J)
               if (J >= I)
-                score_block(packed + (b0 + b) * Lp * C, plan, I, J, scores + b * plan.score_elems());
+                score_block(packed + b * plan.packed_elems(), plan, I, J,
+                            scores + b * plan.score_elems());
       }
-      T* mine = scratch + omp_get_thread_num() * plan.scratch_elems();
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(2) schedule(dynamic)
       for (std::int64_t b = 0; b < nimg; ++b)
         for (std::int64_t q = 0; q < nb; ++q) {
           const std::int64_t i0 = q * BQ;
           const T* s = plan.full() ? scores + b * plan.score_elems() : nullptr;
           const int nv = int(std::min<std::int64_t>(NV, (Lp - i0) / W));
           with_rows<NV>(nv, [&](auto v) {
-            attend_block<T, decltype(v)::value>(packed + (b0 + b) * Lp * C, plan, i0, s, mine,
-                                                out + (b0 + b) * C * L);
+            attend_block<T, decltype(v)::value>(packed + b * plan.packed_elems(), plan, i0, s,
+                                                mine, out + (b0 + b) * C * L);
           });
         }
     }
   }
+  PYANOM_CHECK(finite, "x contains NaN or Inf");
 }
 
 }  // namespace

@@ -27,27 +27,33 @@ def self_attention(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     The native kernels have no backward pass (the op runs on frozen features): when x requires
     grad and grad mode is on, "auto" takes the differentiable torch path and "native" raises.
     """
-    _checks.tensor("x", x, ndim=4)
+    # NaN and Inf are rejected inside the op: the CPU kernel finds them while packing x,
+    # which spares a separate pass over the whole input.
+    _checks.tensor("x", x, ndim=4, finite=False)
     if backend not in BACKENDS:
         raise ValueError(f"self_attention: backend must be one of {BACKENDS}, got {backend!r}")
     if x.requires_grad and torch.is_grad_enabled():
         if backend == "native":
             raise ValueError("self_attention: backend='native' has no backward pass, but x "
                              "requires grad; use backend='auto' or 'torch', or torch.no_grad()")
-        return _torch_attention(x)
+        return _torch_attention(_finite(x))
     return torch.ops.pyanom.self_attention(x, backend)
 
 
 @torch.library.custom_op("pyanom::self_attention", mutates_args=())
 def _self_attention_op(x: torch.Tensor, backend: str) -> torch.Tensor:
     if resolve(backend, x.device, "self_attention") == "torch":
-        return _torch_attention(x)
+        return _torch_attention(_finite(x))
     return _native_attention(x)
 
 
 @_self_attention_op.register_fake
 def _(x: torch.Tensor, backend: str) -> torch.Tensor:
     return x.new_empty(x.shape)
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return _checks.tensor("x", x, ndim=4)
 
 
 def _torch_attention(x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +65,17 @@ def _torch_attention(x: torch.Tensor) -> torch.Tensor:
 
 
 def _native_attention(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type != "cpu":  # no CUDA kernel yet
-        return _torch_attention(x)
     c_mod = native_module()
     b, c, h, w = x.shape
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dtype = str(x.dtype).removeprefix("torch.")
+    if x.device.type == "cuda":
+        _finite(x)
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream().cuda_stream
+            c_mod.self_attention_cuda(x.data_ptr(), out.data_ptr(), b, c, h * w, dtype, stream)
+        return out
     size = c_mod.self_attention_workspace_bytes(b, c, h * w, FULL_SCORES_MAX_POSITIONS, dtype)
     workspace = torch.empty(size, dtype=torch.uint8)
     c_mod.self_attention_cpu(x.data_ptr(), out.data_ptr(), workspace.data_ptr(), size, b, c,

@@ -35,7 +35,8 @@ def expected(x):
 def check(out, x, scale=1.0):
     assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
     tol = TOL[x.dtype]
-    torch.testing.assert_close(out.double(), expected(x), rtol=tol["rtol"], atol=tol["atol"] * scale)
+    torch.testing.assert_close(out.double(), expected(x), rtol=tol["rtol"],
+                               atol=tol["atol"] * scale)
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
@@ -57,9 +58,9 @@ def test_flash_path_matches_reference(shape, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_more_images_than_one_group_of_score_matrices(dtype):
-    """Full mode holds the scores of a group of images at a time (8 fp32 / 4 fp64 at L = 1024)."""
-    x = torch.randn(10, 3, 32, 32, dtype=dtype)
+def test_more_images_than_one_group(dtype):
+    """The CPU kernel packs (and scores) a group of images at a time: 3 in fp32, 1 in fp64 here."""
+    x = torch.randn(7, 3, 32, 32, dtype=dtype)
     check(self_attention(x, backend="native"), x)
 
 
@@ -85,7 +86,8 @@ def test_large_magnitude_is_stable(magnitude, dtype, backend):
 def test_constant_map_is_a_fixed_point(backend):
     """All positions equal: every weight row averages copies of the same vector."""
     x = torch.randn(2, 12, 1, 1).expand(2, 12, 6, 5)
-    torch.testing.assert_close(self_attention(x, backend=backend), x.contiguous(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(self_attention(x, backend=backend), x.contiguous(),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
@@ -101,8 +103,8 @@ def test_non_contiguous_input(layout, backend):
 
 def test_backends_agree_float32():
     x = torch.randn(4, 128, 12, 12)
-    torch.testing.assert_close(self_attention(x, backend="native"), self_attention(x, backend="torch"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(self_attention(x, backend="native"),
+                               self_attention(x, backend="torch"), rtol=1e-4, atol=1e-5)
 
 
 def test_native_is_deterministic():
@@ -115,7 +117,8 @@ BAD = [
     (lambda: torch.tensor([[[[1.0, float("inf")]]]]), ValueError, "x contains NaN or Inf"),
     (lambda: torch.randn(2, 3, 4), ValueError, "x must have 4 dimensions"),
     (lambda: torch.randn(1, 2, 3, 4, 5), ValueError, "x must have 4 dimensions"),
-    (lambda: torch.ones(1, 2, 3, 3, dtype=torch.int64), TypeError, "x must have dtype float32, float64"),
+    (lambda: torch.ones(1, 2, 3, 3, dtype=torch.int64), TypeError,
+     "x must have dtype float32, float64"),
     (lambda: torch.randn(1, 2, 3, 3).half(), TypeError, "x must have dtype float32, float64"),
     (lambda: torch.randn(0, 2, 3, 3), ValueError, "x is empty"),
     (lambda: torch.randn(1, 0, 3, 3), ValueError, "x is empty"),
@@ -130,6 +133,17 @@ BAD = [
 def test_bad_input_rejected_alike(make, error, message, backend):
     with pytest.raises(error, match=message):
         self_attention(make(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (9, 2, 31, 30), (4, 1, 17, 5)])
+def test_one_non_finite_value_anywhere(where, value, backend):
+    """Also in the last image of the last group, in the last (partial) vector of positions."""
+    x = torch.randn(10, 3, 32, 31, dtype=torch.float64)
+    x[where] = value
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        self_attention(x, backend=backend)
 
 
 def test_unknown_backend():
@@ -170,8 +184,10 @@ def test_no_grad_mode_allows_native_on_grad_tensors():
 def test_auto_and_env_select_the_backend(monkeypatch):
     calls = []
     native, torch_path = attention._native_attention, attention._torch_attention
-    monkeypatch.setattr(attention, "_native_attention", lambda x: calls.append("native") or native(x))
-    monkeypatch.setattr(attention, "_torch_attention", lambda x: calls.append("torch") or torch_path(x))
+    monkeypatch.setattr(attention, "_native_attention",
+                        lambda x: calls.append("native") or native(x))
+    monkeypatch.setattr(attention, "_torch_attention",
+                        lambda x: calls.append("torch") or torch_path(x))
     x = torch.randn(1, 3, 4, 4)
     self_attention(x)
     monkeypatch.setenv("PYANOM_BACKEND", "torch")
@@ -194,8 +210,10 @@ def test_registered_custom_op():
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES + [(2, 2048, 8, 8), (1, 64, 64, 64), (2, 9, 23, 29)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 2048, 8, 8), (1, 64, 64, 64), (2, 9, 23, 29),
+                                            (1, 2100, 5, 5), (1, 3, 65, 65)], ids=str)
 def test_cuda_matches_reference(shape, dtype):
+    """C up to 2048 and H*W up to 4096 (the issue's range), and past both."""
     x = torch.randn(shape, dtype=dtype, device="cuda")
     out = self_attention(x, backend="native")
     assert out.device == x.device
@@ -215,9 +233,23 @@ def test_cuda_large_magnitude_is_stable(magnitude):
 def test_cuda_non_contiguous_and_side_stream():
     x = torch.randn(2, 24, 10, 12, device="cuda").to(memory_format=torch.channels_last)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         out = self_attention(x, backend="native")
-    stream.synchronize()
+    torch.cuda.current_stream().wait_stream(stream)
+    check(out.cpu(), x.cpu())
+
+
+@cuda
+def test_cuda_kernel_runs_on_the_current_stream():
+    """Graph capture fails for work launched on any stream but the capturing one."""
+    x = torch.randn(2, 16, 6, 6, device="cuda")
+    torch.ops.pyanom.self_attention(x, "native")  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.pyanom.self_attention(x, "native")
+    graph.replay()
+    torch.cuda.synchronize()
     check(out.cpu(), x.cpu())
 
 
