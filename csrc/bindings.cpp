@@ -40,6 +40,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("distances"), py::arg("indices"), py::arg("workspace"),
         py::arg("workspace_bytes"), py::arg("q"), py::arg("n"), py::arg("d"), py::arg("k"),
         py::arg("dtype"), py::arg("chunk_size"), py::call_guard<py::gil_scoped_release>());
+#ifdef PYANOM_WITH_CUDA
+  m.def("knn_scores_cuda_workspace_bytes", &knn_scores_cuda_workspace_bytes, py::arg("q"),
+        py::arg("n"), py::arg("d"), py::arg("k"), py::arg("dtype"), py::arg("chunk_size"));
+  m.def("knn_scores_cuda", &knn_scores_cuda, py::arg("queries"), py::arg("bank"),
+        py::arg("distances"), py::arg("indices"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("q"), py::arg("n"), py::arg("d"), py::arg("k"),
+        py::arg("dtype"), py::arg("chunk_size"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
+#endif
 
   // ---- self_attention ----
   m.def("self_attention_workspace_bytes", &self_attention_workspace_bytes, py::arg("batch"),

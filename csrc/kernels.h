@@ -25,6 +25,15 @@ void knn_scores_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t 
                     std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes,
                     int64_t q, int64_t n, int64_t d, int64_t k, const std::string& dtype,
                     int64_t chunk_size);
+#ifdef PYANOM_WITH_CUDA
+// The same on the device of the current CUDA context, launched on `stream` (a cudaStream_t).
+int64_t knn_scores_cuda_workspace_bytes(int64_t q, int64_t n, int64_t d, int64_t k,
+                                        const std::string& dtype, int64_t chunk_size);
+void knn_scores_cuda(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
+                     std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes,
+                     int64_t q, int64_t n, int64_t d, int64_t k, const std::string& dtype,
+                     int64_t chunk_size, std::uintptr_t stream);
+#endif
 
 // ---- self_attention ----
 // softmax(X X^T / sqrt(C)) X for each [C, L] map of x [B, C, L] (channels-first), into out

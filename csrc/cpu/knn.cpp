@@ -344,8 +344,8 @@ KnnPlan make_plan(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk, int
   return p;
 }
 
-// Packs bank rows [row0, row0 + rows) as kNR-row panels, each feature's kNR values adjacent
-// (zero rows pad the last panel), and their squared norms with the micro-kernel's FMA chain.
+// Packs `rows` (<= kNR) bank rows as one panel, each feature's kNR values adjacent (zero rows
+// pad it), and stores their squared norms, summed in the micro-kernel's FMA order.
 template <typename T>
 void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
   using S = Simd<T>;

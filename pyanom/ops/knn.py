@@ -4,8 +4,10 @@ Both backends compute squared distances as ||q||^2 - 2 q.b + ||b||^2 (GEMM speed
 tile at a time and keep only each query's k best. The expansion loses relative precision when
 a distance is tiny next to the norms (near-duplicate points): |d^2 - exact d^2| is typically
 eps * sqrt(D) * (||q||^2 + ||b||^2) (the tests allow 2e-5 of that scale in float32), so
-distances near 0 carry an absolute error of about its square root. The native CPU kernel sums every dot product and norm in one order, so a
-query equal to a bank row gets exactly 0 and duplicate bank rows tie exactly.
+distances near 0 carry an absolute error of about its square root. The native kernels (CPU,
+and CUDA on the current stream with exact fp32/fp64 FMA, no tensor cores) sum every dot
+product and norm in one order, so a query equal to a bank row gets exactly 0 and duplicate
+bank rows tie exactly.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
         k: neighbours per query, 1 <= k <= N.
         chunk_size: the most elements (of the inputs' dtype) of scratch one call holds at once,
             besides O(Q * k + Q + N) bookkeeping; default DEFAULT_CHUNK_SIZE. The torch backend
-            spends it on one query-block x bank-block distance tile, the native kernel on a
-            packed block of bank rows plus small per-thread tiles. Values below one minimal
-            tile are rounded up to it. The result does not depend on it (native: bit for bit).
+            spends it on one query-block x bank-block distance tile, the native CPU kernel on a
+            packed block of bank rows plus small per-thread tiles, the CUDA kernel (whose tiles
+            live in shared memory) on partial top-k lists when it splits the bank between
+            blocks. Values below one minimal tile are rounded up to it. The result does not
+            depend on it (native: bit for bit).
         backend: "auto" (native when built for the device, else torch; env PYANOM_BACKEND
             overrides), "native" or "torch".
 
@@ -103,15 +107,23 @@ def _native_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: i
     dtype = _DTYPE_NAMES[queries.dtype]
     distances = torch.empty(q, k, dtype=queries.dtype, device=queries.device)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
-    nbytes = c.knn_scores_workspace_bytes(q, n, d, k, dtype, chunk_size)
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=queries.device)
-    c.knn_scores_cpu(queries.data_ptr(), bank.data_ptr(), distances.data_ptr(), indices.data_ptr(),
-                     workspace.data_ptr(), nbytes, q, n, d, k, dtype, chunk_size)
+    pointers = (queries.data_ptr(), bank.data_ptr(), distances.data_ptr(), indices.data_ptr())
+    if queries.device.type == "cpu":
+        nbytes = c.knn_scores_workspace_bytes(q, n, d, k, dtype, chunk_size)
+        workspace = torch.empty(nbytes, dtype=torch.uint8)
+        c.knn_scores_cpu(*pointers, workspace.data_ptr(), nbytes, q, n, d, k, dtype, chunk_size)
+        return distances, indices
+    with torch.cuda.device(queries.device):  # the kernel sizes its grid for the current device
+        nbytes = c.knn_scores_cuda_workspace_bytes(q, n, d, k, dtype, chunk_size)
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=queries.device)
+        c.knn_scores_cuda(*pointers, workspace.data_ptr(), nbytes, q, n, d, k, dtype, chunk_size,
+                          torch.cuda.current_stream().cuda_stream)
     return distances, indices
 
 
 def _torch_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
-    """Tiles of at most chunk_size squared distances (addmm), each reduced with topk."""
+    """Tiles of at most chunk_size values of ||b||^2 - 2 q.b (one addmm each) reduced with
+    topk; ||q||^2, constant along a row, is added to the survivors only."""
     q, n = queries.shape[0], bank.shape[0]
     cols = min(n, max(1, chunk_size // min(q, 128)))
     rows = min(q, max(1, chunk_size // cols))
@@ -121,17 +133,16 @@ def _torch_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: in
     distances = queries.new_empty(q, k)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
     for r0 in range(0, q, rows):
-        block = queries[r0:r0 + rows]
+        block, block_sq = queries[r0:r0 + rows], query_sq[r0:r0 + rows]
         best_d = best_i = None
         for c0 in range(0, n, cols):
-            d2 = tile[:block.shape[0] * min(cols, n - c0)].view(block.shape[0], -1)
-            torch.addmm(bank_sq[c0:c0 + cols], block, bank[c0:c0 + cols].T, alpha=-2, out=d2)
-            d2.add_(query_sq[r0:r0 + rows]).clamp_min_(0)
-            cand_d, cand_i = _smallest(d2, min(k, d2.shape[1]))
-            cand_i += c0
+            part = tile[:block.shape[0] * min(cols, n - c0)].view(block.shape[0], -1)
+            torch.addmm(bank_sq[c0:c0 + cols], block, bank[c0:c0 + cols].T, alpha=-2, out=part)
+            cand_d, cand_i = _smallest(part, min(k, part.shape[1]))
+            cand_d, cand_i = _in_order(cand_d.add_(block_sq).clamp_min_(0), cand_i + c0)
             if best_d is None:
                 best_d, best_i = cand_d, cand_i
-            else:  # both sorted by (distance, index), every kept index below every candidate's
+            else:  # both in (distance, index) order, every kept index below every candidate's
                 best_d, order = torch.cat([best_d, cand_d], 1).sort(dim=1, stable=True)
                 best_i = torch.cat([best_i, cand_i], 1).gather(1, order)
                 best_d, best_i = best_d[:, :k], best_i[:, :k]
@@ -140,18 +151,23 @@ def _torch_knn(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: in
     return distances, indices
 
 
-def _smallest(d2: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest of each row in (value, column) order; topk breaks ties arbitrarily."""
-    if k == d2.shape[1]:
-        return d2.sort(dim=1, stable=True)
-    values, cols = d2.topk(k + 1, dim=1, largest=False, sorted=True)
-    boundary_tie = values[:, k - 1] == values[:, k]
-    values, cols = values[:, :k], cols[:, :k]
-    cols, order = cols.sort(dim=1)
-    values, order = values.gather(1, order).sort(dim=1, stable=True)
-    cols = cols.gather(1, order)
-    if bool(boundary_tie.any()):  # which of the tied columns made the cut is arbitrary: redo
+def _smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest of each row and their columns, in no particular order. Where the k-th
+    and (k+1)-th tie, topk's choice among them is arbitrary: those rows are sorted stably."""
+    if k == values.shape[1]:
+        return values.clone(), torch.arange(k, device=values.device).expand_as(values).clone()
+    top, cols = values.topk(k + 1, dim=1, largest=False, sorted=True)
+    boundary_tie = top[:, k - 1] == top[:, k]
+    top, cols = top[:, :k], cols[:, :k]
+    if bool(boundary_tie.any()):
         tied = boundary_tie.nonzero().squeeze(1)
-        v, c = d2[tied].sort(dim=1, stable=True)
-        values[tied], cols[tied] = v[:, :k], c[:, :k]
-    return values, cols
+        v, c = values[tied].sort(dim=1, stable=True)
+        top[tied], cols[tied] = v[:, :k], c[:, :k]
+    return top, cols
+
+
+def _in_order(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows sorted by (value, index): by index, then stably by value."""
+    index, order = index.sort(dim=1)
+    values, order = values.gather(1, order).sort(dim=1, stable=True)
+    return values, index.gather(1, order)

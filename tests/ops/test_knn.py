@@ -17,8 +17,9 @@ import pyanom.ops.knn as knn_module
 from pyanom.ops import knn_scores, reference
 
 RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
-CPU_BACKENDS = ["native", "torch"]
+BACKENDS = ["native", "torch"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def random(*shape, seed, dtype=torch.float32, device="cpu", scale=1.0):
@@ -70,26 +71,32 @@ SHAPES = [  # Q, N, D, k
 ]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_matches_reference(backend, shape):
+def test_matches_reference(device, backend, shape):
     q, n, d, k = shape
-    queries, bank = random(q, d, seed=q * 7 + d), random(n, d, seed=n * 3 + k)
+    queries = random(q, d, seed=q * 7 + d, device=device)
+    bank = random(n, d, seed=n * 3 + k, device=device)
     check_knn(queries, bank, k, *knn_scores(queries, bank, k, backend=backend))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(9, 60, 3, 9), (31, 300, 200, 4), (2, 900, 11, 40)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_float64(backend, shape):
+def test_float64(device, backend, shape):
     q, n, d, k = shape
-    queries, bank = random(q, d, seed=1, dtype=torch.float64), random(n, d, seed=2, dtype=torch.float64)
+    queries = random(q, d, seed=1, dtype=torch.float64, device=device)
+    bank = random(n, d, seed=2, dtype=torch.float64, device=device)
     check_knn(queries, bank, k, *knn_scores(queries, bank, k, backend=backend))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_native_result_independent_of_chunk_size(dtype):
-    queries, bank = random(45, 37, seed=3, dtype=dtype), random(301, 37, seed=4, dtype=dtype)
+def test_native_result_independent_of_chunk_size(device, dtype):
+    queries = random(45, 37, seed=3, dtype=dtype, device=device)
+    bank = random(301, 37, seed=4, dtype=dtype, device=device)
     for k in (9, 40):
         expected = knn_scores(queries, bank, k, backend="native")
         for chunk in (1, 100, 5000, 10**8):
@@ -97,16 +104,18 @@ def test_native_result_independent_of_chunk_size(dtype):
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), chunk
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [1, 7, 500, 4096])
-def test_torch_backend_small_chunks(chunk):
-    queries, bank = random(11, 6, seed=5), random(60, 6, seed=6)
+def test_torch_backend_small_chunks(device, chunk):
+    queries, bank = random(11, 6, seed=5, device=device), random(60, 6, seed=6, device=device)
     for k in (1, 9, 60):
         check_knn(queries, bank, k, *knn_scores(queries, bank, k, chunk_size=chunk, backend="torch"))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("chunk", [None, 3])
-def test_duplicate_rows_tie_to_lowest_index(backend, chunk):
+def test_duplicate_rows_tie_to_lowest_index(device, backend, chunk):
     # Small integers: every product and sum is exact in float32, so duplicates tie exactly in
     # any evaluation order and the reference's stable order (lowest index first) is the answer.
     gen = torch.Generator().manual_seed(7)
@@ -114,19 +123,21 @@ def test_duplicate_rows_tie_to_lowest_index(backend, chunk):
     bank = points[torch.randint(0, 6, (40,), generator=gen)]  # each point about 7 times
     queries = torch.randint(-4, 5, (25, 5), generator=gen).float()
     for k in (1, 4, 9, 40):
-        d, i = knn_scores(queries, bank, k, chunk_size=chunk, backend=backend)
+        d, i = knn_scores(queries.to(device), bank.to(device), k, chunk_size=chunk, backend=backend)
         ref_d, ref_i = reference.knn_scores(queries, bank, k)
-        assert torch.equal(i, ref_i), k
-        torch.testing.assert_close(d, ref_d, rtol=1e-6, atol=0)  # torch's float32 sqrt: 1 ulp
+        assert torch.equal(i.cpu(), ref_i), k
+        torch.testing.assert_close(d.cpu(), ref_d, rtol=1e-6, atol=0)  # torch's float32 sqrt: 1 ulp
 
 
-def test_native_duplicate_float_rows_tie_exactly():
-    # Arbitrary floats: the native kernel sums every row in the same order, so duplicates still
+@pytest.mark.parametrize("device", DEVICES)
+def test_native_duplicate_float_rows_tie_exactly(device):
+    # Arbitrary floats: the native kernels sum every row in the same order, so duplicates still
     # get bit-identical distances and keep index order.
     bank = random(50, 19, seed=8)
     bank = bank[torch.tensor([0, 1, 2, 1, 3, 0, 4, 2, 1] + list(range(5, 50)))]
     queries = torch.cat([random(10, 19, seed=9), bank[:3] + 1e-3])
-    d, i = knn_scores(queries, bank, 6, backend="native")
+    d, i = knn_scores(queries.to(device), bank.to(device), 6, backend="native")
+    d, i = d.cpu(), i.cpu()
     assert torch.equal(i, reference.knn_scores(queries, bank, 6)[1])
     for row_d, row_i in zip(d.tolist(), i.tolist()):
         for (d0, i0), (d1, i1) in zip(zip(row_d, row_i), zip(row_d[1:], row_i[1:])):
@@ -134,12 +145,13 @@ def test_native_duplicate_float_rows_tie_exactly():
                 assert d0 == d1 and i0 < i1
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_query_equal_to_bank_row(backend, dtype):
-    bank = random(200, 64, seed=10, dtype=dtype, scale=100.0)  # large norms: worst cancellation
-    rows = torch.tensor([0, 17, 101, 199])
-    queries = torch.cat([bank[rows], random(3, 64, seed=11, dtype=dtype, scale=100.0)])
+def test_query_equal_to_bank_row(device, backend, dtype):
+    bank = random(200, 64, seed=10, dtype=dtype, device=device, scale=100.0)  # worst cancellation
+    rows = torch.tensor([0, 17, 101, 199], device=device)
+    queries = torch.cat([bank[rows], random(3, 64, seed=11, dtype=dtype, device=device, scale=100.0)])
     d, i = knn_scores(queries, bank, 3, backend=backend)
     assert not torch.isnan(d).any() and torch.all(d >= 0)
     assert torch.equal(i[:4, 0], rows)
@@ -151,10 +163,11 @@ def test_query_equal_to_bank_row(backend, dtype):
     check_knn(queries, bank, 3, d, i)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_non_contiguous_inputs(backend):
-    queries = random(12, 30, seed=12).T  # [30, 12], transposed strides
-    bank = random(400, 24, seed=13)[::2, ::2]  # [200, 12], every other row and column
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(device, backend):
+    queries = random(12, 30, seed=12, device=device).T  # [30, 12], transposed strides
+    bank = random(400, 24, seed=13, device=device)[::2, ::2]  # [200, 12], every other row, column
     assert not queries.is_contiguous() and not bank.is_contiguous()
     got = knn_scores(queries, bank, 5, backend=backend)
     check_knn(queries, bank, 5, *got)
@@ -163,8 +176,8 @@ def test_non_contiguous_inputs(backend):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-def _bad_inputs():
-    q, b = random(4, 3, seed=14), random(6, 3, seed=15)
+def _bad_inputs(device="cpu"):
+    q, b = random(4, 3, seed=14, device=device), random(6, 3, seed=15, device=device)
     nan_q = q.clone()
     nan_q[1, 2] = float("nan")
     inf_b = b.clone()
@@ -175,7 +188,7 @@ def _bad_inputs():
         (q, b, 0, {}, ValueError, "k must be >= 1"),
         (q, b, 7, {}, ValueError, "k must be <= 6"),
         (q, b, 2.0, {}, TypeError, "k must be an int"),
-        (q, random(6, 4, seed=16), 2, {}, ValueError, "same number of features"),
+        (q, random(6, 4, seed=16, device=device), 2, {}, ValueError, "same number of features"),
         (q, b.double(), 2, {}, TypeError, "tensors must share a dtype"),
         (q.int(), b.int(), 2, {}, TypeError, "queries must have dtype float32, float64"),
         (q[0], b, 2, {}, ValueError, "queries must have 2 dimensions"),
@@ -188,11 +201,12 @@ def _bad_inputs():
     ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", range(len(_bad_inputs())))
-def test_bad_inputs_rejected_identically(case):
-    queries, bank, k, keywords, error, fragment = _bad_inputs()[case]
+def test_bad_inputs_rejected_identically(device, case):
+    queries, bank, k, keywords, error, fragment = _bad_inputs(device)[case]
     messages = []
-    for backend in CPU_BACKENDS:
+    for backend in BACKENDS:
         with pytest.raises(error, match=fragment) as info:
             knn_scores(queries, bank, k, backend=backend, **keywords)
         messages.append(str(info.value))
@@ -220,8 +234,9 @@ def test_backend_selection(monkeypatch):
     assert calls == ["native", "torch", "native", "torch", "native"]
 
 
-def test_torch_compile_fullgraph():
-    queries, bank = random(20, 8, seed=19), random(90, 8, seed=20)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    queries, bank = random(20, 8, seed=19, device=device), random(90, 8, seed=20, device=device)
 
     def score(x, y):
         d, i = knn_scores(x, y, 3)
@@ -234,11 +249,12 @@ def test_torch_compile_fullgraph():
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_gradients_match_reference(backend):
-    queries = random(6, 4, seed=21, dtype=torch.float64).requires_grad_()
-    bank = random(15, 4, seed=22, dtype=torch.float64).requires_grad_()
-    weights = random(6, 3, seed=23, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_match_reference(device, backend):
+    queries = random(6, 4, seed=21, dtype=torch.float64, device=device).requires_grad_()
+    bank = random(15, 4, seed=22, dtype=torch.float64, device=device).requires_grad_()
+    weights = random(6, 3, seed=23, dtype=torch.float64, device=device)
     d, _ = knn_scores(queries, bank, 3, backend=backend)
     grads = torch.autograd.grad((d * weights).sum(), (queries, bank))
     ref_d, _ = reference.knn_scores(queries, bank, 3)
@@ -250,33 +266,8 @@ def test_gradients_match_reference(backend):
 
 
 @needs_cuda
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_native_matches_reference(shape, dtype):
-    q, n, d, k = shape
-    queries = random(q, d, seed=q + d, dtype=dtype, device="cuda")
-    bank = random(n, d, seed=n + k, dtype=dtype, device="cuda")
-    for chunk in (None, 1):
-        check_knn(queries, bank, k, *knn_scores(queries, bank, k, chunk_size=chunk, backend="native"))
-
-
-@needs_cuda
-def test_cuda_native_ties_zero_and_non_contiguous():
-    gen = torch.Generator().manual_seed(24)
-    points = torch.randint(-4, 5, (6, 5), generator=gen).float()
-    bank = points[torch.randint(0, 6, (40,), generator=gen)]
-    queries = torch.randint(-4, 5, (25, 5), generator=gen).float()
-    d, i = knn_scores(queries.cuda(), bank.cuda(), 9, backend="native")
-    ref_d, ref_i = reference.knn_scores(queries, bank, 9)
-    assert torch.equal(i.cpu(), ref_i)
-    torch.testing.assert_close(d.cpu(), ref_d, rtol=1e-6, atol=0)
-    bank = random(300, 64, seed=25, device="cuda", scale=100.0)
-    d, i = knn_scores(bank[::3].T.contiguous().T, bank, 2, backend="native")
-    assert torch.equal(i[:, 0].cpu(), torch.arange(0, 300, 3)) and torch.all(d[:, 0] == 0)
-
-
-@needs_cuda
 def test_cuda_rejects_mixed_devices():
     q = random(4, 3, seed=26)
-    with pytest.raises(ValueError, match="tensors must be on one device"):
-        knn_scores(q, q.cuda(), 1, backend="native")
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="tensors must be on one device"):
+            knn_scores(q, q.cuda(), 1, backend=backend)
