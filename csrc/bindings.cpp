@@ -32,6 +32,11 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   // ---- greedy_coreset ----
+  m.def("greedy_coreset_workspace_bytes", &greedy_coreset_workspace_bytes, py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("dtype"));
+  m.def("greedy_coreset_cpu", &greedy_coreset_cpu, py::arg("points"), py::arg("n"), py::arg("d"),
+        py::arg("k"), py::arg("start"), py::arg("out"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
 
   // ---- knn_scores ----
 

@@ -2,3 +2,5 @@
 
 This package is the only code that touches pyanom._C.
 """
+
+from pyanom.ops.coreset import greedy_coreset
