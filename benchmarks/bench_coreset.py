@@ -14,6 +14,9 @@ totals are EXTRAPOLATED: projection time + k x the measured per-iteration time.
 The features are synthetic (no 1536-dim real features in CI): a Gaussian mixture shaped like
 CNN patch features (see patch_features), which matters because pruning depends on the data.
 
+On a CUDA device the same comparison runs on the GPU too (native: the persistent kernel;
+torch_loop: the reference loop on CUDA tensors), timed with a synchronize after each run.
+
     PYTHONPATH=$PWD python3 -P -m pytest benchmarks/bench_coreset.py --benchmark-columns=min,rounds
     PYTHONPATH=$PWD python3 -P benchmarks/bench_coreset.py    # one table, all figures of one run
 """
@@ -32,6 +35,7 @@ N, D = 214_016, 1536
 RATIOS = (0.01, 0.1)
 LOOP_ITERATIONS = 50
 SEED = 0
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def patch_features(n=N, d=D, latent=96, clusters=256, spread=0.35, noise=0.01, seed=SEED):
@@ -79,8 +83,12 @@ def anomalib_loop(features, iterations, start):
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, out
 
 
@@ -122,6 +130,31 @@ def test_loop_iterations(benchmark, features, impl):
                                 **{f"extrapolated_total_s_k{int(N * r)}": proj_t + int(N * r) * per_iter for r in RATIOS})
 
 
+@needs_cuda
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_native_cuda(benchmark, features, ratio):
+    x = features.cuda()
+    k = int(N * ratio)
+    timed(lambda: greedy_coreset(x[:4096], 64, backend="native"))  # warm-up: module, context
+    out = benchmark.pedantic(lambda: timed(lambda: greedy_coreset(x, k, seed=SEED, backend="native"))[1],
+                             rounds=3, iterations=1)
+    assert torch.equal(out[:11], reference.greedy_coreset(x, 11, seed=SEED))
+    benchmark.extra_info.update(k=k, device=torch.cuda.get_device_name())
+
+
+@needs_cuda
+def test_torch_loop_cuda_iterations(benchmark, features):
+    """LOOP_ITERATIONS iterations of the reference loop on the GPU (projection excluded)."""
+    x = features.cuda()
+    start = reference.coreset_start(N, SEED)
+    proj_t, points = timed(lambda: reference.random_projection(x, 128, SEED))
+    benchmark.pedantic(lambda: timed(lambda: reference.greedy_select(points, LOOP_ITERATIONS + 1, start)),
+                       rounds=1, iterations=1)
+    per_iter = benchmark.stats.stats.min / LOOP_ITERATIONS
+    benchmark.extra_info.update(projection_s=proj_t, per_iteration_s=per_iter,
+                                **{f"extrapolated_total_s_k{int(N * r)}": proj_t + int(N * r) * per_iter for r in RATIOS})
+
+
 def main():
     torch.manual_seed(0)
     x = patch_features()
@@ -145,6 +178,20 @@ def main():
         anom_t = costs["anomalib_loop"][0] + k * costs["anomalib_loop"][1]
         print(f"| {ratio:.0%} | {k} | {native_t:.2f} s | {torch_t:.0f} s | {anom_t:.0f} s |"
               f" {torch_t / native_t:.0f}x | {anom_t / native_t:.0f}x |")
+    if torch.cuda.is_available():
+        xc = x.cuda()
+        timed(lambda: greedy_coreset(xc[:4096], 64, backend="native"))
+        proj_t, points = timed(lambda: reference.random_projection(xc, 128, SEED))
+        loop_t, _ = timed(lambda: reference.greedy_select(points, LOOP_ITERATIONS + 1, start))
+        per_iter = loop_t / LOOP_ITERATIONS
+        print(f"{torch.cuda.get_device_name()}: torch loop {per_iter * 1e3:.2f} ms per iteration")
+        print("| ratio | k | native CUDA (best of 3) | torch loop CUDA (extrapolated) | speed-up |")
+        print("|---|---|---|---|---|")
+        for ratio in RATIOS:
+            k = int(N * ratio)
+            native_t = min(timed(lambda: greedy_coreset(xc, k, seed=SEED, backend="native"))[0] for _ in range(3))
+            torch_t = proj_t + k * per_iter
+            print(f"| {ratio:.0%} | {k} | {native_t * 1e3:.0f} ms | {torch_t:.1f} s | {torch_t / native_t:.0f}x |")
 
 
 if __name__ == "__main__":

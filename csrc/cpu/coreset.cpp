@@ -179,15 +179,18 @@ struct Bounds {
 };
 
 // The squared center distance from which a point with min distance m (squared) provably
-// keeps it: d(c, c') >= 2 d(x, c), with slack. inf: never.
-inline double reach_limit(double m) {
-  const double bound = 4.0 * m * (1.0 + kSlack) + kTiny;
-  return bound < kInf ? bound : kInf;
+// keeps it: d(c, c') >= 2 d(x, c), with slack.
+inline double reach_limit(double m) { return 4.0 * m * (1.0 + kSlack) + kTiny; }
+// True when a center at squared distance >= lower from c' proves that a point of its group
+// with min distance m keeps it. Never when the bound overflowed (m may then still shrink).
+inline bool center_keeps(double lower, double m) {
+  const double bound = reach_limit(m);
+  return bound < kInf && lower >= bound;
 }
-// A point whose squared distance to c' is at least this keeps its min distance m.
-inline double keep_limit(double m) {
+// True when a point at squared distance >= lower from c' provably keeps min distance m.
+inline bool point_keeps(double lower, double m) {
   const double bound = m * (1.0 + kSlack) + kTiny;
-  return bound < kInf ? bound : kInf;
+  return bound < kInf && lower >= bound;
 }
 // The smallest float >= x.
 inline float float_up(double x) {
@@ -443,9 +446,8 @@ class Greedy {
   bool reaches(int64_t g, const T* c_new) {
     Group& grp = groups_[g];
     if (!(grp.radius > 0.0)) return false;
-    const double limit = reach_limit(grp.radius);
-    grp.reach = center_lower_bound(center(g), c_new, d_, limit, bd_);
-    return grp.reach < limit;
+    grp.reach = center_lower_bound(center(g), c_new, d_, reach_limit(grp.radius), bd_);
+    return !center_keeps(grp.reach, grp.radius);
   }
 
   // The groups the new center t might reach, into cands_; returns their count.
@@ -530,7 +532,7 @@ class Greedy {
     const double lo2 = double(s) * bq_.shrink32 - kTiny32;
     if (!(lo2 > 0.0)) return false;
     const double lo = std::sqrt(lo2) - double(err_[slot]) - row_err;
-    return lo > 0.0 && lo * lo >= keep_limit(m);
+    return lo > 0.0 && point_keeps(lo * lo, m);
   }
 
   // Finds the points of group g that move to the new center (new m, residual to it) and
@@ -547,7 +549,7 @@ class Greedy {
       int64_t nopen = 0;
       for (int64_t q = b; q < e; ++q) {
         const double m = m_[q];
-        if (grp.reach < reach_limit(m) && !residual_keeps(q, delta_err, m)) {
+        if (!center_keeps(grp.reach, m) && !residual_keeps(q, delta_err, m)) {
           open[nopen++] = int32_t(q - b);
         } else {
           kept.offer(m, idx_[q]);

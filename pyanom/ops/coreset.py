@@ -49,11 +49,11 @@ def _greedy_coreset(features: torch.Tensor, k: int, projection_dim: int, seed: i
     dtype = str(points.dtype).replace("torch.", "")
     out = torch.empty(k, dtype=torch.int64, device=points.device)
     if points.device.type == "cuda":
-        size = c.greedy_coreset_cuda_workspace_bytes(n, points.shape[1], k, dtype)
-        workspace = torch.empty(size, dtype=torch.uint8, device=points.device)
-        c.greedy_coreset_cuda(points.data_ptr(), n, points.shape[1], k, first, out.data_ptr(),
-                              workspace.data_ptr(), size, dtype,
-                              torch.cuda.current_stream(points.device).cuda_stream)
+        with torch.cuda.device(points.device):  # the kernel sizes its grid for the current device
+            size = c.greedy_coreset_cuda_workspace_bytes(n, points.shape[1], k, dtype)
+            workspace = torch.empty(size, dtype=torch.uint8, device=points.device)
+            c.greedy_coreset_cuda(points.data_ptr(), n, points.shape[1], k, first, out.data_ptr(),
+                                  workspace.data_ptr(), size, dtype, torch.cuda.current_stream().cuda_stream)
     else:
         size = c.greedy_coreset_workspace_bytes(n, points.shape[1], k, dtype)
         workspace = torch.empty(size, dtype=torch.uint8)

@@ -41,6 +41,8 @@ def cases():
     out.append(("lines", torch.linspace(0, 1, 800).unsqueeze(1).repeat(1, 3) + 1e-3 * torch.randn(800, 3, generator=gen), 700))
     out.append(("tiny-scale", torch.randn(300, 8, generator=gen) * 1e-20, 200))
     out.append(("huge-scale", torch.randn(300, 8, generator=gen) * 1e18, 200))
+    # Squared distances overflow to inf: nothing may be pruned on an infinite bound.
+    out.append(("overflow-float64", torch.randn(300, 8, generator=gen, dtype=torch.float64) * 1e160, 100))
     out.append(("far-from-origin", torch.randn(400, 16, generator=gen) + 1e4, 300))
     return out
 
@@ -187,6 +189,14 @@ def test_cuda_equals_reference(name, x, k):
     got = greedy_coreset(x.cuda(), k, seed=1, backend="native")
     assert got.device.type == "cuda" and got.dtype == torch.int64
     assert torch.equal(got, want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("args, kwargs, error, match", BAD, ids=[b[3] for b in BAD])
+def test_cuda_bad_input(args, kwargs, error, match):
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(error, match=match):
+        greedy_coreset(*args, **{"backend": "native", **kwargs})
 
 
 @needs_cuda
