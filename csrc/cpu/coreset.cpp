@@ -17,6 +17,10 @@
 // lowest index). Each group's entries (index, m, residual) lie contiguous in an arena and
 // are streamed; a new group is appended at the arena's tail, compacted when full.
 //
+// Threads: OpenMP runs the first full pass. The steps themselves run on one thread: each is
+// short and memory-bound, and a fork/join per step cost more than it saved (with 2 threads
+// on a shared 2-core machine, GOMP's spinning barriers made the loop 3.5x slower).
+//
 // Exactness: m and every distance compared with it are float64 sums in one fixed order,
 // as in the reference (pyanom.ops.reference.greedy_select). Bounds only decide what to
 // skip; they are rigorous lower bounds (float32 sums shrunk by their worst-case rounding
@@ -90,9 +94,13 @@ inline v16f load16(const int8_t* q) {
 }
 
 inline float hsum(v16f s) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps((__m512)s);
+#else
   v8f h = load<v8f>(&s), h2 = load<v8f>(reinterpret_cast<const float*>(&s) + 8);
   h += h2;
   return ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
+#endif
 }
 
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
@@ -187,11 +195,6 @@ inline bool center_keeps(double lower, double m) {
   const double bound = reach_limit(m);
   return bound < kInf && lower >= bound;
 }
-// True when a point at squared distance >= lower from c' provably keeps min distance m.
-inline bool point_keeps(double lower, double m) {
-  const double bound = m * (1.0 + kSlack) + kTiny;
-  return bound < kInf && lower >= bound;
-}
 // The smallest float >= x.
 inline float float_up(double x) {
   const float f = float(x);
@@ -217,34 +220,35 @@ inline double center_lower_bound(const T* a, const T* b, int64_t d, double limit
   return bd.from64(squared_distance(a, b, d));
 }
 
-// Stores x - c as scale * q (q in [-127, 127] padded with zeros to dq, scale a power of two)
-// and err >= ||(x - c) - scale * q|| (inf when the residual does not fit float32).
+// Stores the residual x - c of a point with min distance m = ||x - c||^2 as scale * q (q in
+// [-127, 127] padded with zeros to dq, scale a power of two) and returns what its bound
+// needs: need >= err + sqrt(m (1 + kSlack) + kTiny), err >= ||(x - c) - scale * q||, so
+// that ||scale * q - (c' - c)|| >= need + (the error of c' - c) proves x keeps m (inf when
+// the residual does not fit float32).
 template <typename T>
-void quantize(const T* x, const T* c, int64_t d, int64_t dq, int8_t* q, float* scale, float* err) {
+float quantize(const T* x, const T* c, int64_t d, int64_t dq, double m, int8_t* q, float* scale) {
   double amax = 0.0;
   for (int64_t j = 0; j < d; ++j) amax = std::max(amax, std::fabs(double(x[j]) - double(c[j])));
   std::memset(q, 0, dq);
   *scale = 0.0f;
-  *err = 0.0f;
-  if (amax == 0.0) return;
   int e = 0;
   std::frexp(amax / 127.0, &e);  // amax / 127 < 2^e
   e = std::max(e, -149);         // the smallest float32 power of two
-  if (!(e <= 100) || !std::isfinite(amax)) {
-    *err = kInf32;
-    return;
-  }
-  const double s = std::ldexp(1.0, e);
+  if (!(e <= 100) || !std::isfinite(amax) || !std::isfinite(m)) return kInf32;
   double sum = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double r = double(x[j]) - double(c[j]);
-    const double v = std::clamp(std::nearbyint(r / s), -127.0, 127.0);
-    q[j] = int8_t(v);
-    sum += (r - s * v) * (r - s * v);
+  if (amax > 0.0) {
+    const double s = std::ldexp(1.0, e), inv = std::ldexp(1.0, -e);  // exact scalings
+    for (int64_t j = 0; j < d; ++j) {
+      const double r = double(x[j]) - double(c[j]);
+      const double v = std::clamp(std::nearbyint(r * inv), -127.0, 127.0);
+      q[j] = int8_t(v);
+      sum += (r - s * v) * (r - s * v);
+    }
+    *scale = float(s);
   }
-  // Slack for the float64 rounding of the residual and of this sum.
-  *err = float_up(std::sqrt(sum) * (1.0 + 1e-9) + amax * double(d) * std::ldexp(1.0, -50));
-  *scale = float(s);
+  // Slack for the float64 rounding of the residual, this sum and the square roots.
+  const double err = std::sqrt(sum) * (1.0 + 1e-9) + amax * double(d) * std::ldexp(1.0, -50);
+  return float_up((err + std::sqrt(m * (1.0 + kSlack) + kTiny)) * (1.0 + 1e-12));
 }
 
 // (value, index) with the larger value winning and ties going to the lower index.
@@ -299,7 +303,7 @@ class Greedy {
     take(idx_, slots);
     take(m_, slots);
     take(scale_, slots);
-    take(err_, slots);
+    take(need_, slots);
     take(q_, slots * dq_);
     take(centers_, k_ * d_);
     take(groups_, k_);
@@ -342,14 +346,14 @@ class Greedy {
   }
 
   void quantize_slot(int64_t slot, const T* c) {
-    quantize(point(idx_[slot]), c, d_, dq_, qrow(slot), scale_ + slot, err_ + slot);
+    need_[slot] = quantize(point(idx_[slot]), c, d_, dq_, m_[slot], qrow(slot), scale_ + slot);
   }
 
   void move_slot(int64_t to, int64_t from) {
     idx_[to] = idx_[from];
     m_[to] = m_[from];
     scale_[to] = scale_[from];
-    err_[to] = err_[from];
+    need_[to] = need_[from];
     std::memcpy(qrow(to), qrow(from), dq_);
   }
 
@@ -357,7 +361,7 @@ class Greedy {
     std::swap(idx_[a], idx_[b]);
     std::swap(m_[a], m_[b]);
     std::swap(scale_[a], scale_[b]);
-    std::swap(err_[a], err_[b]);
+    std::swap(need_[a], need_[b]);
     std::swap_ranges(qrow(a), qrow(a) + dq_, qrow(b));
   }
 
@@ -524,15 +528,12 @@ class Greedy {
     return std::sqrt(sum) * (1.0 + 1e-9) + amax * double(d_) * std::ldexp(1.0, -50);
   }
 
-  // True when the residual bound proves that the point in `slot` keeps its min distance m.
-  bool residual_keeps(int64_t slot, double row_err, double m) const {
-    if (!(err_[slot] < kInf32)) return false;
+  // True when the residual bound proves that the point in `slot` keeps its min distance:
+  // ||q - delta|| (less its rounding) >= need + delta_err.
+  bool residual_keeps(int64_t slot, double delta_err) const {
     const float s = quantized_distance(qrow(slot), scale_[slot], delta_, dq_);
-    if (!std::isfinite(s)) return false;
-    const double lo2 = double(s) * bq_.shrink32 - kTiny32;
-    if (!(lo2 > 0.0)) return false;
-    const double lo = std::sqrt(lo2) - double(err_[slot]) - row_err;
-    return lo > 0.0 && point_keeps(lo * lo, m);
+    const double reach = double(need_[slot]) + delta_err;
+    return std::isfinite(s) && reach < kInf && double(s) * bq_.shrink32 - kTiny32 >= reach * reach;
   }
 
   // Finds the points of group g that move to the new center (new m, residual to it) and
@@ -549,7 +550,7 @@ class Greedy {
       int64_t nopen = 0;
       for (int64_t q = b; q < e; ++q) {
         const double m = m_[q];
-        if (!center_keeps(grp.reach, m) && !residual_keeps(q, delta_err, m)) {
+        if (!center_keeps(grp.reach, m) && !residual_keeps(q, delta_err)) {
           open[nopen++] = int32_t(q - b);
         } else {
           kept.offer(m, idx_[q]);
@@ -593,7 +594,7 @@ class Greedy {
       std::memmove(idx_ + w, idx_ + s, z * sizeof(int32_t));
       std::memmove(m_ + w, m_ + s, z * sizeof(double));
       std::memmove(scale_ + w, scale_ + s, z * sizeof(float));
-      std::memmove(err_ + w, err_ + s, z * sizeof(float));
+      std::memmove(need_ + w, need_ + s, z * sizeof(float));
       std::memmove(qrow(w), qrow(s), z * dq_);
       groups_[g].start = w;
       w += z;
@@ -609,7 +610,7 @@ class Greedy {
   // The arena, one entry per slot: point index, m, residual (q, scale, err).
   int32_t* idx_ = nullptr;
   double* m_ = nullptr;
-  float *scale_ = nullptr, *err_ = nullptr;
+  float *scale_ = nullptr, *need_ = nullptr;
   int8_t* q_ = nullptr;
   T* centers_ = nullptr;  // [k, d], selection order
   Group* groups_ = nullptr;
