@@ -51,11 +51,14 @@ constexpr double kTiny32 = 1e-36;    // absolute error bound of float32 sums nea
 constexpr float kCellSlack = 1e-6f;  // relative error of stored anchor distances (float)
 constexpr int64_t kCells = 1024;     // anchors
 constexpr int64_t kNear = 4;         // anchors remembered per center
-constexpr int64_t kChunk = 1024;     // group members per work item
-constexpr int64_t kAhead = 4;               // rows prefetched ahead of random gathers
+constexpr int64_t kChunk = 1024;     // group entries screened per batch before measuring
+constexpr int64_t kAhead = 4;        // rows prefetched ahead of random gathers
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr float kInf32 = std::numeric_limits<float>::infinity();
 
+// Generic 512-bit vectors; narrower targets (-march=x86-64-v3 wheels) split them. They only
+// pass between internal functions, so GCC's note about their ABI does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef double v8d __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v16f __attribute__((vector_size(64)));
