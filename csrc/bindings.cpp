@@ -32,6 +32,19 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   // ---- greedy_coreset ----
+  m.def("greedy_coreset_workspace_bytes", &greedy_coreset_workspace_bytes, py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("dtype"));
+  m.def("greedy_coreset_cpu", &greedy_coreset_cpu, py::arg("points"), py::arg("n"), py::arg("d"),
+        py::arg("k"), py::arg("start"), py::arg("out"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+#ifdef PYANOM_WITH_CUDA
+  m.def("greedy_coreset_cuda_workspace_bytes", &greedy_coreset_cuda_workspace_bytes, py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("dtype"));
+  m.def("greedy_coreset_cuda", &greedy_coreset_cuda, py::arg("points"), py::arg("n"), py::arg("d"),
+        py::arg("k"), py::arg("start"), py::arg("out"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("dtype"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
+#endif
 
   // ---- knn_scores ----
   m.def("knn_scores_workspace_bytes", &knn_scores_workspace_bytes, py::arg("q"), py::arg("n"),
