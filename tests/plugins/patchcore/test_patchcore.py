@@ -13,7 +13,7 @@ from pyanom.metrics import evaluate
 @pytest.fixture(scope="module")
 def fitted(texture_set):
     det = pyanom.create("patchcore", image_size=128, coreset_ratio=0.1)
-    det.fit(open_dataset(texture_set, "train").normal(), progress=False)
+    det.fit(open_dataset(texture_set, "train", image_size=128).normal(), progress=False)
     return det
 
 
