@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
+from pyanom.allocator import retain_freed_memory
+
 SUPERVISION = ("unsupervised", "few-shot", "supervised")
 
 
@@ -51,6 +53,7 @@ class Detector(abc.ABC):
         if unknown:
             raise ValueError(f"{self.name}: unknown hyper-parameter(s) {unknown}; known: {sorted(known)}")
         self.config = dataclasses.replace(base, **overrides)
+        retain_freed_memory()  # activations are reused batch after batch (see pyanom.allocator)
         self.device = torch.device(device)
         self.threshold: float | None = None
         self.data_split: dict | None = None  # how the CLI split the data at fit, reused by evaluate

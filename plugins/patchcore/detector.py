@@ -30,7 +30,7 @@ class PatchCoreConfig:
     num_neighbors: int = 9  # memory entries whose neighbourhood reweights the image score
     reweight: bool = True
     blur_sigma: float = 4.0
-    batch_size: int = 32
+    batch_size: int = 8  # images per backbone pass: small keeps activations (and RSS) down, no slower
     seed: int = 0
 
     def __post_init__(self):
@@ -40,6 +40,8 @@ class PatchCoreConfig:
             raise ValueError(f"layers must name two backbone taps (fine, coarse), got {self.layers}")
         if self.num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
 
@@ -73,8 +75,10 @@ class PatchCore(Detector):
         return self._backbone
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch features [B, h*w, D] and the grid size (h, w)."""
-        emb = patch_embedding(self.backbone(images), tuple(self.config.layers), self_attend=self.self_attend)
+        """Patch features [B, h*w, D] and the grid size (h, w), config.batch_size images at a time."""
+        parts = [patch_embedding(self.backbone(chunk), tuple(self.config.layers), self_attend=self.self_attend)
+                 for chunk in images.split(self.config.batch_size)]
+        emb = parts[0] if len(parts) == 1 else torch.cat(parts)
         b, d, h, w = emb.shape
         return emb.permute(0, 2, 3, 1).reshape(b, h * w, d), (h, w)
 

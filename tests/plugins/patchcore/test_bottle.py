@@ -1,0 +1,38 @@
+"""Acceptance on real data: MVTec AD bottle, default backbone (EfficientNet-Lite0), 256 px.
+
+Targets from the PatchCore issue: patchcore image AUROC >= 0.995 and pixel AUROC >= 0.975 at
+coreset ratios 0.01 and 0.1; sa_patchcore image AUROC >= 0.99. AUPRO is computed and printed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import pyanom
+from pyanom.data import open_dataset
+from pyanom.metrics import evaluate
+
+
+@pytest.fixture(scope="module")
+def bottle(shared_data):
+    root = shared_data / "mvtec" / "bottle"
+    return open_dataset(root, "train").normal(), open_dataset(root, "test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ratio, image_auroc, pixel_auroc", [
+    ("patchcore", 0.01, 0.995, 0.975),
+    ("patchcore", 0.1, 0.995, 0.975),
+    ("sa_patchcore", 0.01, 0.99, None),
+])
+def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc):
+    train, test = bottle
+    det = pyanom.create(name, coreset_ratio=ratio).fit(train, progress=False)
+    pred = det.predict(test)
+    report = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
+    print(f"\n{name} ratio {ratio}: " + ", ".join(f"{k} {report[k]:.4f}" for k in
+                                                  ("image_auroc", "pixel_auroc", "aupro", "ap", "f1_max")))
+    assert report["image_auroc"] >= image_auroc
+    if pixel_auroc is not None:
+        assert report["pixel_auroc"] >= pixel_auroc
+    assert 0.0 < report["aupro"] <= 1.0
