@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "kernels.h"
+#include "topk_heap.h"
 
 namespace pyanom {
 namespace {
@@ -175,7 +176,7 @@ constexpr int64_t kSortedMax = 32;  // up to this k a sorted array (insertion); 
 struct Lexicographic {
   template <typename T>
   bool operator()(T d, int64_t i, T wd, int64_t wi) const {
-    return d < wd || (d == wd && i < wi);
+    return knn_before(d, i, wd, wi);
   }
 };
 // The same order for a candidate whose index exceeds every index kept, as in a scan of the
@@ -213,20 +214,7 @@ struct TopK {
   }
 
   // Puts (v, id) at `pos` of the max-heap [0, n) and restores the heap below it.
-  void sift_down(int64_t pos, int64_t n, T v, int64_t id) const {
-    const Lexicographic before;
-    for (;;) {
-      int64_t child = 2 * pos + 1;
-      if (child >= n) break;
-      if (child + 1 < n && before(d[child], ix[child], d[child + 1], ix[child + 1])) ++child;
-      if (!before(v, id, d[child], ix[child])) break;
-      d[pos] = d[child];
-      ix[pos] = ix[child];
-      pos = child;
-    }
-    d[pos] = v;
-    ix[pos] = id;
-  }
+  void sift_down(int64_t pos, int64_t n, T v, int64_t id) const { knn_sift_down(d, ix, pos, n, v, id); }
 
   // Adds another top-k's entry (any index order) if it beats the worst kept.
   void offer(T v, int64_t id) const {

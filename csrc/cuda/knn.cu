@@ -21,6 +21,7 @@
 #include "common.h"
 #include "cuda/cuda_check.cuh"
 #include "kernels.h"
+#include "topk_heap.h"
 
 namespace pyanom {
 namespace {
@@ -59,38 +60,18 @@ struct Num<double> {
 
 __device__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-template <typename T>
-__device__ bool before(T d, int64_t i, T wd, int64_t wi) {
-  return d < wd || (d == wd && i < wi);
-}
-
 __device__ int64_t worst_slot(int64_t k) { return k > kSortedMax ? 0 : k - 1; }
-
-template <typename T>
-__device__ void sift_down(T* d, int64_t* ix, int64_t pos, int64_t n, T v, int64_t id) {
-  for (;;) {
-    int64_t child = 2 * pos + 1;
-    if (child >= n) break;
-    if (child + 1 < n && before(d[child], ix[child], d[child + 1], ix[child + 1])) ++child;
-    if (!before(v, id, d[child], ix[child])) break;
-    d[pos] = d[child];
-    ix[pos] = ix[child];
-    pos = child;
-  }
-  d[pos] = v;
-  ix[pos] = id;
-}
 
 // Replaces the worst entry by (v, id), which must come before it. `later`: id exceeds every
 // kept index (a scan in bank order), so the list order needs only the distance.
 template <typename T>
 __device__ void push(T* d, int64_t* ix, int64_t k, T v, int64_t id, bool later) {
   if (k > kSortedMax) {
-    sift_down(d, ix, 0, k, v, id);
+    knn_sift_down(d, ix, 0, k, v, id);
     return;
   }
   int64_t j = k - 1;
-  for (; j > 0 && (later ? v < d[j - 1] : before(v, id, d[j - 1], ix[j - 1])); --j) {
+  for (; j > 0 && (later ? v < d[j - 1] : knn_before(v, id, d[j - 1], ix[j - 1])); --j) {
     d[j] = d[j - 1];
     ix[j] = ix[j - 1];
   }
@@ -232,7 +213,7 @@ __global__ void __launch_bounds__(kNormThreads)
     const T* od = split_d + ((s - 1) * q + row) * k;
     const int64_t* oi = split_i + ((s - 1) * q + row) * k;
     for (int64_t j = 0; j < k; ++j)
-      if (oi[j] != kEmpty && before(od[j], oi[j], d[worst], ix[worst]))
+      if (oi[j] != kEmpty && knn_before(od[j], oi[j], d[worst], ix[worst]))
         push(d, ix, k, od[j], oi[j], false);
   }
   if (k > kSortedMax) {  // heap -> ascending, in place
@@ -241,7 +222,7 @@ __global__ void __launch_bounds__(kNormThreads)
       const int64_t id = ix[end];
       d[end] = d[0];
       ix[end] = ix[0];
-      sift_down(d, ix, 0, end, v, id);
+      knn_sift_down(d, ix, 0, end, v, id);
     }
   }
   for (int64_t j = 0; j < k; ++j) d[j] = Num<T>::root(d[j]);
