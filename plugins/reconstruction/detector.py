@@ -4,6 +4,7 @@ the anomaly map and (reduced to one number) the image score."""
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -111,9 +112,9 @@ class ReconstructionDetector(Detector):
         self.networks: dict[str, torch.nn.Module] | None = None
         self.history: dict[str, list] = {}
 
+    @abc.abstractmethod
     def _build(self) -> dict[str, torch.nn.Module]:
         """Fresh networks, initialised from config.seed."""
-        raise NotImplementedError
 
     def _start(self, images: torch.Tensor, optimizers: dict, rng: torch.Generator, fresh_history: dict):
         """(checkpoint or None, history): the checkpoint's state loaded when there is one."""
