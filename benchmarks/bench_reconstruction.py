@@ -34,6 +34,8 @@ SCHEDULES = {
     "cpu": {"autoencoder": {"width": 16, "epochs": 70},
             "fanogan": {"width": 32, "gan_epochs": 200, "encoder_epochs": 50}},
 }
+# The other image scores each detector documents, taken from the same trained weights.
+SCORE_VARIANTS = {"autoencoder": {"score": "max"}, "fanogan": {"kappa": 0.0}}
 
 
 def run(cmd: list[str], log) -> None:
@@ -55,6 +57,23 @@ def bench(name: str, overrides: dict, data: Path, out: Path) -> dict:
         run(cli + ["evaluate", str(model), str(data), "--json", str(report)], log)
     metrics = json.loads(report.read_text())
     return {"detector": name, "overrides": overrides, "fit_s": fit_s, **metrics}
+
+
+def rescore(model: Path, data: Path, change: dict) -> dict:
+    """Metrics of the fitted model at `model` with its scoring hyper-parameters changed."""
+    import dataclasses
+
+    import pyanom
+    from pyanom.data import open_dataset
+    from pyanom.metrics import evaluate
+
+    fitted = pyanom.load(model)
+    variant = type(fitted)(dataclasses.replace(fitted.config, **change))
+    variant.load_state_tensors(fitted.state_tensors())
+    variant.threshold = fitted.threshold
+    test = open_dataset(data, "test", image_size=fitted.image_size)
+    pred = variant.predict(test)
+    return evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
 
 
 def main(argv=None) -> int:
@@ -82,15 +101,20 @@ def main(argv=None) -> int:
             extra[key] = value
     args.out.mkdir(parents=True, exist_ok=True)
 
-    rows = [bench(name, {**SCHEDULES[args.schedule][name], **extra}, args.data, args.out)
-            for name in args.detectors]
+    rows = []
+    for name in args.detectors:
+        row = bench(name, {**SCHEDULES[args.schedule][name], **extra}, args.data, args.out)
+        row["schedule"] = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "paper defaults"
+        change = SCORE_VARIANTS[name]
+        variant = rescore(args.out / f"{name}.pyanom", args.data, change)
+        rows += [row, {**variant, "detector": name, "fit_s": row["fit_s"],
+                       "schedule": "same weights, " + ", ".join(f"{k}={v}" for k, v in change.items())}]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print("\n| detector | schedule | image AUROC (report) | AUPR (report) | pixel AUROC | AUPRO | fit |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ref = REPORT[r["detector"]]
-        schedule = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "paper defaults"
-        print(f"| {r['detector']} | {schedule} | {fmt(r['image_auroc'])} ({ref['image_auroc']}) | "
+        print(f"| {r['detector']} | {r['schedule']} | {fmt(r['image_auroc'])} ({ref['image_auroc']}) | "
               f"{fmt(r['ap'])} ({ref['ap']}) | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
               f"{r['fit_s'] / 60:.1f} min |")
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2))
