@@ -31,6 +31,9 @@ class SiameseConfig:
     EfficientNet-Lite0); None leaves the attention module out (the paper's method I).
     attention_branch_loss: add ABL, the pair loss on output-2, weighted by abl_weight (method III).
     pair_loss: "pbcl" (alpha, beta weigh the pair types) or "cl" (plain contrastive loss).
+    margin: m of the losses; None takes the median distance between the untrained embeddings of
+    the training images, so the push term acts from the first step whatever the backbone's scale
+    (a margin far below that scale leaves only the pull term until the embedding has shrunk).
     decision: "nearest_neighbour" labels an image with its nearest training embedding's class, as
     the paper decides; "threshold" compares the image score with the calibrated threshold.
     """
@@ -42,7 +45,7 @@ class SiameseConfig:
     attention_branch_loss: bool = True
     abl_weight: float = 1.0
     pair_loss: str = "pbcl"
-    margin: float = 1.0
+    margin: Optional[float] = None
     alpha: float = 4.0
     beta: float = 1.0
     learning_rate: float = 1e-5
@@ -61,9 +64,10 @@ class SiameseConfig:
         if self.attention_branch_loss and self.attention_layer is None:
             raise ValueError("attention_branch_loss needs the attention module: set attention_layer "
                              "or attention_branch_loss=False")
-        for name in ("margin", "learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.margin is not None and not self.margin > 0:
+            raise ValueError(f"margin must be > 0 or None (from the data), got {self.margin}")
         for name in ("alpha", "beta", "abl_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -95,6 +99,7 @@ class Siamese(Detector):
         self.train_labels: torch.Tensor | None = None  # [N] 1 = defect
         self.normal_centroid: torch.Tensor | None = None  # [512]
         self.history: list[float] = []  # mean training loss per epoch
+        self.margin: float | None = None  # the margin the last fit trained with
 
     def _build_network(self, pretrained: bool) -> SiameseNetwork:
         cfg = self.config
@@ -117,12 +122,15 @@ class Siamese(Detector):
             raise ValueError(f"{self.name}: the training set has no normal image ({n_defect} defective)")
         shares = pair_type_shares(n_normal, n_defect)
         composition = batch_composition(n_normal, n_defect, cfg.batch_size)
-        pair_loss = make_pair_loss(cfg.pair_loss, margin=cfg.margin, alpha=cfg.alpha, beta=cfg.beta)
         images = torch.cat(list(iterate_images(train, 64)))  # a few-shot set: decode once, keep in memory
         labels_np = labels.numpy()
         normal, defect = np.flatnonzero(labels_np == 0), np.flatnonzero(labels_np == 1)
 
         self.network = self._build_network(pretrained=True)
+        self.margin = cfg.margin
+        if self.margin is None:
+            self.margin = float(torch.pdist(self._embed_all(images, 32)).median())
+        pair_loss = make_pair_loss(cfg.pair_loss, margin=self.margin, alpha=cfg.alpha, beta=cfg.beta)
         optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
         rng = np.random.default_rng(cfg.seed)
         steps = math.ceil(len(labels) / cfg.batch_size)
@@ -142,7 +150,7 @@ class Siamese(Detector):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += float(loss)
+                    total += loss.item()
                 self.history.append(total / steps)
                 bar.set_postfix(loss=f"{self.history[-1]:.4g}")
         self.network.eval()
