@@ -25,7 +25,8 @@ class Prediction:
 
     image_scores: [B] float, higher = more anomalous.
     anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
-    labels: [B] bool, image_scores >= threshold (defect = True).
+    labels: [B] bool, defect = True: image_scores >= threshold unless the detector decides
+        otherwise (siamese labels each image by its nearest training image).
     """
 
     image_scores: torch.Tensor
