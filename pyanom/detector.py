@@ -26,7 +26,7 @@ class Prediction:
     image_scores: [B] float, higher = more anomalous.
     anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
     labels: [B] bool, defect = True: image_scores >= threshold unless the detector decides
-        otherwise (siamese labels each image by its nearest training image).
+        otherwise (e.g. by the label of the nearest training image).
     """
 
     image_scores: torch.Tensor
