@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pyanom
 from pyanom import metrics
 from pyanom.data import open_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 VARIANTS = {"concentrated": {"gamma": 0.5, "lam": 0.95}, "gamma0": {"gamma": 0.0, "lam": 0.95},
             "lam0": {"gamma": 0.5, "lam": 0.0}}
 
@@ -48,7 +49,8 @@ def run(variant: str, train, test, masks, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "magnetic_tile"))
+    p.add_argument("--data", default=str(DATA / "magnetic_tile"),
+                   help="magnetic tile folder (default: $PYANOM_DATA or ../shared/data beside the repo)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seg-epochs", type=int, default=30)
     p.add_argument("--dec-epochs", type=int, default=20)

@@ -126,7 +126,7 @@ class SegDec(Detector):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total, steps = total + float(loss), steps + 1
+                total, steps = total + loss.item(), steps + 1
             self._record("segmentation_loss", total / steps, epoch, "seg_lr", bar)
         net.eval()
 
@@ -153,7 +153,7 @@ class SegDec(Detector):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total, steps = total + float(loss), steps + 1
+                total, steps = total + loss.item(), steps + 1
             self._record("decision_loss", total / steps, epoch, "dec_lr", bar)
         net.eval()
 

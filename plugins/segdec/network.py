@@ -31,6 +31,8 @@ segmentation logits max-pooled 8x8 (so a one-pixel defect survives): 65 channels
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -62,6 +64,7 @@ DECISION_LAYERS = (
 )
 DECISION_POOLING = ("D7 global max", "D8 global mean", "D9 concat")  # then D10: fully connected
 STRIDE = 8  # the encoder's total downsampling; S must be a multiple of it
+DEFECT_PRIOR = 0.01  # initial defect probability of every pixel
 
 def _conv_block(in_channels: int, width: int, count: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -92,6 +95,9 @@ class SegmentationNetwork(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.bias is None:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        # Start at the defect share of a typical pixel, not at p = 0.5 everywhere: otherwise the
+        # first epochs are spent only on pushing the background down.
+        nn.init.constant_(self.fusion.bias, -math.log((1 - DEFECT_PRIOR) / DEFECT_PRIOR))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(segmentation logits [B, 1, S, S], S7 features [B, 64, S/8, S/8])."""
