@@ -115,24 +115,15 @@ class SegDec(Detector):
 
     def _train_segmentation(self, images, masks, sampler, progress: bool) -> None:
         cfg = self.config
-        net = self.segmentation.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.seg_lr)
-        bar = tqdm(range(cfg.seg_epochs), desc=f"{self.name}: segmentation", disable=not progress)
-        for epoch in bar:
-            total, steps = 0.0, 0
-            for batch in sampler.epoch():
-                logits, _ = net(self._normalise(images[batch]))
-                loss = concentrated_loss(logits, masks[batch].to(self.device), gamma=cfg.gamma, lam=cfg.lam)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, steps = total + loss.item(), steps + 1
-            self._record("segmentation_loss", total / steps, epoch, "seg_lr", bar)
-        net.eval()
+
+        def loss_of(batch):
+            logits, _ = self.segmentation(self._normalise(images[batch]))
+            return concentrated_loss(logits, masks[batch].to(self.device), gamma=cfg.gamma, lam=cfg.lam)
+
+        self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress)
 
     def _train_decision(self, images, labels, sampler, progress: bool) -> None:
         """The decision network learns on the frozen segmentation network's output, computed once."""
-        cfg = self.config
         self.segmentation.eval()
         features, stats = [], []
         with torch.no_grad():
@@ -142,27 +133,33 @@ class SegDec(Detector):
                 stats.append(s)
         features, stats = torch.cat(features), torch.cat(stats)
         targets = labels.to(self.device, torch.float32)
-        net = self.decision.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.dec_lr)
-        bar = tqdm(range(cfg.dec_epochs), desc=f"{self.name}: decision", disable=not progress)
+
+        def loss_of(batch):
+            return F.binary_cross_entropy_with_logits(self.decision(features[batch], stats[batch]), targets[batch])
+
+        self._train(self.decision, loss_of, sampler, "decision", self.config.dec_epochs, "dec_lr", progress)
+
+    def _train(self, net, loss_of, sampler, stage: str, epochs: int, lr_name: str, progress: bool) -> None:
+        """Adam on net for `epochs` epochs of biased batches; loss_of(batch indices) gives the loss.
+        A loss that turns NaN or Inf stops training with an error naming the learning rate."""
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=getattr(self.config, lr_name))
+        bar = tqdm(range(epochs), desc=f"{self.name}: {stage}", disable=not progress)
         for epoch in bar:
             total, steps = 0.0, 0
             for batch in sampler.epoch():
-                batch = batch.to(self.device)
-                loss = F.binary_cross_entropy_with_logits(net(features[batch], stats[batch]), targets[batch])
+                loss = loss_of(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total, steps = total + loss.item(), steps + 1
-            self._record("decision_loss", total / steps, epoch, "dec_lr", bar)
+            mean = total / steps
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"{self.name}: {stage} loss became {mean} in epoch {epoch + 1} "
+                                         f"at {lr_name}={getattr(self.config, lr_name)}; lower {lr_name}")
+            self.history[f"{stage}_loss"].append(mean)
+            bar.set_postfix(loss=f"{mean:.4f}")
         net.eval()
-
-    def _record(self, key: str, loss: float, epoch: int, lr_name: str, bar) -> None:
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: {key.replace('_', ' ')} became {loss} in epoch {epoch + 1} "
-                                     f"at {lr_name}={getattr(self.config, lr_name)}; lower {lr_name}")
-        self.history[key].append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Network input from images in [0, 1] (float) or the uint8 training cache."""
