@@ -99,7 +99,7 @@ class SegDec(Detector):
             raise FileNotFoundError(f"{self.name} learns from pixel masks, but {len(missing)} defective "
                                     f"training image(s) have none:\n  {shown}")
         check_samples(samples, f"{self.name} training set")  # a mask of the wrong size names its file
-        if tuple(train.image_size) != (self.image_size, self.image_size) or train.crop_size is not None:
+        if tuple(train.preprocess.output_size) != (self.image_size, self.image_size):
             raise ValueError(f"{self.name}: the training set gives {train.preprocess.output_size} images, "
                              f"the detector expects {self.image_size}x{self.image_size} "
                              f"(open the data with image_size={self.image_size})")
