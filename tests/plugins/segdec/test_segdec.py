@@ -170,3 +170,9 @@ def test_cli_fit_names_the_image_without_mask(folders, tmp_path, capsys):
     (folders / "crack" / "3.png").unlink()
     assert main(["fit", "segdec", str(folders), "--out", str(tmp_path / "m.pyanom"), "--set", "image_size=32"]) != 0
     assert "3.jpg" in capsys.readouterr().err
+
+
+def test_data_at_another_size_is_refused(folders):
+    data = open_dataset(folders, "all", image_size=64)
+    with pytest.raises(ValueError, match="image_size=32"):
+        pyanom.create("segdec", image_size=32).fit(data, validation=data, progress=False)
