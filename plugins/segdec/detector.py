@@ -124,6 +124,25 @@ class SegDec(Detector):
             return concentrated_loss(logits, masks[batch].to(self.device), gamma=cfg.gamma, lam=cfg.lam)
 
         self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress)
+        self._recalibrate_batch_norm(images)
+
+    def _recalibrate_batch_norm(self, images) -> None:
+        """Batch-norm statistics for inference: the plain average over the training images in a
+        seeded random order (one pass, no gradient), not the moving average of the last training
+        batches, which after longer training left the network unusable in eval mode (pixel AUROC
+        0.52 after 48 epochs on magnetic tile, 0.985 after 24)."""
+        norms = [m for m in self.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed))
+        self.segmentation.train()
+        with torch.no_grad():
+            for start in range(0, len(images), 16):
+                self.segmentation(self._normalise(images[order[start:start + 16]]))
+        for m in norms:
+            m.momentum = 0.1
+        self.segmentation.eval()
 
     def _train_decision(self, images, labels, sampler, progress: bool) -> None:
         """The decision network learns on the frozen segmentation network's output, computed once."""

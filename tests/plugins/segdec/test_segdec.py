@@ -176,3 +176,10 @@ def test_data_at_another_size_is_refused(folders):
     data = open_dataset(folders, "all", image_size=64)
     with pytest.raises(ValueError, match="image_size=32"):
         pyanom.create("segdec", image_size=32).fit(data, validation=data, progress=False)
+
+
+def test_batch_norm_statistics_are_one_pass_over_the_training_images(fitted, tile):
+    learned_from, _ = tile[0].holdout(0.1, seed=0)  # what fit() trained on
+    norms = [m for m in fitted.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 14 and all(m.momentum == 0.1 for m in norms)
+    assert all(int(m.num_batches_tracked) == -(-len(learned_from) // 16) for m in norms)
