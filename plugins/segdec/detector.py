@@ -1,0 +1,238 @@
+"""The `segdec` detector: a segmentation network trained with the concentrated loss, then a
+decision network on its frozen output (Wang et al. 2022). Supervised: it learns from defective
+images with pixel masks and from good images (empty masks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from pyanom.data import check_samples
+from pyanom.detector import Detector
+from pyanom.ops import concentrated_loss
+from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationNetwork, decision_inputs
+
+# Fixed input normalisation: images in [0, 1] -> about zero mean, unit spread.
+_MEAN, _STD = 0.5, 0.25
+
+
+@dataclass
+class SegDecConfig:
+    """Hyper-parameters; the defaults are the paper's schedule (Adam, segmentation 200 epochs at
+    lr 0.1 with batch 2, decision 100 epochs; concentrated loss gamma 0.5, lam 0.95).
+
+    With Adam, lr 0.1 does not train this network: on magnetic tile (64 px, batch 8, 24 + 10
+    epochs) the segmentation loss stays at its starting level (0.94 -> 0.92, a spike to 1.5),
+    the first decision epoch's BCE jumps to 9.8 and then sits at ln 2, and the results are
+    chance (pixel AUROC 0.50, image AUROC 0.55). No NaN appears, it simply does not learn.
+    seg_lr = dec_lr = 1e-3 trains (image AP 0.93 and 0.96 for two seeds, same schedule).
+    An epoch visits every defective training image once, each batch half defective and half
+    good (biased sampling), so its length is set by the number of defects.
+    gamma = 0 gives Dice + BCE, lam = 0 BCE alone (the paper's ablations).
+    """
+
+    image_size: int = 256
+    seg_epochs: int = 200
+    seg_lr: float = 0.1
+    dec_epochs: int = 100
+    dec_lr: float = 0.1
+    batch_size: int = 2
+    gamma: float = 0.5
+    lam: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.image_size < STRIDE or self.image_size % STRIDE:
+            raise ValueError(f"image_size must be a positive multiple of {STRIDE}, got {self.image_size}")
+        for name in ("seg_epochs", "dec_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("seg_lr", "dec_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (half of each batch is defective), got {self.batch_size}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+
+
+class SegDec(Detector):
+    """Segmentation + decision network (Wang et al. 2022): the anomaly map is the segmentation
+    network's defect probability per pixel, the image score the decision network's probability."""
+
+    name = "segdec"
+    supervision = "supervised"
+    Config = SegDecConfig
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.segmentation = SegmentationNetwork().to(self.device)
+            self.decision = DecisionNetwork(self.segmentation.feature_channels + 1).to(self.device)
+        self.history: dict[str, list[float]] = {"segmentation_loss": [], "decision_loss": []}
+
+    # -- training -------------------------------------------------------------------
+    def _fit(self, train, progress: bool) -> None:
+        cfg = self.config
+        images, masks, labels = self._training_tensors(train, progress)
+        sampler = _BiasedSampler(labels, cfg.batch_size, cfg.seed)
+        self._train_segmentation(images, masks, sampler, progress)
+        self._train_decision(images, labels, sampler, progress)
+
+    def _training_tensors(self, train, progress: bool):
+        """Every training image and mask decoded once, as uint8 [N, 3, S, S] and [N, 1, S, S]."""
+        samples = getattr(train, "samples", None)
+        if samples is None:
+            raise TypeError(f"{self.name}: fit needs an InspectionSet (images with labels and pixel masks), "
+                            f"got {type(train).__name__}")
+        missing = [str(s.image) for s in samples if s.label == 1 and s.mask is None]
+        if missing:
+            shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise FileNotFoundError(f"{self.name} learns from pixel masks, but {len(missing)} defective "
+                                    f"training image(s) have none:\n  {shown}")
+        check_samples(samples, f"{self.name} training set")  # a mask of the wrong size names its file
+        if tuple(train.preprocess.output_size) != (self.image_size, self.image_size):
+            raise ValueError(f"{self.name}: the training set gives {train.preprocess.output_size} images, "
+                             f"the detector expects {self.image_size}x{self.image_size} "
+                             f"(open the data with image_size={self.image_size})")
+        n_defect = sum(s.label == 1 for s in samples)
+        if n_defect == 0 or n_defect == len(samples):
+            raise ValueError(f"{self.name} is supervised: it needs both defective and good training images, "
+                             f"got {n_defect} defective of {len(samples)}")
+        size = self.image_size
+        images = torch.empty(len(train), 3, size, size, dtype=torch.uint8)
+        masks = torch.empty(len(train), 1, size, size, dtype=torch.uint8)
+        for i in tqdm(range(len(train)), desc=f"{self.name}: reading images", disable=not progress):
+            item = train[i]
+            images[i] = item["image"].mul(255).round_().to(torch.uint8)
+            masks[i] = item["mask"].to(torch.uint8)
+        return images, masks, torch.tensor([s.label for s in samples])
+
+    def _train_segmentation(self, images, masks, sampler, progress: bool) -> None:
+        cfg = self.config
+
+        def loss_of(batch):
+            logits, _ = self.segmentation(self._normalise(images[batch]))
+            return concentrated_loss(logits, masks[batch].to(self.device), gamma=cfg.gamma, lam=cfg.lam)
+
+        self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress)
+        self._recalibrate_batch_norm(images)
+
+    def _recalibrate_batch_norm(self, images) -> None:
+        """Batch-norm statistics for inference: the plain average over the training images in a
+        seeded random order (one pass, no gradient), not the moving average of the last training
+        batches, which after longer training left the network unusable in eval mode (pixel AUROC
+        0.52 after 48 epochs on magnetic tile, 0.985 after 24)."""
+        norms = [m for m in self.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed))
+        self.segmentation.train()
+        with torch.no_grad():
+            for start in range(0, len(images), 16):
+                self.segmentation(self._normalise(images[order[start:start + 16]]))
+        for m in norms:
+            m.momentum = 0.1
+        self.segmentation.eval()
+
+    def _train_decision(self, images, labels, sampler, progress: bool) -> None:
+        """The decision network learns on the frozen segmentation network's output, computed once."""
+        self.segmentation.eval()
+        features, stats = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), 16):
+                f, s = decision_inputs(*self.segmentation(self._normalise(images[start:start + 16])))
+                features.append(f)
+                stats.append(s)
+        features, stats = torch.cat(features), torch.cat(stats)
+        targets = labels.to(self.device, torch.float32)
+
+        def loss_of(batch):
+            return F.binary_cross_entropy_with_logits(self.decision(features[batch], stats[batch]), targets[batch])
+
+        self._train(self.decision, loss_of, sampler, "decision", self.config.dec_epochs, "dec_lr", progress)
+
+    def _train(self, net, loss_of, sampler, stage: str, epochs: int, lr_name: str, progress: bool) -> None:
+        """Adam on net for `epochs` epochs of biased batches; loss_of(batch indices) gives the loss.
+        A loss that turns NaN or Inf stops training with an error naming the learning rate."""
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=getattr(self.config, lr_name))
+        bar = tqdm(range(epochs), desc=f"{self.name}: {stage}", disable=not progress)
+        for epoch in bar:
+            total, steps = 0.0, 0
+            for batch in sampler.epoch():
+                loss = loss_of(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+            mean = total / steps
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"{self.name}: {stage} loss became {mean} in epoch {epoch + 1} "
+                                         f"at {lr_name}={getattr(self.config, lr_name)}; lower {lr_name}")
+            self.history[f"{stage}_loss"].append(mean)
+            bar.set_postfix(loss=f"{mean:.4f}")
+        net.eval()
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Network input from images in [0, 1] (float) or the uint8 training cache."""
+        if images.dtype == torch.uint8:
+            images = images.to(self.device, torch.float32) / 255
+        return (images.to(self.device, torch.float32) - _MEAN) / _STD
+
+    # -- inference ------------------------------------------------------------------
+    def _score(self, images: torch.Tensor):
+        h, w = images.shape[-2:]
+        if h % STRIDE or w % STRIDE:
+            raise ValueError(f"{self.name}: image height and width must be multiples of {STRIDE}, got {h}x{w}")
+        logits, features = self.segmentation(self._normalise(images))
+        decision = self.decision(*decision_inputs(logits, features))
+        return torch.sigmoid(decision), torch.sigmoid(logits[:, 0])
+
+    # -- persistence ----------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"segmentation.{k}": v for k, v in self.segmentation.state_dict().items()}
+        tensors.update({f"decision.{k}": v for k, v in self.decision.state_dict().items()})
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for prefix, net in (("segmentation.", self.segmentation), ("decision.", self.decision)):
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            net.to(self.device).eval()
+
+
+class _BiasedSampler:
+    """Index batches for biased minibatch sampling: every batch is half defective (the first
+    batch_size // 2 entries), half good. An epoch visits each defective image once; the good
+    images are drawn in a running shuffled order, so over the epochs all of them are seen."""
+
+    def __init__(self, labels: torch.Tensor, batch_size: int, seed: int):
+        self.defects = torch.nonzero(labels == 1)[:, 0]
+        self.good = torch.nonzero(labels == 0)[:, 0]
+        self.n_defect = batch_size // 2
+        self.n_good = batch_size - self.n_defect
+        self.generator = torch.Generator().manual_seed(seed)
+        self._good_order = torch.empty(0, dtype=torch.int64)
+
+    def epoch(self):
+        order = self.defects[torch.randperm(len(self.defects), generator=self.generator)]
+        steps = math.ceil(len(order) / self.n_defect)
+        for step in range(steps):
+            defect = order[(step * self.n_defect + torch.arange(self.n_defect)) % len(order)]
+            yield torch.cat([defect, self._next_good()])
+
+    def _next_good(self) -> torch.Tensor:
+        while len(self._good_order) < self.n_good:
+            fresh = self.good[torch.randperm(len(self.good), generator=self.generator)]
+            self._good_order = torch.cat([self._good_order, fresh])
+        taken, self._good_order = self._good_order[:self.n_good], self._good_order[self.n_good:]
+        return taken
