@@ -78,7 +78,7 @@ class PatchCore(Detector):
         """Patch features [B, h*w, D] and the grid size (h, w), config.batch_size images at a time."""
         parts = [patch_embedding(self.backbone(chunk), tuple(self.config.layers), self_attend=self.self_attend)
                  for chunk in images.split(self.config.batch_size)]
-        emb = parts[0] if len(parts) == 1 else torch.cat(parts)
+        emb = torch.cat(parts)
         b, d, h, w = emb.shape
         return emb.permute(0, 2, 3, 1).reshape(b, h * w, d), (h, w)
 

@@ -130,7 +130,8 @@ class SegDec(Detector):
         """Batch-norm statistics for inference: the plain average over the training images in a
         seeded random order (one pass, no gradient), not the moving average of the last training
         batches, which after longer training left the network unusable in eval mode (pixel AUROC
-        0.52 after 48 epochs on magnetic tile, 0.985 after 24)."""
+        0.52 after 48 epochs on magnetic tile, 0.985 after 24). It recovers only part of that
+        collapse (0.69 after 48 epochs): see benchmarks/RESULTS.md."""
         norms = [m for m in self.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for m in norms:
             m.reset_running_stats()
