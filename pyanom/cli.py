@@ -72,9 +72,8 @@ def cmd_fit(args) -> int:
     det = pyanom.create(args.detector, device=args.device, **_overrides(args.set))
     train = open_dataset(args.data_root, "train", layout=args.layout, image_size=det.image_size,
                          test_fraction=args.test_fraction, seed=args.seed)
-    if det.supervision == "unsupervised":
-        train = train.normal()
-    print(f"fitting {det.name} on {len(train)} images from {args.data_root}")
+    used = len(train.normal()) if det.supervision == "unsupervised" else len(train)
+    print(f"fitting {det.name} on {used} images from {args.data_root}")
     start = time.perf_counter()
     det.fit(train, seed=args.seed)
     det.data_split = {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed}

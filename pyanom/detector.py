@@ -91,8 +91,11 @@ class Detector(abc.ABC):
 
         The threshold comes from `validation` when given, else from a seeded hold-out of the
         training images that the detector does not learn from (unsupervised detectors would
-        otherwise score their own memory as perfectly normal).
+        otherwise score their own memory as perfectly normal). Unsupervised detectors learn
+        from the normal images of `train` only.
         """
+        if self.supervision == "unsupervised":
+            train = train.normal()
         if validation is None:
             train, validation = train.holdout(holdout_fraction, seed=seed)
         self._fit(train, progress)

@@ -109,8 +109,7 @@ class PatchCore(Detector):
         queries = emb.reshape(-1, d)
         dist, nearest = knn_scores(queries, self.memory_bank, 1)
         patch_scores = dist[:, 0].reshape(b, n_patches)
-        worst = patch_scores.argmax(dim=1)
-        image_scores = patch_scores.gather(1, worst[:, None]).squeeze(1)
+        image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
             image_scores = image_scores * self._reweight(queries, nearest[:, 0], worst, n_patches)
         maps = upsample_scores(patch_scores.reshape(b, h, w), images.shape[-2:], self.config.blur_sigma)

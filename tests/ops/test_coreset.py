@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from pyanom import build_info
 from pyanom.ops import coreset as coreset_module
 from pyanom.ops import greedy_coreset, reference
 
-NATIVE = build_info()["native"]
-needs_native = pytest.mark.skipif(not NATIVE, reason="pyanom._C is not built")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not build_info().get("cuda_devices"),
-                                reason="needs a CUDA device and a CUDA build")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def clustered(n, d, clusters, spread, gen, dtype=torch.float32):
@@ -50,7 +46,6 @@ def cases():
 CASES = cases()
 
 
-@needs_native
 @pytest.mark.parametrize("name, x, k", CASES, ids=[c[0] for c in CASES])
 def test_native_equals_reference(name, x, k):
     for seed in (0, 7):
@@ -60,7 +55,6 @@ def test_native_equals_reference(name, x, k):
         assert torch.equal(got, want), f"first difference at {int((got != want).nonzero()[0])}"
 
 
-@needs_native
 def test_native_equals_reference_non_contiguous_and_projection_dims():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(96, 300, generator=gen)
@@ -70,7 +64,7 @@ def test_native_equals_reference_non_contiguous_and_projection_dims():
             assert torch.equal(greedy_coreset(view, 40, projection_dim=projection_dim, seed=3, backend="native"), want)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("backend", ["torch", "native"])
 def test_contract(backend):
     x = torch.tensor([[0.0], [1.0], [10.0], [4.0]])
     assert greedy_coreset(x, 3, start=0, backend=backend).tolist() == [0, 2, 3]
@@ -85,7 +79,7 @@ def test_contract(backend):
     assert greedy_coreset(same, 3, start=3, backend=backend).tolist() == [3, 0, 0]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("backend", ["torch", "native"])
 def test_seed_and_start(backend):
     x = torch.randn(300, 200)
     a = greedy_coreset(x, 20, seed=3, backend=backend)
@@ -118,14 +112,13 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("args, kwargs, error, match", BAD, ids=[b[3] for b in BAD])
 def test_bad_input(args, kwargs, error, match, backend):
     with pytest.raises(error, match=match):
         greedy_coreset(*args, **{"backend": backend, **kwargs})
 
 
-@needs_native
 def test_kernel_rechecks_its_arguments():
     c = coreset_module.native_module()
     with pytest.raises(ValueError, match="k must be in"):
@@ -147,7 +140,6 @@ def _count_torch_loops(monkeypatch):
     return calls
 
 
-@needs_native
 def test_backend_selection(monkeypatch):
     x = torch.randn(50, 4)
     calls = _count_torch_loops(monkeypatch)
@@ -165,7 +157,7 @@ def test_backend_selection(monkeypatch):
         greedy_coreset(x, 10)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_native)])
+@pytest.mark.parametrize("backend", ["torch", "native"])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     x = torch.randn(64, 200)

@@ -1,7 +1,7 @@
 """Acceptance on real data: MVTec AD bottle, default backbone (EfficientNet-Lite0), 256 px.
 
 Targets from the PatchCore issue: patchcore image AUROC >= 0.995 and pixel AUROC >= 0.975 at
-coreset ratios 0.01 and 0.1; sa_patchcore image AUROC >= 0.99. AUPRO is computed and printed.
+coreset ratios 0.01 and 0.1; sa_patchcore image AUROC >= 0.99. AUPRO floors sit just under the measured figures (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ def bottle(shared_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, ratio, image_auroc, pixel_auroc", [
-    ("patchcore", 0.01, 0.995, 0.975),
-    ("patchcore", 0.1, 0.995, 0.975),
-    ("sa_patchcore", 0.01, 0.99, None),
+@pytest.mark.parametrize("name, ratio, image_auroc, pixel_auroc, aupro", [
+    ("patchcore", 0.01, 0.995, 0.975, 0.9),   # measured 1.000, 0.983, 0.932
+    ("patchcore", 0.1, 0.995, 0.975, 0.9),    # measured 1.000, 0.984, 0.935
+    ("sa_patchcore", 0.01, 0.99, None, 0.7),  # measured 1.000, 0.920, 0.752
 ])
-def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc):
+def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc, aupro):
     train, test = bottle
     det = pyanom.create(name, coreset_ratio=ratio).fit(train, progress=False)
     pred = det.predict(test)
@@ -35,4 +35,4 @@ def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc):
     assert report["image_auroc"] >= image_auroc
     if pixel_auroc is not None:
         assert report["pixel_auroc"] >= pixel_auroc
-    assert 0.0 < report["aupro"] <= 1.0
+    assert report["aupro"] >= aupro
