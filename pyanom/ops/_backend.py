@@ -26,15 +26,20 @@ def native_available(device: torch.device) -> bool:
     return False
 
 
+def check(backend: str, op: str) -> str:
+    """The backend argument, validated before a custom op is entered (so the error names it)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve(backend: str, device: torch.device, op: str) -> str:
     """Return "native" or "torch" for `op` on `device`.
 
     "auto" means native when built for the device (and trusted there, AUTO_NATIVE_DEVICES), torch otherwise; the environment
     variable PYANOM_BACKEND (native|torch) overrides "auto" but never an explicit choice.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
+    if check(backend, op) == "auto":
         env = os.environ.get("PYANOM_BACKEND", "").strip().lower()
         if env in ("native", "torch"):
             backend = env

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pyanom._build import native_module
 from pyanom.ops import _checks
-from pyanom.ops._backend import BACKENDS, resolve
+from pyanom.ops._backend import check, resolve
 
 # The CPU kernel holds the whole score matrix of maps up to this many positions (64 MiB in
 # float32 at 4096): it is symmetric, so only half of it is computed. Longer maps go
@@ -30,8 +30,7 @@ def self_attention(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     # NaN and Inf are rejected inside the op: the CPU kernel finds them while packing x,
     # which spares a separate pass over the whole input.
     _checks.tensor("x", x, ndim=4, finite=False)
-    if backend not in BACKENDS:
-        raise ValueError(f"self_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    check(backend, "self_attention")
     if x.requires_grad and torch.is_grad_enabled():
         if backend == "native":
             raise ValueError("self_attention: backend='native' has no backward pass, but x "

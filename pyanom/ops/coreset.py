@@ -27,8 +27,7 @@ def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128,
     projection_dim = _checks.integer("projection_dim", projection_dim, low=1)
     seed = _checks.integer("seed", seed, low=_INT64[0], high=_INT64[1])
     start = -1 if start is None else _checks.integer("start", start, low=0, high=n - 1)
-    if backend not in _backend.BACKENDS:
-        raise ValueError(f"greedy_coreset: backend must be one of {_backend.BACKENDS}, got {backend!r}")
+    _backend.check(backend, "greedy_coreset")
     return torch.ops.pyanom.greedy_coreset(features, k, projection_dim, seed, start, backend)
 
 

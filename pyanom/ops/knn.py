@@ -54,8 +54,7 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
                          f"{tuple(queries.shape)}, bank is {tuple(bank.shape)}")
     k = _checks.integer("k", k, low=1, high=bank.shape[0])
     chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1)
-    if backend not in _backend.BACKENDS:
-        raise ValueError(f"knn_scores: backend must be one of {_backend.BACKENDS}, got {backend!r}")
+    _backend.check(backend, "knn_scores")
     return _knn_scores_op(queries, bank, k, chunk, backend)
 
 

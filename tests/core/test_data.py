@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -57,18 +56,6 @@ def make_ksdd2(root: Path, *, split=True) -> Path:
         for i in range(4):
             write_image(root / part / f"{i}.png", seed=i)
             write_mask(root / part / f"{i}_GT.png", box=(1, 1, 4, 4) if i % 2 else None)
-    return root
-
-
-def real_data() -> Path:
-    """The shared real data: $PYANOM_DATA, else <repo>/../shared/data; a failure, not a skip, when missing."""
-    env = os.environ.get("PYANOM_DATA")
-    if env == "":
-        pytest.skip("PYANOM_DATA is set empty: real-data tests switched off")
-    root = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not (root / "mvtec" / "bottle").is_dir() or not (root / "magnetic_tile").is_dir():
-        pytest.fail(f"real data not found at {root} (needs mvtec/bottle and magnetic_tile): set PYANOM_DATA "
-                    "to the folder holding them, or PYANOM_DATA= (empty) to switch these tests off")
     return root
 
 
@@ -457,8 +444,8 @@ def test_find_images_and_open_images(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-def test_real_mvtec_bottle():
-    root = real_data() / "mvtec" / "bottle"
+def test_real_mvtec_bottle(shared_data):
+    root = shared_data / "mvtec" / "bottle"
     assert detect_layout(root) == "mvtec"
     splits = read_layout(root)  # headers only: counts and pairing
     assert len(splits["train"]) == 209 and all(s.label == 0 for s in splits["train"])
@@ -470,8 +457,8 @@ def test_real_mvtec_bottle():
     assert test[0]["mask"].sum() > 0 and test[82]["defect_type"] == "good" and test[82]["mask"].sum() == 0
 
 
-def test_real_magnetic_tile():
-    root = real_data() / "magnetic_tile"
+def test_real_magnetic_tile(shared_data):
+    root = shared_data / "magnetic_tile"
     assert detect_layout(root) == "folders"
     test = open_dataset(root, "test")
     samples = read_layout(root)["all"]
