@@ -169,70 +169,18 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T
 
 // ---- per-query top-k: (squared distance, index) pairs ----
 
-constexpr int64_t kEmpty = std::numeric_limits<int64_t>::max();  // index of an unfilled slot
-constexpr int64_t kSortedMax = 32;  // up to this k a sorted array (insertion); above, a max-heap
-
-// Order of (distance, index) pairs: nearer first, ties to the lower index.
-struct Lexicographic {
-  template <typename T>
-  bool operator()(T d, int64_t i, T wd, int64_t wi) const {
-    return knn_before(d, i, wd, wi);
-  }
-};
-// The same order for a candidate whose index exceeds every index kept, as in a scan of the
-// bank in index order: a tie never goes before.
-struct LaterIndex {
-  template <typename T>
-  bool operator()(T d, int64_t, T wd, int64_t) const {
-    return d < wd;
-  }
-};
-
 template <typename T>
-struct TopK {
+struct TopK {  // one query's list (see topk_heap.h)
   T* d;
   int64_t* ix;
   int64_t k;
 
-  bool heap() const { return k > kSortedMax; }
-  int64_t worst() const { return heap() ? 0 : k - 1; }
-
-  // Replaces the worst entry by (v, id), which must come before it.
-  template <typename Before>
-  void push(T v, int64_t id, Before before) const {
-    if (heap()) {  // entries compared with each other: always the full order
-      sift_down(0, k, v, id);
-      return;
-    }
-    int64_t j = k - 1;
-    for (; j > 0 && before(v, id, d[j - 1], ix[j - 1]); --j) {
-      d[j] = d[j - 1];
-      ix[j] = ix[j - 1];
-    }
-    d[j] = v;
-    ix[j] = id;
-  }
-
-  // Puts (v, id) at `pos` of the max-heap [0, n) and restores the heap below it.
-  void sift_down(int64_t pos, int64_t n, T v, int64_t id) const { knn_sift_down(d, ix, pos, n, v, id); }
-
-  // Adds another top-k's entry (any index order) if it beats the worst kept.
-  void offer(T v, int64_t id) const {
-    const int64_t w = worst();
-    if (Lexicographic()(v, id, d[w], ix[w])) push(v, id, Lexicographic());
-  }
-
-  // Ascending order (a heap is sorted in place), then squared distances -> distances.
+  int64_t worst() const { return knn_worst_slot(k); }
+  void push_later(T v, int64_t id) const { knn_push(d, ix, k, v, id, true); }
+  void offer(T v, int64_t id) const { knn_offer(d, ix, k, v, id); }
+  // Ascending order, then squared distances -> distances.
   void finish() const {
-    if (heap()) {
-      for (int64_t end = k - 1; end > 0; --end) {
-        const T v = d[end];
-        const int64_t id = ix[end];
-        d[end] = d[0];
-        ix[end] = ix[0];
-        sift_down(0, end, v, id);
-      }
-    }
+    knn_sort(d, ix, k);
     for (int64_t j = 0; j < k; ++j) d[j] = std::sqrt(d[j]);
   }
 };
@@ -262,7 +210,7 @@ void merge_row(T* row, const T* bank_norms, T query_norm, int64_t cols, int64_t 
       const int64_t col = j + __builtin_ctz(hits);
       const T v = row[col];
       if (v < limit && col < cols) {
-        top.push(v, first_id + col, LaterIndex());
+        top.push_later(v, first_id + col);
         limit = top.d[w];
         vlimit = S::set1(limit);
       }

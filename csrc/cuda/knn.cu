@@ -34,8 +34,6 @@ constexpr int kTN = 4;   // bank rows per thread
 constexpr int kPad = 4;  // slice row padding: spreads the transposing stores over the banks
 constexpr int kThreads = (kBQ / kTM) * (kBN / kTN);  // 256
 constexpr int kNormThreads = 256;
-constexpr int64_t kEmpty = INT64_MAX;  // index of an unfilled slot
-constexpr int64_t kSortedMax = 32;     // up to this k a sorted list, above a max-heap
 static_assert(kThreads >= kBQ, "one thread per query merges the tile");
 
 template <typename T>
@@ -56,28 +54,9 @@ struct Num<double> {
   __device__ static double root(double x) { return __dsqrt_rn(x); }
 };
 
-// ---- per-query top-k lists of (squared distance, index), same rules as the CPU kernel ----
+// ---- per-query top-k lists: csrc/topk_heap.h, shared with the CPU kernel ----
 
 __device__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ int64_t worst_slot(int64_t k) { return k > kSortedMax ? 0 : k - 1; }
-
-// Replaces the worst entry by (v, id), which must come before it. `later`: id exceeds every
-// kept index (a scan in bank order), so the list order needs only the distance.
-template <typename T>
-__device__ void push(T* d, int64_t* ix, int64_t k, T v, int64_t id, bool later) {
-  if (k > kSortedMax) {
-    knn_sift_down(d, ix, 0, k, v, id);
-    return;
-  }
-  int64_t j = k - 1;
-  for (; j > 0 && (later ? v < d[j - 1] : knn_before(v, id, d[j - 1], ix[j - 1])); --j) {
-    d[j] = d[j - 1];
-    ix[j] = ix[j - 1];
-  }
-  d[j] = v;
-  ix[j] = id;
-}
 
 // ---- kernels ----
 
@@ -122,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool owner = tid < kBQ && row < q;
   T* my_d = nullptr;
   int64_t* my_i = nullptr;
-  const int64_t worst = worst_slot(k);
+  const int64_t worst = knn_worst_slot(k);
   T limit = Num<T>::inf();
   if (owner) {
     const int64_t at = split == 0 ? row * k : ((split - 1) * q + row) * k;
@@ -190,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t c = 0; c < cols; ++c) {
         const T v = dist[c];
         if (v < limit) {  // bank order: a tie never displaces an earlier index
-          push(my_d, my_i, k, v, n0 + c, true);
+          knn_push(my_d, my_i, k, v, n0 + c, true);
           limit = my_d[worst];
         }
       }
@@ -208,23 +187,13 @@ __global__ void __launch_bounds__(kNormThreads)
   if (row >= q) return;
   T* d = out_d + row * k;
   int64_t* ix = out_i + row * k;
-  const int64_t worst = worst_slot(k);
   for (int64_t s = 1; s < splits; ++s) {
     const T* od = split_d + ((s - 1) * q + row) * k;
     const int64_t* oi = split_i + ((s - 1) * q + row) * k;
     for (int64_t j = 0; j < k; ++j)
-      if (oi[j] != kEmpty && knn_before(od[j], oi[j], d[worst], ix[worst]))
-        push(d, ix, k, od[j], oi[j], false);
+      if (oi[j] != kEmpty) knn_offer(d, ix, k, od[j], oi[j]);
   }
-  if (k > kSortedMax) {  // heap -> ascending, in place
-    for (int64_t end = k - 1; end > 0; --end) {
-      const T v = d[end];
-      const int64_t id = ix[end];
-      d[end] = d[0];
-      ix[end] = ix[0];
-      knn_sift_down(d, ix, 0, end, v, id);
-    }
-  }
+  knn_sort(d, ix, k);
   for (int64_t j = 0; j < k; ++j) d[j] = Num<T>::root(d[j]);
 }
 
