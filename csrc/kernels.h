@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "host_device.h"
+
 namespace pyanom {
 
 #ifdef PYANOM_WITH_CUDA
@@ -75,13 +77,8 @@ void self_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batc
 constexpr std::int64_t kConcentratedLossBlock = 8192;
 constexpr int kConcentratedLossSums = 4;
 
-#ifdef __CUDACC__
-#define PYANOM_LOSS_HOST_DEVICE __host__ __device__
-#else
-#define PYANOM_LOSS_HOST_DEVICE
-#endif
 
-PYANOM_LOSS_HOST_DEVICE constexpr std::int64_t concentrated_loss_blocks_per_image(std::int64_t pixels) {
+PYANOM_HOST_DEVICE constexpr std::int64_t concentrated_loss_blocks_per_image(std::int64_t pixels) {
   return (pixels + kConcentratedLossBlock - 1) / kConcentratedLossBlock;
 }
 
@@ -128,7 +125,7 @@ struct ConcentratedLossImage {
 };
 
 template <typename Math>
-PYANOM_LOSS_HOST_DEVICE inline ConcentratedLossImage concentrated_loss_image(
+PYANOM_HOST_DEVICE inline ConcentratedLossImage concentrated_loss_image(
     const double* sums, std::int64_t pixels, double gamma, double lam, double eps, bool detach_factor) {
   const double inter = sums[0], total = sums[1] + sums[2];
   const double uni = total - inter + eps, dice_den = total + eps;

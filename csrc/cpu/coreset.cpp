@@ -40,13 +40,12 @@
 #include <type_traits>
 
 #include "common.h"
+#include "coreset_rules.h"
 #include "kernels.h"
 
 namespace pyanom {
 namespace {
 
-constexpr double kSlack = 1e-6;      // relative slack on pruning tests (float64 error ~ D 2^-53)
-constexpr double kTiny = 1e-300;     // absolute slack for float64 squares that underflowed
 constexpr double kTiny32 = 1e-36;    // absolute error bound of float32 sums near underflow
 constexpr float kCellSlack = 1e-6f;  // relative error of stored anchor distances (float)
 constexpr int64_t kCells = 1024;     // anchors
@@ -189,15 +188,6 @@ struct Bounds {
   double from64(double s) const { return s * shrink64; }
 };
 
-// The squared center distance from which a point with min distance m (squared) provably
-// keeps it: d(c, c') >= 2 d(x, c), with slack.
-inline double reach_limit(double m) { return 4.0 * m * (1.0 + kSlack) + kTiny; }
-// True when a center at squared distance >= lower from c' proves that a point of its group
-// with min distance m keeps it. Never when the bound overflowed (m may then still shrink).
-inline bool center_keeps(double lower, double m) {
-  const double bound = reach_limit(m);
-  return bound < kInf && lower >= bound;
-}
 // The smallest float >= x.
 inline float float_up(double x) {
   const float f = float(x);
@@ -254,8 +244,6 @@ float quantize(const T* x, const T* c, int64_t d, int64_t dq, double m, int8_t* 
   return float_up((err + std::sqrt(m * (1.0 + kSlack) + kTiny)) * (1.0 + 1e-12));
 }
 
-// (value, index) with the larger value winning and ties going to the lower index.
-inline bool beats(double r, int32_t i, double r2, int32_t i2) { return r > r2 || (r == r2 && i < i2); }
 
 struct Best {
   double r = -1.0;  // below any squared distance: an empty group

@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "common.h"
+#include "coreset_rules.h"
 #include "cuda/cuda_check.cuh"
 #include "kernels.h"
 
@@ -36,19 +37,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxBlocks = 2048;  // bests buffer size; the grid is at most what fits at once
 constexpr int kBlocksPerSm = 4;
-constexpr double kSlack = 1e-6;   // relative slack on the pruning test (float64 error ~ D 2^-53)
-constexpr double kTiny = 1e-300;  // absolute slack for squares that underflowed
-
-__device__ __forceinline__ bool beats(double r, int i, double r2, int i2) {
-  return r > r2 || (r == r2 && i < i2);
-}
-
-// True when the center of x's group at squared distance dc from c' proves that x keeps m.
-// Never when the bound overflowed (m may then still shrink).
-__device__ __forceinline__ bool center_keeps(double dc, double m) {
-  const double bound = 4.0 * m * (1.0 + kSlack) + kTiny;
-  return bound < CUDART_INF && dc >= bound;
-}
 
 // ||a - b||^2 by a whole warp: lane l sums dims l, l + 32, ... then a butterfly, whose
 // pairwise sums are symmetric, so every lane holds the same bits.
