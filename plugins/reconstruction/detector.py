@@ -17,8 +17,9 @@ from pyanom.anomaly_map import upsample_scores
 from pyanom.detector import Detector
 from pyanom_plugins.reconstruction.networks import (ConvAutoencoder, Critic, Encoder, Generator,
                                                     check_power_of_two)
-from pyanom_plugins.reconstruction.training import (Checkpoint, load_module, minibatches, module_tensors,
-                                                    run_fingerprint, seeded, to_model_space, training_images)
+from pyanom.networks import load_module, module_tensors, seeded
+from pyanom_plugins.reconstruction.training import (Checkpoint, minibatches, run_fingerprint, to_model_space,
+                                                    training_images)
 
 
 def _check(name: str, value, low, kind=int, *, strict: bool = True) -> None:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from pyanom.data.transforms import normalize
 from pyanom.detector import iterate_images
 from pyanom.io import ArchiveError, load_archive, save_archive
+from pyanom.networks import load_module, module_tensors
 
 CHECKPOINT_KIND = "pyanom-training-checkpoint"
 
@@ -49,29 +50,6 @@ def minibatches(n: int, batch_size: int, rng: torch.Generator) -> Iterator[torch
     """Indices of a seeded shuffle of range(n), batch_size at a time (the last batch smaller)."""
     order = torch.randperm(n, generator=rng)
     yield from order.split(batch_size)
-
-
-def seeded(build, seed: int):
-    """build() with the global torch RNG seeded (weight initialisation), leaving the caller's
-    global RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
-
-
-def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load the tensors named prefix.* into module; a missing or unexpected one is an error."""
-    own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    missing = sorted(set(module.state_dict()) - set(own))
-    unexpected = sorted(set(own) - set(module.state_dict()))
-    if missing or unexpected:
-        raise ValueError(f"{prefix}: saved tensors do not fit the network built from the config "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    module.load_state_dict(own)
 
 
 def run_fingerprint(config, train_images: torch.Tensor, resumable: tuple[str, ...]) -> dict:

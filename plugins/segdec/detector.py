@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pyanom.data import check_samples
 from pyanom.detector import Detector
+from pyanom.networks import load_module, module_tensors, seeded
 from pyanom.ops import concentrated_loss
 from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationNetwork, decision_inputs
 
@@ -73,11 +74,12 @@ class SegDec(Detector):
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            self.segmentation = SegmentationNetwork().to(self.device)
-            self.decision = DecisionNetwork(self.segmentation.feature_channels + 1).to(self.device)
+        self.segmentation, self.decision = seeded(self._networks, self.config.seed)
         self.history: dict[str, list[float]] = {"segmentation_loss": [], "decision_loss": []}
+
+    def _networks(self) -> tuple[SegmentationNetwork, DecisionNetwork]:
+        segmentation = SegmentationNetwork().to(self.device)
+        return segmentation, DecisionNetwork(segmentation.feature_channels + 1).to(self.device)
 
     # -- training -------------------------------------------------------------------
     def _fit(self, train, progress: bool) -> None:
@@ -201,13 +203,11 @@ class SegDec(Detector):
 
     # -- persistence ----------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"segmentation.{k}": v for k, v in self.segmentation.state_dict().items()}
-        tensors.update({f"decision.{k}": v for k, v in self.decision.state_dict().items()})
-        return tensors
+        return {**module_tensors("segmentation", self.segmentation), **module_tensors("decision", self.decision)}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for prefix, net in (("segmentation.", self.segmentation), ("decision.", self.decision)):
-            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for prefix, net in (("segmentation", self.segmentation), ("decision", self.decision)):
+            load_module(prefix, net, tensors)
             net.to(self.device).eval()
 
 

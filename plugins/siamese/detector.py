@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pyanom.detector import Detector, Prediction, iterate_images
+from pyanom.networks import load_module, module_tensors, seeded
 from pyanom_plugins.siamese.losses import (batch_composition, in_batch_pair_loss, make_pair_loss,
                                            pair_type_shares, sample_batch)
 from pyanom_plugins.siamese.network import BACKBONES, SiameseNetwork
@@ -103,9 +104,7 @@ class Siamese(Detector):
 
     def _build_network(self, pretrained: bool) -> SiameseNetwork:
         cfg = self.config
-        with torch.random.fork_rng():  # the new layers' initialisation follows the seed
-            torch.manual_seed(cfg.seed)
-            network = SiameseNetwork(cfg.backbone, cfg.attention_layer, cfg.weights, pretrained)
+        network = seeded(lambda: SiameseNetwork(cfg.backbone, cfg.attention_layer, cfg.weights, pretrained), cfg.seed)
         return network.to(self.device)
 
     # -- training ------------------------------------------------------------------
@@ -214,14 +213,12 @@ class Siamese(Detector):
 
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
-        return {**tensors, "train_embeddings": self.train_embeddings, "train_labels": self.train_labels,
+        return {**module_tensors("network", self.network), "train_embeddings": self.train_embeddings, "train_labels": self.train_labels,
                 "normal_centroid": self.normal_centroid}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.network = self._build_network(pretrained=False)
-        prefix = "network."
-        self.network.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        load_module("network", self.network, tensors)
         self.network.eval()
         self.train_embeddings = tensors["train_embeddings"].to(self.device, torch.float32)
         self.train_labels = tensors["train_labels"].to(self.device, torch.int64)
