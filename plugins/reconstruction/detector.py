@@ -37,6 +37,7 @@ def _check_common(cfg) -> None:
     _check("width", cfg.width, 0)
     if cfg.checkpoint is not None and not isinstance(cfg.checkpoint, str):
         raise ValueError(f"checkpoint must be a file path (str) or None, got {cfg.checkpoint!r}")
+    _check("checkpoint_every", cfg.checkpoint_every, 0)
 
 
 @dataclass
@@ -55,7 +56,8 @@ class AutoencoderConfig:
     # diffuse error an autoencoder leaves on every edge).
     score: str = "mean"
     blur_sigma: float = 4.0  # Gaussian smoothing of the anomaly map (0 = raw per-pixel error)
-    checkpoint: Optional[str] = None  # training state file, rewritten every epoch; resumed when present
+    checkpoint: Optional[str] = None  # training state file, resumed when present
+    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after the last)
     seed: int = 0
 
     def __post_init__(self):
@@ -84,6 +86,7 @@ class FAnoGANConfig:
     kappa: float = 1.0  # weight of the critic-feature residual in the izif loss and the score
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled anomaly map (0 = none)
     checkpoint: Optional[str] = None
+    checkpoint_every: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -139,7 +142,8 @@ class ReconstructionDetector(Detector):
         for key, value in values.items():
             self.history[key].append(value)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if v is not None})
-        if ckpt is not None:
+        done = len(self.history[next(iter(values))])  # epochs of this stage, this one included
+        if ckpt is not None and (done % self.config.checkpoint_every == 0 or done == bar.total):
             ckpt.save(self.networks, optimizers, rng, {"history": self.history})
 
     def _maps(self, error: torch.Tensor, size) -> torch.Tensor:

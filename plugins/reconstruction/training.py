@@ -54,14 +54,16 @@ def minibatches(n: int, batch_size: int, rng: torch.Generator) -> Iterator[torch
 
 def run_fingerprint(config, train_images: torch.Tensor, resumable: tuple[str, ...]) -> dict:
     """What must not change between a run and its resumption: every hyper-parameter except the
-    checkpoint path and the epoch counts (which may be raised to train longer), and the data."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint" and k not in resumable}
+    checkpoint settings and the epoch counts (which may be raised to train longer), and the data."""
+    skip = ("checkpoint", "checkpoint_every", *resumable)
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
     return {"config": fields, "n_images": len(train_images),
             "data_checksum": float(train_images.double().sum())}
 
 
 class Checkpoint:
-    """Training state at `path`, rewritten atomically after every epoch.
+    """Training state at `path`, rewritten atomically every `checkpoint_every` epochs and after
+    each stage's last.
 
     modules and optimizers are dicts name -> object; their tensors are stored under
     "module/<name>.<key>" and "optimizer/<name>.<param index>.<key>" (the optimizer's

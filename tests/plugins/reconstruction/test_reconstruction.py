@@ -119,10 +119,12 @@ def _assert_same_state(a, b):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=key)
 
 
-def test_autoencoder_resumes_where_it_stopped(train, tmp_path):
+@pytest.mark.parametrize("every", [1, 5])  # 5 > epochs: only the stage's last epoch is written
+def test_autoencoder_resumes_where_it_stopped(train, tmp_path, every):
     ckpt = str(tmp_path / "ae.ckpt")
     straight = pyanom.create("autoencoder", **TINY["autoencoder"], epochs=4).fit(train, progress=False)
-    pyanom.create("autoencoder", **TINY["autoencoder"], epochs=2, checkpoint=ckpt).fit(train, progress=False)
+    pyanom.create("autoencoder", **TINY["autoencoder"], epochs=2, checkpoint=ckpt,
+                  checkpoint_every=every).fit(train, progress=False)
     resumed = pyanom.create("autoencoder", **TINY["autoencoder"], epochs=4, checkpoint=ckpt)
     resumed.fit(train, progress=False)
     _assert_same_state(_state(straight), _state(resumed))
