@@ -16,8 +16,6 @@ import torch
 
 from pyanom.allocator import retain_freed_memory
 
-SUPERVISION = ("unsupervised", "few-shot", "supervised")
-
 
 @dataclass
 class Prediction:
@@ -37,7 +35,7 @@ class Prediction:
 class Detector(abc.ABC):
     """Base class of every detector plugin.
 
-    Subclasses set `name`, `supervision` and `Config` (a dataclass of hyper-parameters with the
+    Subclasses set `name`, `supervision` ("unsupervised", "few-shot" or "supervised") and `Config` (a dataclass of hyper-parameters with the
     published defaults), and implement `_fit`, `_score`, `state_tensors` and
     `load_state_tensors`. Images reaching a detector are float [B, 3, S, S] in [0, 1] with
     S = config.image_size; normalisation is the backbone's business.

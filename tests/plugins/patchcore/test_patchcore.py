@@ -7,7 +7,7 @@ import torch
 
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.metrics import evaluate
+from pyanom.metrics import evaluate, threshold_from_normal_scores
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,10 @@ def test_memory_bank_is_the_coreset(fitted):
     assert fitted.memory_bank.shape[0] == -(-n_patches // 10)
 
 
-def test_threshold_comes_from_normal_scores(fitted):
-    assert fitted.threshold is not None and fitted.threshold > 0
+def test_threshold_comes_from_the_held_out_normal_scores(fitted, texture_set):
+    _, held_out = open_dataset(texture_set, "train", image_size=128).normal().holdout(0.1, seed=0)
+    expected = threshold_from_normal_scores(fitted.predict(held_out).image_scores)
+    assert fitted.threshold == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_save_load_gives_identical_predictions(fitted, texture_set, tmp_path):
