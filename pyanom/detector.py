@@ -36,9 +36,10 @@ class Detector(abc.ABC):
     """Base class of every detector plugin.
 
     Subclasses set `name`, `supervision` ("unsupervised", "few-shot" or "supervised") and
-    `Config` (a dataclass of hyper-parameters with the published defaults), and implement `_fit`, `_score`, `state_tensors` and
-    `load_state_tensors`. Images reaching a detector are float [B, 3, S, S] in [0, 1] with
-    S = config.image_size; normalisation is the backbone's business.
+    `Config` (a dataclass of hyper-parameters with the published defaults), and implement
+    `_fit`, `_score`, `state_tensors` and `load_state_tensors`. Images reaching a detector are
+    float [B, 3, S, S] in [0, 1] with S = config.image_size; normalisation is the backbone's
+    business.
     """
 
     name: ClassVar[str]
