@@ -53,8 +53,8 @@ def test_short_schedule_finds_defects(fitted, tile):
     assert 0 <= float(pred.anomaly_maps.min()) and float(pred.anomaly_maps.max()) <= 1
     rate = float(test.labels.float().mean())
     ap = metrics.average_precision(test.labels, pred.image_scores)
-    assert ap >= 2 * rate, f"image AP {ap:.3f} at a defect rate of {rate:.3f}"  # measured: 0.67 at 0.265
-    assert metrics.pixel_auroc(test.masks(), pred.anomaly_maps) >= 0.65  # measured: 0.75
+    assert ap >= 2 * rate, f"image AP {ap:.3f} at a defect rate of {rate:.3f}"  # seeds 0-5: 0.71-0.88 at 0.265
+    assert metrics.pixel_auroc(test.masks(), pred.anomaly_maps) >= 0.65  # seeds 0-5: 0.88-0.97
     assert fitted.history["segmentation_loss"][-1] < fitted.history["segmentation_loss"][0]
 
 

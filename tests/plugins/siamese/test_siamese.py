@@ -158,14 +158,14 @@ def test_unknown_attention_layer_names_the_choices():
 @pytest.fixture(scope="module")
 def tiles(shared_data):
     """A small seeded few-shot split of magnetic tile at 64 px: 24 normal + 12 defective images to
-    train on, 24 + 24 unseen images to test on."""
+    train on, 200 + 200 unseen images to test on (enough that the AUROC of one run is stable)."""
     data = open_dataset(shared_data / "magnetic_tile", "all", layout="folders", image_size=SIZE)
     labels = data.labels.numpy()
     rng = np.random.default_rng(0)
     normal = rng.permutation(np.flatnonzero(labels == 0))
     defect = rng.permutation(np.flatnonzero(labels == 1))
     train = data.subset(np.concatenate([normal[:24], defect[:12]]).tolist())
-    test = data.subset(np.concatenate([normal[24:48], defect[12:36]]).tolist())
+    test = data.subset(np.concatenate([normal[24:224], defect[12:212]]).tolist())
     return train, test
 
 
@@ -182,13 +182,16 @@ def trained(tiles):
 def test_training_separates_the_classes(tiles, trained):
     train, test = tiles
     untrained = fit_tiles(train, epochs=0)
-    # Measured on this split: training images 0.68 -> 1.00, unseen images 0.58 -> 0.81.
+    # Twelve epochs from one start diverge with the CPU's float rounding (CI once gave 0.69 on
+    # 24 + 24 images where this machine gave 0.81), so the floors sit under the spread of seeds
+    # 0-9 on 200 + 200: training images 0.68 -> 1.00 in every run, unseen images 0.57-0.59 ->
+    # 0.70-0.79, last/first loss 0.43-0.54.
     assert image_auroc(train.labels, untrained.predict(train).image_scores) < 0.8
     assert image_auroc(train.labels, trained.predict(train).image_scores) > 0.95
     before = image_auroc(test.labels, untrained.predict(test).image_scores)
     after = image_auroc(test.labels, trained.predict(test).image_scores)
-    assert after >= before + 0.1 and after >= 0.72, (before, after)
-    assert trained.history[-1] < 0.6 * trained.history[0]
+    assert after >= before + 0.06 and after >= 0.66, (before, after)
+    assert trained.history[-1] < 0.7 * trained.history[0]
 
 
 def test_prediction_has_no_maps_and_nearest_neighbour_labels(tiles, trained):
@@ -198,7 +201,8 @@ def test_prediction_has_no_maps_and_nearest_neighbour_labels(tiles, trained):
     embeddings = trained.embed(test)
     nearest = torch.cdist(embeddings, trained.train_embeddings).argmin(dim=1)
     assert torch.equal(pred.labels, trained.train_labels[nearest].bool())
-    assert float((pred.labels == test.labels.bool()).float().mean()) > 0.6  # 0.67 measured; chance 0.5
+    accuracy = float((pred.labels == test.labels.bool()).float().mean())
+    assert accuracy > 0.55, accuracy  # 0.59-0.68 over seeds 0-7; chance 0.5
     maps = trained.explain(torch.stack([test[i]["image"] for i in range(2)]))
     assert maps.shape == (2, SIZE, SIZE)
 
