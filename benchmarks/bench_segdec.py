@@ -32,7 +32,7 @@ VARIANTS = {"concentrated": {"gamma": 0.5, "lam": 0.95}, "gamma0": {"gamma": 0.0
 def run(variant: str, train, test, masks, args) -> dict:
     det = pyanom.create("segdec", image_size=args.image_size, seg_epochs=args.seg_epochs,
                         dec_epochs=args.dec_epochs, batch_size=args.batch_size, seg_lr=args.seg_lr,
-                        dec_lr=args.dec_lr, seed=args.train_seed, **VARIANTS[variant])
+                        dec_lr=args.dec_lr, augment=args.augment, seed=args.train_seed, **VARIANTS[variant])
     start = time.perf_counter()
     det.fit(train, seed=args.seed, progress=not args.quiet)  # the threshold hold-out follows the split seed
     fit_s = time.perf_counter() - start
@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--dec-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the 70/30 split (and the threshold hold-out)")
     p.add_argument("--train-seed", type=int, default=0, help="seed of the initial weights and the batch order")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random flips and 90-degree rotations of the segmentation batches")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--attention-layer", default="stride8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                   help="random flips and 90-degree rotations of the training images")
     p.add_argument("--runs", nargs="+", default=["B:I", "B:II", "B:III", "B:III+PBCL", "A:III"],
                    help="SPLIT:METHOD pairs, methods: " + ", ".join(METHODS))
     p.add_argument("--out", default="benchmarks/.benchmarks/siamese", help="folder for one JSON per run")
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
     splits = few_shot_splits(args.data, image_size=args.image_size, seed=args.seed)
     print({k: v.counts() for k, v in splits.items()}, flush=True)
     settings = dict(image_size=args.image_size, epochs=args.epochs, learning_rate=args.lr, margin=args.margin,
-                    backbone=args.backbone, attention_layer=args.attention_layer, seed=args.seed)
+                    backbone=args.backbone, attention_layer=args.attention_layer, augment=args.augment,
+                    seed=args.seed)
     rows = []
     for spec in args.runs:
         split, method = spec.split(":")

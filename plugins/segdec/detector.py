@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from pyanom.augment import random_dihedral
 from pyanom.data import check_samples
 from pyanom.detector import Detector
 from pyanom.networks import load_module, module_tensors, seeded
@@ -35,6 +36,8 @@ class SegDecConfig:
     An epoch visits every defective training image once, each batch half defective and half
     good (biased sampling), so its length is set by the number of defects.
     gamma = 0 gives Dice + BCE, lam = 0 BCE alone (the paper's ablations).
+    augment: segmentation batches in a random one of their eight orientations (image and mask
+    together; `pyanom.augment`), not in the paper; for surfaces without a preferred orientation.
     """
 
     image_size: int = 256
@@ -45,6 +48,7 @@ class SegDecConfig:
     batch_size: int = 2
     gamma: float = 0.5
     lam: float = 0.95
+    augment: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -121,9 +125,14 @@ class SegDec(Detector):
     def _train_segmentation(self, images, masks, sampler, progress: bool) -> None:
         cfg = self.config
 
+        augmentation = torch.Generator().manual_seed(cfg.seed)
+
         def loss_of(batch):
-            logits, _ = self.segmentation(self._normalise(images[batch]))
-            return concentrated_loss(logits, masks[batch].to(self.device), gamma=cfg.gamma, lam=cfg.lam)
+            x, y = images[batch], masks[batch]
+            if cfg.augment:
+                x, y = random_dihedral(augmentation, x, y)
+            logits, _ = self.segmentation(self._normalise(x))
+            return concentrated_loss(logits, y.to(self.device), gamma=cfg.gamma, lam=cfg.lam)
 
         self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress)
         self._recalibrate_batch_norm(images)

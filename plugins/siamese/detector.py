@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pyanom.augment import random_dihedral
 from pyanom.detector import Detector, Prediction, iterate_images
 from pyanom.networks import load_module, module_tensors, seeded
 from pyanom_plugins.siamese.losses import (batch_composition, in_batch_pair_loss, make_pair_loss,
@@ -37,6 +38,9 @@ class SiameseConfig:
     (a margin far below that scale leaves only the pull term until the embedding has shrunk).
     decision: "nearest_neighbour" labels an image with its nearest training embedding's class, as
     the paper decides; "threshold" compares the image score with the calibrated threshold.
+    augment: show each training image in a random one of its eight orientations (flips and
+    90-degree turns; `pyanom.augment`), not in the paper. Right for surfaces without a preferred
+    orientation such as tiles; leave it off where orientation itself can be the defect.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -53,6 +57,7 @@ class SiameseConfig:
     batch_size: int = 16
     epochs: int = 100
     decision: str = "nearest_neighbour"
+    augment: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -132,6 +137,7 @@ class Siamese(Detector):
         pair_loss = make_pair_loss(cfg.pair_loss, margin=self.margin, alpha=cfg.alpha, beta=cfg.beta)
         optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
         rng = np.random.default_rng(cfg.seed)
+        augmentation = torch.Generator().manual_seed(cfg.seed)
         steps = math.ceil(len(labels) / cfg.batch_size)
         self.history = []
         self.network.train()
@@ -141,7 +147,10 @@ class Siamese(Detector):
                 for _ in range(steps):
                     index = torch.from_numpy(sample_batch(rng, normal, defect, composition))
                     batch_labels = labels[index].to(self.device)
-                    out = self.network(images[index].to(self.device))
+                    batch = images[index]
+                    if cfg.augment:
+                        (batch,) = random_dihedral(augmentation, batch)
+                    out = self.network(batch.to(self.device))
                     loss = in_batch_pair_loss(out["embedding"], batch_labels, shares, pair_loss)
                     if cfg.attention_branch_loss:
                         loss = loss + cfg.abl_weight * in_batch_pair_loss(out["output2"], batch_labels,

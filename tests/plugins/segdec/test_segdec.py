@@ -120,6 +120,17 @@ def test_tiny_gamma0_and_lam0_schedules_train(folders):
         assert len(det.history["segmentation_loss"]) == 1 and det.fitted
 
 
+def test_augmentation_is_seeded_and_changes_training(folders):
+    data = open_dataset(folders, "all", image_size=32)
+
+    def history(augment):
+        det = pyanom.create("segdec", image_size=32, seg_epochs=3, dec_epochs=0, batch_size=4,
+                            seg_lr=1e-3, augment=augment)
+        return det.fit(data, validation=data, progress=False).history["segmentation_loss"]
+
+    assert history(True) == history(True) != history(False)
+
+
 def test_missing_mask_names_the_image(folders):
     (folders / "crack" / "2.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"crack[/\\]2\.jpg"):  # the reader already refuses it

@@ -1,0 +1,32 @@
+"""Training-time augmentation by the symmetries of a square image.
+
+Surfaces such as magnetic tiles have no preferred orientation, so a flipped or rotated defect is
+still a defect of the same kind: with a few dozen defective examples, showing each in its eight
+orientations is the cheapest way to more data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DIHEDRAL = 8  # the square's symmetries: 4 rotations, each with or without a mirror image
+
+
+def random_dihedral(generator: torch.Generator, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One random symmetry of the square per sample, the same one for every tensor given (an image
+    batch and its masks, say). Each tensor is [B, C, S, S]; the draw uses `generator` only."""
+    first = batches[0]
+    for x in batches:
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or len(x) != len(first):
+            raise ValueError(f"random_dihedral needs square [B, C, S, S] batches of one length, "
+                             f"got {[tuple(t.shape) for t in batches]}")
+    choice = torch.randint(DIHEDRAL, (len(first),), generator=generator).to(first.device)
+    out = [x.clone() for x in batches]
+    for k in range(1, DIHEDRAL):
+        chosen = choice == k
+        if not bool(chosen.any()):
+            continue
+        for x, y in zip(batches, out):
+            part = torch.rot90(x[chosen], k // 2, dims=(-2, -1))
+            y[chosen] = part.flip(-1) if k % 2 else part
+    return tuple(out)
