@@ -140,9 +140,9 @@ class SegDec(Detector):
     def _recalibrate_batch_norm(self, images) -> None:
         """Batch-norm statistics for inference: the plain average over the training images in a
         seeded random order (one pass, no gradient), not the moving average of the last training
-        batches, which after longer training left the network unusable in eval mode (pixel AUROC
-        0.52 after 48 epochs on magnetic tile, 0.985 after 24). It recovers only part of that
-        collapse (0.69 after 48 epochs): see benchmarks/RESULTS.md."""
+        batches (on one failed 48-epoch run, pixel AUROC 0.52 with the moving average, 0.69 with
+        this). Such failed runs are not a batch-norm artefact, though: their training loss is as
+        low in eval mode as in train mode; see benchmarks/RESULTS.md."""
         norms = [m for m in self.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for m in norms:
             m.reset_running_stats()
