@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -36,6 +37,30 @@ def test_fit_evaluate_predict_on_a_synthetic_set(texture_set, tmp_path, capsys):
     assert "image_auroc" in printed and "ms/image" in printed
     assert main(["predict", str(model), str(texture_set / "test" / "good"), "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "scores.csv").read_text().count("\n") == 1 + 6
+
+
+def test_a_layout_without_a_split_is_split_once_and_remembered(texture_set, tmp_path, capsys):
+    """Labelled folders (good/, <defect>/) have no train/test split: fit splits them by
+    --test-fraction and --seed, and evaluate, given no split options, scores the same test part."""
+    from pyanom.data import open_dataset
+
+    root = tmp_path / "folders"
+    for image in texture_set.glob("t*/*/*.png"):  # train/good, test/good, test/<defect>
+        folder = root / image.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / f"{image.parent.parent.name}_{image.name}")
+    model = tmp_path / "m.pyanom"
+    assert main(["fit", "patchcore", str(root), "--out", str(model), "--test-fraction", "0.4", "--seed", "3",
+                 "--set", "image_size=128", "--set", "coreset_ratio=0.05"]) == 0
+    split = dict(image_size=128, test_fraction=0.4, seed=3)
+    train, test = open_dataset(root, "train", **split), open_dataset(root, "test", **split)
+    assert not {s.image for s in train.samples} & {s.image for s in test.samples}
+    assert f"on {len(train.normal())} images" in capsys.readouterr().out
+    report_path = tmp_path / "metrics.json"
+    assert main(["evaluate", str(model), str(root), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["count"] == len(test) and report["count"] != len(open_dataset(root, "test", image_size=128))
+    assert set(report["per_defect_type"]) == {"scratch", "spot", "crack"} and report["image_auroc"] >= 0.8
 
 
 def test_demo_runs_offline(tmp_path):
