@@ -8,9 +8,10 @@ with the commands this script prints:
 
 The paper schedules (the detectors' defaults: autoencoder 300 epochs at 256 px, f-AnoGAN 1500
 GAN + 200 encoder epochs at full width) take many hours on a CPU; `--schedule cpu` (the default)
-is scaled to about half an hour on one core (f-AnoGAN's full epochs at its half width: about an
-hour, `--set gan_epochs=1500 --set encoder_epochs=200`) and the table says exactly what ran. Training checkpoints every epoch,
-so a killed run picks up where it stopped when started again with the same arguments.
+is scaled to about half an hour on one core, and the table says exactly what ran. f-AnoGAN's full
+epochs at that schedule's half width (`--set gan_epochs=1500 --set encoder_epochs=200`) took
+about an hour. Training checkpoints every epoch, so a killed run picks up where it stopped when
+started again with the same arguments.
 
     OMP_NUM_THREADS=1 python3 benchmarks/bench_reconstruction.py --out /tmp/recon-bench
 """

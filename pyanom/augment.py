@@ -1,8 +1,9 @@
-"""Training-time augmentation by the symmetries of a square image.
+"""Training-time augmentation by symmetries of the image.
 
-Surfaces such as magnetic tiles have no preferred orientation, so a flipped or rotated defect is
-still a defect of the same kind: with a few dozen defective examples, showing each in its eight
-orientations is the cheapest way to more data.
+A mirrored good part is still a good part (`random_hflip`). Surfaces such as magnetic tiles have
+no preferred orientation at all, so a flipped or rotated defect is still a defect of the same
+kind: with a few dozen defective examples, showing each in its eight orientations is the cheapest
+way to more data (`random_dihedral`).
 """
 
 from __future__ import annotations
@@ -30,3 +31,10 @@ def random_dihedral(generator: torch.Generator, *batches: torch.Tensor) -> tuple
             part = torch.rot90(x[chosen], k // 2, dims=(-2, -1))
             y[chosen] = part.flip(-1) if k % 2 else part
     return tuple(out)
+
+
+def random_hflip(generator: torch.Generator, batch: torch.Tensor) -> torch.Tensor:
+    """Each sample of [B, C, H, W] mirrored left-right with probability 1/2 (one draw per sample
+    from `generator`)."""
+    flip = torch.rand(len(batch), generator=generator) < 0.5
+    return torch.where(flip.to(batch.device)[:, None, None, None], batch.flip(-1), batch)

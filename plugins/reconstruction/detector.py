@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import upsample_scores
+from pyanom.augment import random_hflip
 from pyanom.detector import Detector
 from pyanom_plugins.reconstruction.networks import (ConvAutoencoder, Critic, Encoder, Generator,
                                                     check_power_of_two)
@@ -197,8 +198,7 @@ class Autoencoder(ReconstructionDetector):
             for idx in minibatches(len(images), cfg.batch_size, rng):
                 x = images[idx]
                 if cfg.hflip:
-                    flip = torch.rand(len(idx), generator=rng) < 0.5
-                    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                    x = random_hflip(rng, x)
                 x = x.to(self.device)
                 loss = F.mse_loss(net(x), x)
                 optimizers["autoencoder"].zero_grad(set_to_none=True)

@@ -1,9 +1,10 @@
-"""random_dihedral: every symmetry of the square occurs, images and masks move together, seeded."""
+"""random_dihedral: every symmetry of the square occurs, images and masks move together, seeded;
+random_hflip: each sample as it was or mirrored, about half of each."""
 
 import pytest
 import torch
 
-from pyanom.augment import DIHEDRAL, random_dihedral
+from pyanom.augment import DIHEDRAL, random_dihedral, random_hflip
 
 
 def symmetries(x: torch.Tensor) -> list[torch.Tensor]:
@@ -49,3 +50,11 @@ def test_seeded_and_leaves_the_input_alone():
 def test_bad_shapes_are_named(shapes):
     with pytest.raises(ValueError, match="square"):
         random_dihedral(torch.Generator(), *[torch.zeros(s) for s in shapes])
+
+
+def test_hflip_mirrors_about_half_of_the_samples():
+    batch = torch.rand(400, 3, 5, 7)
+    out = random_hflip(torch.Generator().manual_seed(0), batch)
+    kept = (out == batch).flatten(1).all(1)
+    mirrored = (out == batch.flip(-1)).flatten(1).all(1)
+    assert bool((kept ^ mirrored).all()) and 150 < int(mirrored.sum()) < 250

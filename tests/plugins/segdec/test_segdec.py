@@ -128,7 +128,10 @@ def test_augmentation_is_seeded_and_changes_training(folders):
                             seg_lr=1e-3, augment=augment)
         return det.fit(data, validation=data, progress=False).history["segmentation_loss"]
 
-    assert history(True) == history(True) != history(False)
+    augmented = history(True)
+    # Equal up to the order of threaded float sums, as for siamese.
+    assert history(True) == pytest.approx(augmented, rel=1e-5)
+    assert history(False) != pytest.approx(augmented, rel=1e-3)
 
 
 def test_missing_mask_names_the_image(folders):
