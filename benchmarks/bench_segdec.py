@@ -1,7 +1,9 @@
 """segdec on magnetic tile: accuracy on a fixed seeded 70/30 split, and the loss ablation.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_segdec.py --image-size 128 \\
-        --seg-epochs 30 --dec-epochs 20 --batch-size 8 --seg-lr 1e-3 --dec-lr 1e-3
+    PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/bench_segdec.py --train-seed 0
+
+The defaults are the schedule recorded in benchmarks/RESULTS.md as meeting the target: 96 px,
+batch 8, Adam 1e-3, 48 segmentation + 10 decision epochs (about 10 min per variant on one core).
 
 All five defect classes against MT_Free, split per class by pyanom's stratified split
 (test_fraction 0.3, seed 0; masks thresholded at 127 by the reader). Each variant trains on the
@@ -32,7 +34,8 @@ VARIANTS = {"concentrated": {"gamma": 0.5, "lam": 0.95}, "gamma0": {"gamma": 0.0
 def run(variant: str, train, test, masks, args) -> dict:
     det = pyanom.create("segdec", image_size=args.image_size, seg_epochs=args.seg_epochs,
                         dec_epochs=args.dec_epochs, batch_size=args.batch_size, seg_lr=args.seg_lr,
-                        dec_lr=args.dec_lr, augment=args.augment, seed=args.train_seed, **VARIANTS[variant])
+                        dec_lr=args.dec_lr, augment=args.augment, dice_on_good=args.dice_on_good,
+                        seed=args.train_seed, **VARIANTS[variant])
     start = time.perf_counter()
     det.fit(train, seed=args.seed, progress=not args.quiet)  # the threshold hold-out follows the split seed
     fit_s = time.perf_counter() - start
@@ -51,9 +54,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA / "magnetic_tile"),
                    help="magnetic tile folder (default: $PYANOM_DATA or ../shared/data beside the repo)")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--seg-epochs", type=int, default=30)
-    p.add_argument("--dec-epochs", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--seg-epochs", type=int, default=48)
+    p.add_argument("--dec-epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seg-lr", type=float, default=1e-3)
     p.add_argument("--dec-lr", type=float, default=1e-3)
@@ -61,6 +64,8 @@ def main() -> None:
     p.add_argument("--train-seed", type=int, default=0, help="seed of the initial weights and the batch order")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                    help="random flips and 90-degree rotations of the segmentation batches")
+    p.add_argument("--dice-on-good", action=argparse.BooleanOptionalAction, default=False,
+                   help="the smoothed per-image Dice also on good images (the loss before the fix; fails often)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,11 +1,14 @@
-"""Probe of segdec's failed runs: is a bad map batch norm, overfitting, or the network itself?
+"""Probe of segdec's failed runs: the empty-mask Dice cliff, and what the failure is not.
 
     PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/segdec_failure.py --image-size 64 \\
         --seg-epochs 48 --train-seed 0
 
 Trains the segmentation network as `bench_segdec.py` does (same split, schedule and seeds; the
-decision stage is skipped, it does not change the segmentation weights), then reports on the
-same weights:
+decision stage is skipped, it does not change the segmentation weights), by default with the
+smoothed Dice on good images too (`dice_on_good`, the loss that failed; `--no-dice-on-good` for
+today's default), then reports on the same weights:
+- the share of good training images whose whole probability mass lies below 1e-5, past the
+  smoothed Dice's cliff (see `pyanom_plugins.segdec.detector.segmentation_loss`);
 - pixel AUROC on the test part from probabilities and from logits (ties between saturated
   probabilities would show as a gap) and on every third image it trained on (overfitting would show
   as a gap between the two parts);
@@ -60,18 +63,23 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seg-epochs", type=int, default=48)
     p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--dice-on-good", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
 
     split = dict(image_size=args.image_size, test_fraction=0.3, seed=0)
     train, test = open_dataset(args.data, "train", **split), open_dataset(args.data, "test", **split)
     det = pyanom.create("segdec", image_size=args.image_size, seg_epochs=args.seg_epochs, dec_epochs=0,
-                        batch_size=8, seg_lr=1e-3, dec_lr=1e-3, seed=args.train_seed)
+                        batch_size=8, seg_lr=1e-3, dec_lr=1e-3, dice_on_good=args.dice_on_good,
+                        seed=args.train_seed)
     det.fit(train, seed=0, progress=False)
     test_images = torch.stack([test[i]["image"] for i in range(len(test))])
     test_masks = test.masks()
     trained_on, _ = train.holdout(0.1, seed=0)  # what fit trained on
     images, masks, labels = det._training_tensors(trained_on, False)
 
+    mass = torch.sigmoid(logits_of(det, images.float() / 255)).flatten(1).sum(1)[labels == 0]
+    print(f"good training images past the cliff (probability mass < 1e-5): {float((mass < 1e-5).float().mean()):.1%}; "
+          f"median mass {float(mass.median()):.3g}")
     logits = logits_of(det, test_images)
     every_third = torch.arange(0, len(images), 3)
     print(f"test pixel AUROC: probabilities {metrics.pixel_auroc(test_masks, torch.sigmoid(logits)):.4f}, "

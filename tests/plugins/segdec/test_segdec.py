@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 import pyanom
 from pyanom import metrics
 from pyanom.data import InspectionSet, Sample, open_dataset
-from pyanom_plugins.segdec.detector import _BiasedSampler
+from pyanom.ops import concentrated_loss
+from pyanom_plugins.segdec.detector import _BiasedSampler, segmentation_loss
 from pyanom_plugins.segdec.network import DECISION_LAYERS, SEGMENTATION_LAYERS, SegmentationNetwork
 
 SIZE = 48
@@ -53,8 +55,8 @@ def test_short_schedule_finds_defects(fitted, tile):
     assert 0 <= float(pred.anomaly_maps.min()) and float(pred.anomaly_maps.max()) <= 1
     rate = float(test.labels.float().mean())
     ap = metrics.average_precision(test.labels, pred.image_scores)
-    assert ap >= 2 * rate, f"image AP {ap:.3f} at a defect rate of {rate:.3f}"  # seeds 0-5: 0.71-0.88 at 0.265
-    assert metrics.pixel_auroc(test.masks(), pred.anomaly_maps) >= 0.65  # seeds 0-5: 0.88-0.97
+    assert ap >= 2 * rate, f"image AP {ap:.3f} at a defect rate of {rate:.3f}"  # seeds 0-5: 0.74-0.85 at 0.265
+    assert metrics.pixel_auroc(test.masks(), pred.anomaly_maps) >= 0.65  # seeds 0-5: 0.85-0.97
     assert fitted.history["segmentation_loss"][-1] < fitted.history["segmentation_loss"][0]
 
 
@@ -90,6 +92,45 @@ def test_biased_batches_are_half_defective():
     assert len(batches) == 3 and all(len(b) == 4 for b in batches)
     assert all(labels[b[:2]].tolist() == [1, 1] and labels[b[2:]].tolist() == [0, 0] for b in batches)
     assert set(torch.cat([b[:2] for b in batches]).tolist()) == set(range(5))
+
+
+def _batch(generator, good: int, defective: int):
+    """Random logits [B, 1, 12, 12] and masks: `defective` images with a random blob, then `good` empty ones."""
+    logits = torch.randn(good + defective, 1, 12, 12, generator=generator) * 4
+    masks = torch.zeros(good + defective, 1, 12, 12, dtype=torch.uint8)
+    masks[:defective] = (torch.rand(defective, 1, 12, 12, generator=generator) < 0.2).to(torch.uint8)
+    masks[:defective, 0, 0, 0] = 1  # never empty
+    return logits, masks
+
+
+@pytest.mark.parametrize("good,defective", [(0, 3), (3, 0), (2, 2), (1, 5)])
+def test_segmentation_loss_is_the_concentrated_loss_with_a_constant_dice_on_good_images(good, defective):
+    g = torch.Generator().manual_seed(good * 10 + defective)
+    for gamma, lam in ((0.5, 0.95), (0.0, 0.95), (0.5, 0.0)):
+        logits, masks = _batch(g, good, defective)
+        per_image = [concentrated_loss(logits[i:i + 1], masks[i:i + 1], gamma=gamma, lam=lam) if masks[i].any()
+                     else lam + (1 - lam) * F.binary_cross_entropy_with_logits(logits[i], torch.zeros_like(logits[i]))
+                     for i in range(len(logits))]
+        expected = torch.stack(per_image).mean()
+        assert torch.allclose(segmentation_loss(logits, masks, gamma=gamma, lam=lam), expected, rtol=1e-5)
+        assert torch.allclose(segmentation_loss(logits, masks, gamma=gamma, lam=lam, dice_on_good=True),
+                              concentrated_loss(logits, masks, gamma=gamma, lam=lam), rtol=1e-6)
+
+
+def test_good_images_have_no_dice_cliff():
+    """The op's smoothed Dice rewards a good image with lam once its whole probability mass is
+    below eps; segmentation_loss gives it only the (vanishing) BCE, so pushing a whole image to
+    -30 earns nothing over -10."""
+    empty = torch.zeros(2, 1, 12, 12, dtype=torch.uint8)
+    for level in (-10.0, -30.0):
+        logits = torch.full((2, 1, 12, 12), level, requires_grad=True)
+        ours = segmentation_loss(logits, empty, gamma=0.5, lam=0.95)
+        assert float(ours) == pytest.approx(0.95, abs=1e-5)
+        ours.backward()
+        bce_grad = 0.05 * torch.sigmoid(torch.tensor(level)) / logits[0].numel() / 2
+        assert torch.allclose(logits.grad, bce_grad.expand_as(logits), rtol=1e-4)
+    smoothed = segmentation_loss(torch.full((2, 1, 12, 12), -30.0), empty, gamma=0.5, lam=0.95, dice_on_good=True)
+    assert float(smoothed) < 0.01  # past the cliff: the reward that made training fail
 
 
 def _write(path: Path, size: int, square: bool = False, mask: bool = False) -> None:
