@@ -21,6 +21,7 @@ from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationN
 
 # Fixed input normalisation: images in [0, 1] -> about zero mean, unit spread.
 _MEAN, _STD = 0.5, 0.25
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SegDecConfig:
     lam: float = 0.95
     augment: bool = False
     dice_on_good: bool = False
+    lr_schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self):
@@ -69,6 +71,8 @@ class SegDecConfig:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 class SegDec(Detector):
@@ -182,6 +186,9 @@ class SegDec(Detector):
         A loss that turns NaN or Inf stops training with an error naming the learning rate."""
         net.train()
         optimizer = torch.optim.Adam(net.parameters(), lr=getattr(self.config, lr_name))
+        schedule = None
+        if self.config.lr_schedule == "cosine":
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * sampler.steps))
         bar = tqdm(range(epochs), desc=f"{self.name}: {stage}", disable=not progress)
         for epoch in bar:
             total, steps = 0.0, 0
@@ -190,6 +197,8 @@ class SegDec(Detector):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 total, steps = total + loss.item(), steps + 1
             mean = total / steps
             if not math.isfinite(mean):
@@ -262,10 +271,14 @@ class _BiasedSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._good_order = torch.empty(0, dtype=torch.int64)
 
+    @property
+    def steps(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self.defects) / self.n_defect)
+
     def epoch(self):
         order = self.defects[torch.randperm(len(self.defects), generator=self.generator)]
-        steps = math.ceil(len(order) / self.n_defect)
-        for step in range(steps):
+        for step in range(self.steps):
             defect = order[(step * self.n_defect + torch.arange(self.n_defect)) % len(order)]
             yield torch.cat([defect, self._next_good()])
 
