@@ -83,12 +83,12 @@ def cmd_fit(args) -> int:
 
 
 def _print_metrics(report: dict) -> None:
-    keys = ["image_auroc", "pixel_auroc", "aupro", "ap", "f1_max", "threshold"]
+    keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro", "ap", "f1_max"]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{'':<16}" + "".join(f"{k:>12}" for k in keys[:5]) + f"{'count':>8}")
-    print(f"{'all':<16}" + "".join(f"{fmt(report.get(k)):>12}" for k in keys[:5]) + f"{report.get('count', ''):>8}")
+    print(f"{'':<16}" + "".join(f"{k:>12}" for k in keys) + f"{'count':>8}")
+    print(f"{'all':<16}" + "".join(f"{fmt(report.get(k)):>12}" for k in keys) + f"{report.get('count', ''):>8}")
     for name, row in sorted(report.get("per_defect_type", {}).items()):
-        print(f"{name:<16}" + "".join(f"{fmt(row.get(k)):>12}" for k in keys[:5]) + f"{row.get('count', ''):>8}")
+        print(f"{name:<16}" + "".join(f"{fmt(row.get(k)):>12}" for k in keys) + f"{row.get('count', ''):>8}")
     print(f"decision threshold (from fit): {fmt(report.get('decision_threshold'))}; "
           f"F1-max threshold on this data: {fmt(report.get('threshold'))}")
 

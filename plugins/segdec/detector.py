@@ -21,7 +21,6 @@ from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationN
 
 # Fixed input normalisation: images in [0, 1] -> about zero mean, unit spread.
 _MEAN, _STD = 0.5, 0.25
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -53,13 +52,13 @@ class SegDecConfig:
     lam: float = 0.95
     augment: bool = False
     dice_on_good: bool = False
-    lr_schedule: str = "constant"
+    swa_epochs: int = 0
     seed: int = 0
 
     def __post_init__(self):
         if self.image_size < STRIDE or self.image_size % STRIDE:
             raise ValueError(f"image_size must be a positive multiple of {STRIDE}, got {self.image_size}")
-        for name in ("seg_epochs", "dec_epochs"):
+        for name in ("seg_epochs", "dec_epochs", "swa_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("seg_lr", "dec_lr"):
@@ -67,12 +66,12 @@ class SegDecConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (half of each batch is defective), got {self.batch_size}")
+        if self.swa_epochs > self.seg_epochs:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) cannot exceed seg_epochs ({self.seg_epochs})")
         if self.gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 class SegDec(Detector):
@@ -142,7 +141,8 @@ class SegDec(Detector):
             return segmentation_loss(logits, y.to(self.device), gamma=cfg.gamma, lam=cfg.lam,
                                      dice_on_good=cfg.dice_on_good)
 
-        self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress)
+        self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress,
+                    average_last=cfg.swa_epochs)
         self._recalibrate_batch_norm(images)
 
     def _recalibrate_batch_norm(self, images) -> None:
@@ -181,15 +181,15 @@ class SegDec(Detector):
 
         self._train(self.decision, loss_of, sampler, "decision", self.config.dec_epochs, "dec_lr", progress)
 
-    def _train(self, net, loss_of, sampler, stage: str, epochs: int, lr_name: str, progress: bool) -> None:
+    def _train(self, net, loss_of, sampler, stage: str, epochs: int, lr_name: str, progress: bool,
+               average_last: int = 0) -> None:
         """Adam on net for `epochs` epochs of biased batches; loss_of(batch indices) gives the loss.
-        A loss that turns NaN or Inf stops training with an error naming the learning rate."""
+        With average_last = n > 0 the net ends with the mean of its weights after each of the last
+        n epochs. A loss that turns NaN or Inf stops training with an error naming the learning rate."""
         net.train()
         optimizer = torch.optim.Adam(net.parameters(), lr=getattr(self.config, lr_name))
-        schedule = None
-        if self.config.lr_schedule == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs * sampler.steps))
         bar = tqdm(range(epochs), desc=f"{self.name}: {stage}", disable=not progress)
+        average = _WeightAverage()
         for epoch in bar:
             total, steps = 0.0, 0
             for batch in sampler.epoch():
@@ -197,8 +197,6 @@ class SegDec(Detector):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if schedule is not None:
-                    schedule.step()
                 total, steps = total + loss.item(), steps + 1
             mean = total / steps
             if not math.isfinite(mean):
@@ -206,6 +204,9 @@ class SegDec(Detector):
                                          f"at {lr_name}={getattr(self.config, lr_name)}; lower {lr_name}")
             self.history[f"{stage}_loss"].append(mean)
             bar.set_postfix(loss=f"{mean:.4f}")
+            if epoch >= epochs - average_last:
+                average.add(net)
+        average.apply(net)
         net.eval()
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -258,6 +259,31 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, gamma: float
     return total / len(logits)
 
 
+class _WeightAverage:
+    """Running mean of a network's parameters over the snapshots it is given (stochastic weight
+    averaging). Batch-norm statistics are not averaged: they must be re-estimated for the mean
+    weights, as `_recalibrate_batch_norm` does."""
+
+    def __init__(self):
+        self.mean: list[torch.Tensor] | None = None
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, net: torch.nn.Module) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = [p.detach().clone() for p in net.parameters()]
+            return
+        for m, p in zip(self.mean, net.parameters()):
+            m += (p - m) / self.count
+
+    @torch.no_grad()
+    def apply(self, net: torch.nn.Module) -> None:
+        """Set net's parameters to the mean (nothing happens before the first snapshot)."""
+        for m, p in zip(self.mean or [], net.parameters()):
+            p.copy_(m)
+
+
 class _BiasedSampler:
     """Index batches for biased minibatch sampling: every batch is half defective (the first
     batch_size // 2 entries), half good. An epoch visits each defective image once; the good
@@ -271,14 +297,10 @@ class _BiasedSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._good_order = torch.empty(0, dtype=torch.int64)
 
-    @property
-    def steps(self) -> int:
-        """Batches per epoch."""
-        return math.ceil(len(self.defects) / self.n_defect)
-
     def epoch(self):
         order = self.defects[torch.randperm(len(self.defects), generator=self.generator)]
-        for step in range(self.steps):
+        steps = math.ceil(len(order) / self.n_defect)
+        for step in range(steps):
             defect = order[(step * self.n_defect + torch.arange(self.n_defect)) % len(order)]
             yield torch.cat([defect, self._next_good()])
 

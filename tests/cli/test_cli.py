@@ -11,7 +11,7 @@ import pytest
 
 from pyanom.cli import main
 
-JSON_KEYS = {"image_auroc", "pixel_auroc", "aupro", "ap", "f1_max", "threshold", "per_defect_type"}
+JSON_KEYS = {"image_auroc", "pixel_auroc", "pixel_ap", "aupro", "ap", "f1_max", "threshold", "per_defect_type"}
 
 
 def test_help_names_every_command():
@@ -34,7 +34,7 @@ def test_fit_evaluate_predict_on_a_synthetic_set(texture_set, tmp_path, capsys):
     assert report["image_auroc"] >= 0.8
     assert len(list((tmp_path / "hm").glob("*.png"))) == 12
     printed = capsys.readouterr().out
-    assert "image_auroc" in printed and "ms/image" in printed
+    assert "image_auroc" in printed and "pixel_ap" in printed and "ms/image" in printed
     assert main(["predict", str(model), str(texture_set / "test" / "good"), "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "scores.csv").read_text().count("\n") == 1 + 6
 

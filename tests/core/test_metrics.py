@@ -17,11 +17,12 @@ def random_binary(rng, n, p=0.4):
 
 # ---------------------------------------------------------------- image metrics
 
-@pytest.mark.parametrize("n", [2, 5, 37, 500])
-@pytest.mark.parametrize("levels", [None, 4])  # continuous scores, or heavy ties
-def test_image_auroc_and_ap_match_sklearn(n, levels):
+@pytest.mark.parametrize("n", [2, 3, 5, 37, 500])
+@pytest.mark.parametrize("levels", [None, 4, 1])  # continuous scores, ties, or ties across both classes
+@pytest.mark.parametrize("p", [0.05, 0.4, 0.9])  # share of defects
+def test_image_auroc_and_ap_match_sklearn(n, levels, p):
     rng = np.random.default_rng(n)
-    y = random_binary(rng, n)
+    y = random_binary(rng, n, p)
     s = rng.normal(size=n) + y
     if levels:
         s = np.round(s * levels) / levels
@@ -122,6 +123,9 @@ def test_pixel_auroc_matches_sklearn(levels):
     assert metrics.pixel_auroc(masks, maps) == pytest.approx(want, abs=1e-12)
     assert metrics.pixel_auroc(torch.from_numpy(masks).float(), torch.from_numpy(maps)) == \
         pytest.approx(want, abs=1e-12)
+    want = average_precision_score(masks.ravel(), maps.ravel())
+    assert metrics.pixel_ap(masks, maps) == pytest.approx(want, abs=1e-12)
+    assert metrics.pixel_ap(torch.from_numpy(masks), torch.from_numpy(maps)) == pytest.approx(want, abs=1e-12)
 
 
 def pro_curve_area_brute(masks, maps, max_fpr, structure=np.ones((3, 3))):
@@ -188,16 +192,20 @@ def test_known_pixel_examples():
     masks = np.zeros((2, 8, 8), bool)
     masks[1, 2:5, 3:6] = True
     assert metrics.pixel_auroc(masks, masks * 1.0) == 1.0
+    assert metrics.pixel_ap(masks, masks * 1.0) == 1.0
     assert metrics.aupro(masks, masks * 1.0) == pytest.approx(1.0)
     assert metrics.pixel_auroc(masks, ~masks * 1.0) == 0.0
+    assert metrics.pixel_ap(masks, ~masks * 1.0) == pytest.approx(9 / 128)  # every pixel tied at the end
     assert metrics.aupro(masks, ~masks * 1.0) == 0.0
     assert metrics.pixel_auroc(masks, np.zeros(masks.shape)) == 0.5
+    assert metrics.pixel_ap(masks, np.zeros(masks.shape)) == pytest.approx(9 / 128)  # the defect share
 
 
 def test_pixel_metrics_undefined_without_both_pixel_classes():
     maps = np.random.default_rng(0).random((2, 5, 5))
     for masks in (np.zeros((2, 5, 5)), np.ones((2, 5, 5))):
         assert metrics.pixel_auroc(masks, maps) is None
+        assert metrics.pixel_ap(masks, maps) is None
         assert metrics.aupro(masks, maps) is None
 
 
@@ -205,6 +213,10 @@ def test_bad_pixel_inputs():
     maps = np.zeros((2, 5, 5))
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.pixel_auroc(np.zeros((2, 5, 4)), maps)
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.pixel_ap(np.zeros((2, 5, 4)), maps)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.pixel_ap(np.zeros((2, 5, 5)), np.full((2, 5, 5), np.nan))
     with pytest.raises(ValueError, match="found the value 255"):
         metrics.aupro(np.full((2, 5, 5), 255, np.uint8), maps)
     with pytest.raises(ValueError, match="3 dimension"):
@@ -236,6 +248,7 @@ def test_evaluate_overall_and_per_defect_type():
     assert result["ap"] == pytest.approx(average_precision_score(labels, scores))
     assert (result["f1_max"], result["threshold"]) == metrics.f1_max(labels, scores)
     assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))
     assert result["aupro"] == pytest.approx(metrics.aupro(masks, maps))
     assert (result["num_good"], result["num_defect"], result["notes"]) == (5, 7, [])
     assert set(result["per_defect_type"]) == {"crack", "spot"}
@@ -245,19 +258,21 @@ def test_evaluate_overall_and_per_defect_type():
     assert crack["image_auroc"] == pytest.approx(roc_auc_score(labels[subset], scores[subset]))
     assert crack["ap"] == pytest.approx(average_precision_score(labels[subset], scores[subset]))
     assert crack["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks[subset], maps[subset]))
+    assert crack["pixel_ap"] == pytest.approx(average_precision_score(masks[subset].ravel(), maps[subset].ravel()))
     assert crack["aupro"] == pytest.approx(metrics.aupro(masks[subset], maps[subset]))
 
 
 def test_evaluate_without_maps_or_defects():
     labels, scores, masks, maps, types = make_run(np.random.default_rng(1))
     result = metrics.evaluate(labels, scores, defect_types=types)
-    assert result["pixel_auroc"] is None and result["aupro"] is None
+    assert result["pixel_auroc"] is None and result["pixel_ap"] is None and result["aupro"] is None
     assert result["per_defect_type"]["spot"]["pixel_auroc"] is None
+    assert result["per_defect_type"]["spot"]["pixel_ap"] is None
     assert any("pixel metrics undefined" in note for note in result["notes"])
 
     good = ~labels
     result = metrics.evaluate(labels[good], scores[good], masks[good], maps[good])
-    for key in ("image_auroc", "ap", "f1_max", "threshold", "pixel_auroc", "aupro"):
+    for key in ("image_auroc", "ap", "f1_max", "threshold", "pixel_auroc", "pixel_ap", "aupro"):
         assert result[key] is None
     assert result["per_defect_type"] == {}
     assert len(result["notes"]) == 2
