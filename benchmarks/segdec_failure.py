@@ -3,10 +3,10 @@
     PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/segdec_failure.py --image-size 64 \\
         --seg-epochs 48 --train-seed 0
 
-Trains the segmentation network as `bench_segdec.py` does (same split, schedule and seeds; the
-decision stage is skipped, it does not change the segmentation weights), by default with the
-smoothed Dice on good images too (`dice_on_good`, the loss that failed; `--no-dice-on-good` for
-today's default), then reports on the same weights:
+Trains the segmentation network as `bench_segdec.py --swa-epochs 0` does (same split, schedule and
+seeds, the last weights; the decision stage is skipped, it does not change the segmentation
+weights), by default with the smoothed Dice on good images too (`dice_on_good`, the loss that
+failed; `--no-dice-on-good` for today's default), then reports on the same weights:
 - the share of good training images whose whole probability mass lies below 1e-5, past the
   smoothed Dice's cliff (see `pyanom_plugins.segdec.detector.segmentation_loss`);
 - pixel AUROC on the test part from probabilities and from logits (ties between saturated

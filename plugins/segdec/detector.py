@@ -40,6 +40,11 @@ class SegDecConfig:
     together; `pyanom.augment`), not in the paper; for surfaces without a preferred orientation.
     dice_on_good: also give good images (empty masks) the smoothed per-image Dice of
     `pyanom.ops.concentrated_loss`; off by default, see `segmentation_loss`.
+    swa_epochs: end the segmentation stage with the mean of its weights after each of its last
+    swa_epochs epochs (stochastic weight averaging, Izmailov et al. 2018; batch-norm statistics
+    are then re-estimated), not in the paper. One run's last weights depend on where its final
+    steps happened to land; their mean over half the schedule varies much less from seed to
+    seed (benchmarks/RESULTS.md). 0, the paper's, keeps the last weights.
     """
 
     image_size: int = 256

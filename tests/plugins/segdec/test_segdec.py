@@ -15,7 +15,7 @@ import pyanom
 from pyanom import metrics
 from pyanom.data import InspectionSet, Sample, open_dataset
 from pyanom.ops import concentrated_loss
-from pyanom_plugins.segdec.detector import _BiasedSampler, segmentation_loss
+from pyanom_plugins.segdec.detector import _BiasedSampler, _WeightAverage, segmentation_loss
 from pyanom_plugins.segdec.network import DECISION_LAYERS, SEGMENTATION_LAYERS, SegmentationNetwork
 
 SIZE = 48
@@ -173,6 +173,44 @@ def test_augmentation_is_seeded_and_changes_training(folders):
     # Equal up to the order of threaded float sums, as for siamese.
     assert history(True) == pytest.approx(augmented, rel=1e-5)
     assert history(False) != pytest.approx(augmented, rel=1e-3)
+
+
+def test_weight_average_is_the_mean_of_the_snapshots():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    snapshots = [[torch.randn_like(p) for p in net.parameters()] for _ in range(3)]
+    average = _WeightAverage()
+    before = [p.clone() for p in net.parameters()]
+    average.apply(net)  # no snapshot yet: unchanged
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    for snapshot in snapshots:
+        with torch.no_grad():
+            for p, value in zip(net.parameters(), snapshot):
+                p.copy_(value)
+        average.add(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    average.apply(net)
+    for p, *values in zip(net.parameters(), *snapshots):
+        assert torch.allclose(p, torch.stack(values).mean(0), atol=1e-6)
+
+
+def test_swa_epochs_average_the_last_segmentation_weights(folders):
+    data = open_dataset(folders, "all", image_size=32)
+
+    def fitted_weights(swa_epochs):
+        det = pyanom.create("segdec", image_size=32, seg_epochs=3, dec_epochs=1, batch_size=2,
+                            seg_lr=1e-2, dec_lr=1e-3, swa_epochs=swa_epochs)
+        det.fit(data, validation=data, progress=False)
+        return torch.cat([p.flatten() for p in det.segmentation.parameters()])
+
+    last = fitted_weights(0)
+    assert torch.allclose(fitted_weights(1), last, atol=1e-6)  # the mean of one snapshot is the last weights
+    assert not torch.allclose(fitted_weights(2), last, atol=1e-4)
+    with pytest.raises(ValueError, match="swa_epochs"):
+        pyanom.create("segdec", seg_epochs=10, swa_epochs=11)
+    with pytest.raises(ValueError, match="swa_epochs"):
+        pyanom.create("segdec", swa_epochs=-1)
 
 
 def test_missing_mask_names_the_image(folders):
