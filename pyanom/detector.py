@@ -25,11 +25,15 @@ class Prediction:
     anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
     labels: [B] bool, defect = True: image_scores >= threshold unless the detector decides
         otherwise (e.g. by the label of the nearest training image).
+    decided_by: how the labels were decided: "threshold" (image_scores >= threshold) or a
+        detector's own rule (siamese: "nearest_training_image"), so a score far above the
+        threshold labelled "good" is explained.
     """
 
     image_scores: torch.Tensor
     anomaly_maps: Optional[torch.Tensor]
     labels: torch.Tensor
+    decided_by: str = "threshold"
 
 
 class Detector(abc.ABC):

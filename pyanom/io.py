@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pyanom import __version__
+from pyanom.outputs import atomic_path
 
-__all__ = ["FORMAT_VERSION", "ArchiveError", "save_archive", "load_archive", "save_detector", "load_detector"]
+__all__ = ["FORMAT_VERSION", "ArchiveError", "is_archive", "save_archive", "load_archive", "save_detector", "load_detector"]
 
 FORMAT_VERSION = 1
 _FORMAT = "pyanom-archive"
@@ -96,18 +96,22 @@ def save_archive(path, config: dict, tensors: dict, *, format_version: int = FOR
                 "pyanom_version": __version__, "config": config_json}
     tensors = _tensors_for_save(tensors)
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
     return path
+
+
+def is_archive(path) -> bool:
+    """Whether ``path`` is a pyanom archive (of any format version): reads the header only."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == _FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def load_archive(path, *, map_location="cpu",

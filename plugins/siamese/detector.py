@@ -204,10 +204,8 @@ class Siamese(Detector):
         embeddings = self._embed_all(images, batch_size)
         scores = torch.linalg.vector_norm(embeddings - self.normal_centroid, dim=1).float().cpu()
         if self.config.decision == "nearest_neighbour":
-            labels = self.nearest_labels(embeddings)
-        else:
-            labels = scores >= self.threshold
-        return Prediction(scores, None, labels)
+            return Prediction(scores, None, self.nearest_labels(embeddings), "nearest_training_image")
+        return Prediction(scores, None, scores >= self.threshold)
 
     def explain(self, images: torch.Tensor) -> torch.Tensor:
         """Attention maps [B, S, S] in (0, 1) at the input resolution: where the network looks."""

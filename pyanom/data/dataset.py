@@ -94,10 +94,14 @@ class InspectionSet(Dataset):
                             for s in self.samples]).to(torch.uint8)
 
     def holdout(self, fraction: float, seed: int = 0) -> tuple[InspectionSet, InspectionSet]:
-        """(rest, held out): a seeded, stratified share kept back to calibrate a decision threshold."""
-        if len(self) < 2:
-            raise ValueError(f"need at least 2 training images to hold some out for the threshold, got {len(self)}")
-        rest, held = stratified_split(self.samples, fraction, seed)
+        """(rest, held out): a seeded, stratified share kept back to calibrate a decision threshold.
+
+        At least 2 good images are held out, the fewest whose spread a threshold can be set from."""
+        n_good = int((self.labels == 0).sum())
+        if n_good < 3:
+            raise ValueError(f"{self.root or 'the training set'}: {n_good} good training image(s); at least 3 are "
+                             "needed (2 are held out to set the decision threshold). Add good images.")
+        rest, held = stratified_split(self.samples, max(fraction, 2 / n_good), seed)
         if not held or not rest:
             rest, held = self.samples[1:], self.samples[:1]
         return self._with(rest), self._with(held)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# pyanom's own decompression-bomb limit, checked from the header before any pixel is decoded.
+# Above PIL's (a warning at 89.5 MP, a refusal at 179 MP), since line-scan and large-part images
+# reach those; 250 MP of RGB decode to 750 MB. Set by `--max-pixels` / set_max_pixels().
+DEFAULT_MAX_PIXELS = 250_000_000
+_max_pixels = DEFAULT_MAX_PIXELS
+_pil_lock = threading.Lock()
+_pil_readers = 0
+_pil_limit = Image.MAX_IMAGE_PIXELS
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -27,16 +38,18 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def find_images(*inputs: str | os.PathLike) -> list[Path]:
-    """Expand image files and folders (their images, not recursive, sorted) into one list in input order."""
+def find_images(*inputs: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Expand image files and folders (their images, sorted; sub-folders too when recursive)
+    into one list in input order."""
     if not inputs:
         raise ValueError("no image or folder given")
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = list_images(item)
+            found = list_images(item, recursive=recursive)
             if not found:
-                raise FileNotFoundError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                hint = "" if recursive else " (its sub-folders were not searched)"
+                raise FileNotFoundError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
             paths += found
         elif item.is_file():
             if not is_image_file(item):
@@ -47,9 +60,56 @@ def find_images(*inputs: str | os.PathLike) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+def set_max_pixels(limit: int) -> None:
+    """The largest image (width x height) pyanom decodes; larger ones are refused, naming the file."""
+    global _max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {limit!r}")
+    _max_pixels = limit
+
+
+@contextmanager
+def _pil_limit_lifted() -> Iterator[None]:
+    """PIL's own bomb check off while pyanom reads (pyanom checks its limit instead); restored
+    when the last concurrent reader is done, so code outside pyanom keeps PIL's guard."""
+    global _pil_readers, _pil_limit
+    with _pil_lock:
+        if _pil_readers == 0:
+            _pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _pil_readers += 1
+    try:
+        yield
+    finally:
+        with _pil_lock:
+            _pil_readers -= 1
+            if _pil_readers == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_limit
+
+
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit (see set_max_pixels)."""
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """Image.open under pyanom's pixel limit: an image over it is refused from its header."""
+    with _pil_limit_lifted(), Image.open(path) as img:
+        pixels = img.width * img.height
+        if pixels > _max_pixels:
+            raise ImageTooLarge(f"{path}: {img.width}x{img.height} is {pixels / 1e6:.0f} megapixels, over the "
+                             f"limit of {_max_pixels / 1e6:.0f}; if the image is genuine, raise --max-pixels")
+        yield img
+
+
+def image_mode(path: Path) -> tuple[int, int, str]:
+    """(width, height, PIL mode) from the header, for reporting conversions once per run."""
+    with open_image(path) as img:
+        return img.width, img.height, img.mode
+
+
 def read_image(path: Path) -> Image.Image:
     """An image as 8-bit RGB; greyscale is replicated, 16-bit greyscale is scaled to 8 bits."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
             grey = np.asarray(img, dtype=np.float32) / 257.0
             return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
@@ -61,7 +121,7 @@ def read_image(path: Path) -> Image.Image:
 
 def read_mask(path: Path) -> np.ndarray:
     """A defect mask as bool [H, W]: any channel above 127, or above 0 for masks stored as 0/1."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         values = np.asarray(img)
     if values.ndim == 3:
         values = values[..., :1] if values.shape[-1] <= 2 else values[..., :3]  # drop alpha
@@ -77,7 +137,7 @@ def checked_size(path: Path) -> tuple[int, int]:
     file of any format is caught.
     """
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             size, fmt = img.size, img.format
             if fmt == "PNG":
                 img.verify()
@@ -87,6 +147,8 @@ def checked_size(path: Path) -> tuple[int, int]:
         raise FileNotFoundError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
+    except ImageTooLarge:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
     if size[0] < 1 or size[1] < 1:
