@@ -1,12 +1,20 @@
-"""The `pyanom` command: list, fit, evaluate, predict and a fully offline demo."""
+"""The `pyanom` command: list, info, fit, evaluate, predict and a fully offline demo.
+
+Every output is checked before work starts (pyanom.outputs) and written atomically; a failure is
+one line on stderr naming the file or argument, exit status 2 (`--debug` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import inspect
 import json
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 EPILOG = """\
@@ -14,13 +22,58 @@ examples:
   pyanom demo --out demo                      # offline: synthetic parts, fit, evaluate, heatmaps
   pyanom fit patchcore data/mvtec/bottle --out bottle.pyanom --set coreset_ratio=0.01
   pyanom evaluate bottle.pyanom data/mvtec/bottle --json metrics.json --heatmaps heatmaps/
-  pyanom predict bottle.pyanom new_images/ --out results/
+  pyanom predict bottle.pyanom new_images/ --out results/   # sub-folders too; --no-recursive to stop
+  pyanom info patchcore                       # a detector's settings, defaults and help
+
+exit status: 0 done; 1 predict finished but some images could not be read (see scores.csv);
+2 nothing done (bad argument, input or output: the message names it; --debug for a traceback).
 
 DATA_ROOT layouts (detected): MVTec AD (train/good, test/<type>, ground_truth/<type>),
 KolektorSDD2 (NAME.png + NAME_GT.png), labelled folders (good/, <defect>/...), and
 image + mask folders (images/, masks/). Layouts without a train/test split are split by
 --test-fraction and --seed; use the same values for fit and evaluate (the model remembers them).
 """
+
+
+class UsageError(ValueError):
+    """A bad argument: reported in one line with exit status 2, like every other failure."""
+
+
+def _device(name: str) -> str:
+    """--device checked before any work: a device torch knows and that is usable here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "finds no GPU" if torch.backends.cuda.is_built() else "was built without CUDA"
+            raise UsageError(f"--device {name}: CUDA is not usable here (torch {torch.__version__} {why}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: pyanom runs on cpu or cuda")
+    return str(device)
+
+
+def _note_conversions(paths, image_size) -> None:
+    """One line per run about what the readers change silently per image: colour mode, aspect."""
+    from pyanom.data.files import image_mode, parallel_map
+    from pyanom.data.transforms import pair
+
+    h, w = pair("image_size", image_size)
+    heads = parallel_map(image_mode, list(paths))
+    modes = Counter(mode for _, _, mode in heads if mode != "RGB")
+    stretched = sum(abs(iw / ih - w / h) > 0.01 * (w / h) for iw, ih, _ in heads)
+    if modes:
+        kinds = ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
+        print(f"note: {sum(modes.values())} of {len(heads)} images are not RGB ({kinds}): converted to RGB")
+    if stretched:
+        print(f"note: {stretched} of {len(heads)} images have another aspect ratio than the model's "
+              f"{h}x{w} (height x width) input: resized to it")
 
 
 def _value(text: str):
@@ -36,7 +89,7 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, val = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"pyanom: --set expects key=value, got {pair!r}")
+            raise UsageError(f"--set expects key=value, got {pair!r}")
         out[key.strip()] = _value(val.strip())
     return out
 
@@ -68,16 +121,19 @@ def cmd_list(args) -> int:
 def cmd_fit(args) -> int:
     import pyanom
     from pyanom.data import open_dataset
+    from pyanom.outputs import check_model_target
 
-    det = pyanom.create(args.detector, device=args.device, **_overrides(args.set))
+    out = check_model_target(args.out, force=args.force)
+    det = pyanom.create(args.detector, device=_device(args.device), **_overrides(args.set))
     train = open_dataset(args.data_root, "train", layout=args.layout, image_size=det.image_size,
                          test_fraction=args.test_fraction, seed=args.seed)
-    used = len(train.normal()) if det.supervision == "unsupervised" else len(train)
-    print(f"fitting {det.name} on {used} images from {args.data_root}")
+    used = train.normal() if det.supervision == "unsupervised" else train
+    _note_conversions([s.image for s in used.samples], det.image_size)
+    print(f"fitting {det.name} on {len(used)} images from {args.data_root}")
     start = time.perf_counter()
     det.fit(train, seed=args.seed)
     det.data_split = {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed}
-    out = det.save(args.out)
+    det.save(out)
     print(f"fitted in {time.perf_counter() - start:.1f} s, threshold {det.threshold:.4g}; saved {out}")
     return 0
 
@@ -97,13 +153,21 @@ def cmd_evaluate(args) -> int:
     import pyanom
     from pyanom.data import open_dataset
     from pyanom.metrics import evaluate
+    from pyanom.outputs import OutputFolder, atomic_path, output_name, writable_folder
 
-    det = pyanom.load(args.model, device=args.device)
+    det = pyanom.load(args.model, device=_device(args.device))
     split = dict(getattr(det, "data_split", None) or {})
     for key in ("layout", "test_fraction", "seed"):
         if getattr(args, key) is not None:
             split[key] = getattr(args, key)
     test = open_dataset(args.data_root, "test", image_size=det.image_size, **split)
+    if args.json:
+        writable_folder(args.json.parent, "--json")
+    heatmaps = None
+    if args.heatmaps:
+        names = [output_name(s.image, test.root) for s in test.samples]
+        heatmaps = (OutputFolder(args.heatmaps, "--heatmaps").start(names), names)
+    _note_conversions([s.image for s in test.samples], det.image_size)
     start = time.perf_counter()
     pred = det.predict(test)
     elapsed = time.perf_counter() - start
@@ -116,103 +180,228 @@ def cmd_evaluate(args) -> int:
     _print_metrics(report)
     print(f"{len(test)} images in {elapsed:.1f} s ({report['ms_per_image']:.1f} ms/image)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    if args.heatmaps and pred.anomaly_maps is not None:
-        _write_heatmaps(Path(args.heatmaps), test, pred, det)
+    if heatmaps:
+        _write_heatmaps(*heatmaps, test, pred, det)
     return 0
 
 
-def _write_heatmaps(out: Path, dataset, pred, det) -> None:
+def _write_heatmaps(folder, names, dataset, pred, det) -> None:
+    """One overlay per image, named after its path under the input root (see output_name)."""
     from pyanom.visualize import save_overlay
 
-    out.mkdir(parents=True, exist_ok=True)
+    if pred.anomaly_maps is None:
+        print(f"{det.name} gives no anomaly maps: no heatmaps written to {folder.path}")
+        return
     vmin = float(pred.anomaly_maps.min())
     vmax = max(float(det.threshold), vmin + 1e-6) * 1.5  # one scale for all images of a model
-    for i in range(len(dataset)):
+    for i, name in enumerate(names):
         item = dataset[i]
         mask = item.get("mask")
-        path = Path(item["path"])  # folder + stem: MVTec repeats file names across defect folders
-        save_overlay(out / f"{path.parent.name}_{path.stem}.png", item["image"], pred.anomaly_maps[i],
+        save_overlay(folder.file(name), item["image"], pred.anomaly_maps[i],
                      vmin=vmin, vmax=vmax, mask=mask[0] if mask is not None and mask.any() else None)
-    print(f"wrote {len(dataset)} heatmaps to {out}")
+    print(f"wrote {len(names)} heatmaps to {folder.path}")
+
+
+def _score_readable(det, paths: list) -> tuple[dict, list, object]:
+    """Score every image that can be read; {path: error} for those that cannot, and the
+    Prediction of the rest (None when none is readable)."""
+    import torch
+
+    from pyanom import Prediction
+    from pyanom.data import ImageList
+    from pyanom.data.files import checked_size
+
+    errors = {}
+    for path in paths:
+        try:
+            checked_size(path)
+        except (ValueError, OSError) as err:
+            errors[path] = str(err)
+    parts, good = [], []
+    readable = [p for p in paths if p not in errors]
+    for i in range(0, len(readable), 32):
+        chunk = readable[i:i + 32]
+        try:
+            parts.append(det.predict(ImageList(chunk, image_size=det.image_size, validate=False)))
+            good += chunk
+        except (ValueError, OSError):  # a file that passed the check but fails to decode: one by one
+            for path in chunk:
+                try:
+                    parts.append(det.predict(ImageList([path], image_size=det.image_size, validate=False)))
+                    good.append(path)
+                except (ValueError, OSError) as err:
+                    errors[path] = f"{path}: {err}"
+    if not parts:
+        return errors, good, None
+    maps = None if parts[0].anomaly_maps is None else torch.cat([p.anomaly_maps for p in parts])
+    pred = Prediction(torch.cat([p.image_scores for p in parts]), maps, torch.cat([p.labels for p in parts]),
+                      parts[0].decided_by)
+    return errors, good, pred
 
 
 def cmd_predict(args) -> int:
     import pyanom
-    from pyanom.data import open_images
+    from pyanom.data import ImageList, find_images
+    from pyanom.outputs import OutputFolder, atomic_path, common_root, output_name
 
-    det = pyanom.load(args.model, device=args.device)
-    images = open_images(*args.images, image_size=det.image_size)
-    pred = det.predict(images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scores.csv", "w", newline="") as fh:
+    det = pyanom.load(args.model, device=_device(args.device))
+    out_dir = args.out.resolve()  # never score our own earlier outputs as inputs
+    paths = [p for p in find_images(*args.images, recursive=args.recursive)
+             if out_dir not in p.resolve().parents]
+    if not paths:
+        raise FileNotFoundError(f"no images to score in {' '.join(map(str, args.images))} outside --out {args.out}")
+    root = common_root(paths)
+    names = {p: output_name(p, root) for p in paths}
+    out = OutputFolder(args.out).start(["scores.csv"] + [Path("heatmaps") / n for n in names.values()])
+    errors, good, pred = _score_readable(det, paths)
+    if good:
+        _note_conversions(good, det.image_size)
+    with_maps = pred is not None and pred.anomaly_maps is not None
+    row_of = {p: i for i, p in enumerate(good)}
+    with atomic_path(out.path / "scores.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "score", "defect"])
-        for path, score, label in zip(images.paths, pred.image_scores.tolist(), pred.labels.tolist()):
-            writer.writerow([str(path), f"{score:.6g}", int(label)])
-    print(f"wrote {out / 'scores.csv'} ({len(images)} images, {int(pred.labels.sum())} flagged)")
-    if pred.anomaly_maps is not None:
-        _write_heatmaps(out / "heatmaps", images, pred, det)
+        writer.writerow(["path", "score", "defect", "decided_by", "heatmap", "error"])
+        for path in paths:
+            if path in errors:
+                writer.writerow([str(path), "", "", "", "", errors[path]])
+                continue
+            i = row_of[path]
+            heatmap = (Path("heatmaps") / names[path]).as_posix() if with_maps else ""
+            writer.writerow([str(path), f"{float(pred.image_scores[i]):.6g}", int(pred.labels[i]),
+                             pred.decided_by, heatmap, ""])
+    flagged = 0 if pred is None else int(pred.labels.sum())
+    decided = "" if pred is None or pred.decided_by == "threshold" else f", labels by {pred.decided_by}"
+    print(f"wrote {out.path / 'scores.csv'} ({len(good)} images scored, {flagged} flagged{decided})")
+    if pred is not None:
+        heatmaps = OutputFolder(out.path / "heatmaps")
+        _write_heatmaps(heatmaps, [names[p] for p in good], ImageList(good, image_size=det.image_size,
+                                                                       validate=False), pred, det)
+    if errors:
+        print(f"pyanom predict: {len(errors)} of {len(paths)} images could not be read "
+              "(their rows in scores.csv say why)", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_info(args) -> int:
+    from pyanom.registry import detector_class
+
+    cls = detector_class(args.detector)
+    print(f"{cls.name} ({cls.supervision}): {(inspect.getdoc(cls) or '').splitlines()[0]}")
+    rows = [(f.name, json.dumps(_default(f)), help_text) for f, help_text in _settings(cls.Config)]
+    width = max(len(r[0]) for r in rows)
+    dwidth = min(24, max(len(r[1]) for r in rows))
+    print(f"settings (--set KEY=VALUE):")
+    for name, default, help_text in rows:
+        print(f"  {name:<{width}}  {default:<{dwidth}}  {help_text}".rstrip())
+    return 0
+
+
+def _default(field):
+    value = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _settings(config_cls) -> list:
+    """Each field of a Config with a one-line help: its "name: ..." paragraph in the class
+    docstring, else the comment on its line in the source, else nothing."""
+    doc = inspect.getdoc(config_cls) or ""
+    try:
+        source = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        source = ""
+    for klass in config_cls.__mro__[1:]:  # inherited fields are documented on the base class
+        if dataclasses.is_dataclass(klass):
+            doc += "\n" + (inspect.getdoc(klass) or "")
+            try:
+                source += "\n" + inspect.getsource(klass)
+            except (OSError, TypeError):
+                pass
+    out = []
+    for field in dataclasses.fields(config_cls):
+        found = re.search(rf"^(?:[\w, ]*\b)?{field.name}\b[\w, ]*:\s*(.+)$", doc, re.MULTILINE)
+        comment = re.search(rf"^\s*{field.name}\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE)
+        text = found.group(1) if found else comment.group(1) if comment else ""
+        out.append((field, text.split(". ")[0].rstrip(".")))
+    return out
 
 
 def cmd_demo(args) -> int:
     from pyanom.data.synthetic import make_inspection_set
 
     out = Path(args.out)
-    data = out / "data"
+    data, model = out / "data", out / "model.pyanom"
+    if (data.exists() or model.exists()) and not args.overwrite:
+        raise UsageError(f"{out} already holds a demo; pass --overwrite to replace it, or --out another folder")
     print(f"generating a synthetic inspection set in {data}")
-    make_inspection_set(data, kind="texture", seed=args.seed)
-    model = out / "model.pyanom"
+    make_inspection_set(data, kind="texture", seed=args.seed, overwrite=args.overwrite)
     ns = argparse.Namespace
     cmd_fit(ns(detector=args.detector, data_root=data, out=model, set=args.set, device=args.device,
-               layout=None, test_fraction=0.3, seed=args.seed))
+               layout=None, test_fraction=0.3, seed=args.seed, force=args.overwrite))
     return cmd_evaluate(ns(model=model, data_root=data, json=out / "metrics.json", heatmaps=out / "heatmaps",
                            device=args.device, layout=None, test_fraction=None, seed=None))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    common.add_argument("--max-pixels", type=int, metavar="N",
+                        help="refuse images of more than N pixels before decoding them "
+                             "(default 250,000,000; PIL alone warns at 89 M and stops at 179 M)")
     parser = argparse.ArgumentParser(
         prog="pyanom", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Learn what good parts look like, score new images, flag defects and show where they are.")
     parser.add_argument("--version", action="store_true", help="print version and build information")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list the registered detectors")
+    p = sub.add_parser("list", parents=[common], help="list the registered detectors")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("fit", help="fit a detector on the training part of DATA_ROOT",
+    p = sub.add_parser("info", parents=[common], help="a detector's settings with their defaults and help")
+    p.add_argument("detector", help="detector name (see `pyanom list`)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fit", parents=[common], help="fit a detector on the training part of DATA_ROOT",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("detector", help="detector name (see `pyanom list`)")
     p.add_argument("data_root", type=Path, help="data set folder")
-    p.add_argument("--out", required=True, type=Path, help="model file to write (e.g. bottle.pyanom)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="model file to write, ending in .pyanom (its folder is created)")
+    p.add_argument("--force", action="store_true", help="replace an existing model file at --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="hyper-parameter override, repeatable (e.g. --set coreset_ratio=0.01)")
+                   help="hyper-parameter override, repeatable (e.g. --set coreset_ratio=0.01; "
+                        "see `pyanom info DETECTOR`)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _split_args(p, defaults=True)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("evaluate", help="score the test part of DATA_ROOT and report metrics")
+    p = sub.add_parser("evaluate", parents=[common], help="score the test part of DATA_ROOT and report metrics")
     p.add_argument("model", type=Path, help="model file written by `pyanom fit`")
     p.add_argument("data_root", type=Path, help="data set folder")
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
-    p.add_argument("--heatmaps", type=Path, metavar="DIR", help="write heatmap overlays (PNG) here")
+    p.add_argument("--heatmaps", type=Path, metavar="DIR",
+                   help="write heatmap overlays (PNG) here, named after each image's path under DATA_ROOT")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _split_args(p, defaults=False)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score images and write scores.csv and heatmaps")
+    p = sub.add_parser("predict", parents=[common], help="score images and write scores.csv and heatmaps")
     p.add_argument("model", type=Path, help="model file written by `pyanom fit`")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="images or folders of images")
-    p.add_argument("--out", type=Path, default=Path("pyanom-predictions"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("pyanom-predictions"),
+                   help="output folder (default pyanom-predictions); pyanom's earlier outputs there are replaced, "
+                        "other files are left alone")
+    p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="look into sub-folders of the folders given (default: yes)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo", help="offline demo: synthetic parts, fit, evaluate, heatmaps")
+    p = sub.add_parser("demo", parents=[common], help="offline demo: synthetic parts, fit, evaluate, heatmaps")
     p.add_argument("--out", type=Path, default=Path("pyanom-demo"), help="output folder (default pyanom-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     p.add_argument("--detector", default="patchcore", help="detector to demonstrate (default patchcore)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter override")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -233,10 +422,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.max_pixels is not None:
+            from pyanom.data.files import set_max_pixels
+
+            set_max_pixels(args.max_pixels)
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError, TypeError) as exc:
-        print(f"pyanom {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"pyanom {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one clear line
+        if args.debug:
+            raise
+        known = isinstance(exc, (ValueError, OSError, ImportError, RuntimeError, TypeError, KeyError))
+        hint = "" if known else f" ({type(exc).__name__}; run with --debug for the traceback)"
+        print(f"pyanom {args.command}: error: {exc}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ MODEL_SUFFIX = ".pyanom"
 MANIFEST = ".pyanom-outputs.json"
 
 __all__ = ["MODEL_SUFFIX", "MANIFEST", "OutputError", "atomic_path", "check_model_target", "output_name",
-           "OutputFolder"]
+           "OutputFolder", "common_root", "writable_folder"]
 
 
 class OutputError(ValueError):
@@ -40,7 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _writable_folder(folder: Path, what: str) -> None:
+def writable_folder(folder: Path, what: str) -> None:
     """Create ``folder`` (and its parents) and prove it writable by creating a file in it."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a folder; choose another {what}")
@@ -70,7 +70,7 @@ def check_model_target(path: str | os.PathLike, *, force: bool = False) -> Path:
             raise OutputError(f"--out {path}: exists and is not a pyanom model; refusing to overwrite it")
         if not force:
             raise OutputError(f"--out {path}: a model already exists there; pass --force to replace it")
-    _writable_folder(path.parent, "--out")
+    writable_folder(path.parent, "--out")
     return path
 
 
@@ -116,7 +116,7 @@ class OutputFolder:
         return target if target != root and root in target.parents else None
 
     def start(self, planned: Iterable[str | os.PathLike]) -> "OutputFolder":
-        _writable_folder(self.path, self.what)
+        writable_folder(self.path, self.what)
         for rel in self._manifest():
             target = self._inside(rel)
             if target is not None and target.is_file():

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pyanom.outputs import atomic_path
+
 __all__ = ["COLORMAPS", "colorize", "overlay", "save_overlay"]
 
 
@@ -108,5 +110,6 @@ def save_overlay(path, image, anomaly_map, **kwargs) -> Path:
     """Write :func:`overlay` (same keyword arguments) as a PNG at ``path``, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, anomaly_map, **kwargs)).save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(overlay(image, anomaly_map, **kwargs)).save(tmp, format="PNG")
     return path

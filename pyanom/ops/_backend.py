@@ -52,6 +52,6 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         from pyanom._build import build_info
 
         info = build_info()
-        why = info.get("native_error") or f"this build has backends {info['backends']}"
+        why = info.get("native_error") or f"this build has backends {info['backends_compiled']}"
         raise RuntimeError(f"{op}: no native kernel for device {device} ({why})")
     return backend

@@ -32,7 +32,7 @@ def test_fit_evaluate_predict_on_a_synthetic_set(texture_set, tmp_path, capsys):
     assert JSON_KEYS <= set(report)
     assert set(report["per_defect_type"]) <= {"scratch", "spot", "crack"} and report["per_defect_type"]
     assert report["image_auroc"] >= 0.8
-    assert len(list((tmp_path / "hm").glob("*.png"))) == 12
+    assert len(list((tmp_path / "hm").rglob("*.png"))) == 12
     printed = capsys.readouterr().out
     assert "image_auroc" in printed and "pixel_ap" in printed and "ms/image" in printed
     assert main(["predict", str(model), str(texture_set / "test" / "good"), "--out", str(tmp_path / "p")]) == 0
@@ -68,7 +68,11 @@ def test_demo_runs_offline(tmp_path):
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert JSON_KEYS <= set(report)
     assert report["image_auroc"] >= 0.9
-    assert any((tmp_path / "heatmaps").glob("*.png"))
+    assert any((tmp_path / "heatmaps").rglob("*.png"))
+    assert main(["demo", "--out", str(tmp_path)]) == 2  # a second demo asks for --overwrite
+    (tmp_path / "heatmaps" / "stale.png").write_bytes(b"")  # not pyanom's: stays
+    assert main(["demo", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "heatmaps" / "stale.png").exists() and (tmp_path / "model.pyanom").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -77,11 +81,13 @@ def test_demo_runs_offline(tmp_path):
     (["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "coreset_ratio=2"], "coreset_ratio"),
     (["evaluate", "/nonexistent/model.pyanom", "/tmp"], "/nonexistent/model.pyanom"),
 ])
-def test_bad_input_is_a_clear_error_naming_the_culprit(argv, message, capsys):
-    assert main(argv) == 1
+def test_bad_input_is_a_clear_error_naming_the_culprit(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
-def test_bad_set_syntax_exits(capsys):
-    with pytest.raises(SystemExit):
-        main(["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "novalue"])
+def test_bad_set_syntax_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "novalue"]) == 2
+    assert "--set expects key=value, got 'novalue'" in capsys.readouterr().err
