@@ -119,23 +119,85 @@ def cmd_list(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    if args.each:
+        return _fit_each(args)
+    _fit_model(args.detector, args.data_root, args.out, args.set, args.device, args.layout,
+               args.test_fraction, args.seed, force=args.force, ray=args.ray)
+    return 0
+
+
+def _fit_model(detector, data_root, out, overrides, device, layout, test_fraction, seed, *, force=False,
+               ray=None, quiet=False) -> dict:
+    """One fit as `pyanom fit` runs it: output checked first, fit, atomic save; a summary row."""
     import pyanom
     from pyanom.data import open_dataset
     from pyanom.outputs import check_model_target
 
-    out = check_model_target(args.out, force=args.force)
-    det = pyanom.create(args.detector, device=_device(args.device), **_overrides(args.set))
-    train = open_dataset(args.data_root, "train", layout=args.layout, image_size=det.image_size,
-                         test_fraction=args.test_fraction, seed=args.seed)
+    say = (lambda *a: None) if quiet else print
+    out = check_model_target(out, force=force)
+    det = pyanom.create(detector, device=_device(device), **_overrides(overrides))
+    if ray is not None:
+        if not hasattr(det, "use_ray"):
+            raise UsageError(f"--ray: {det.name} cannot fit on Ray (memory-bank detectors can: patchcore, "
+                             "sa_patchcore)")
+        det.use_ray(None if ray == "local" else ray)
+    train = open_dataset(data_root, "train", layout=layout, image_size=det.image_size,
+                         test_fraction=test_fraction, seed=seed)
     used = train.normal() if det.supervision == "unsupervised" else train
-    _note_conversions([s.image for s in used.samples], det.image_size)
-    print(f"fitting {det.name} on {len(used)} images from {args.data_root}")
+    if not quiet:
+        _note_conversions([s.image for s in used.samples], det.image_size)
+    say(f"fitting {det.name} on {len(used)} images from {data_root}")
     start = time.perf_counter()
-    det.fit(train, seed=args.seed)
-    det.data_split = {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed}
+    det.fit(train, seed=seed, progress=not quiet)
+    det.data_split = {"layout": layout, "test_fraction": test_fraction, "seed": seed}
     det.save(out)
-    print(f"fitted in {time.perf_counter() - start:.1f} s, threshold {det.threshold:.4g}; saved {out}")
-    return 0
+    seconds = time.perf_counter() - start
+    say(f"fitted in {seconds:.1f} s, threshold {det.threshold:.4g}; saved {out}")
+    return {"images": len(used), "seconds": seconds, "threshold": det.threshold, "model": str(out)}
+
+
+def _fit_each(args) -> int:
+    """One model per sub-folder of DATA_ROOT (a product variant each), written to --out/NAME.pyanom;
+    one after another here, or in parallel on Ray; a failed variant is a row of the summary."""
+    from pyanom.outputs import writable_folder
+
+    variants = sorted(p for p in args.data_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not variants:
+        raise FileNotFoundError(f"{args.data_root}: --each needs one sub-folder per variant, found none")
+    writable_folder(args.out, "--out")
+    jobs = {v.name: (args.detector, v, args.out / f"{v.name}.pyanom", args.set, args.device, args.layout,
+                     args.test_fraction, args.seed) for v in variants}
+    rows = {}
+    if args.ray is not None:
+        from pyanom.distributed import connect
+
+        ray = connect(None if args.ray == "local" else args.ray)
+        task = ray.remote(num_cpus=1)(_fit_variant)
+        refs = {name: task.remote(job, args.force) for name, job in jobs.items()}
+        rows = {name: ray.get(ref) for name, ref in refs.items()}
+    else:
+        for name, job in jobs.items():
+            print(f"== {name}")
+            rows[name] = _fit_variant(job, args.force, quiet=False)
+    width = max(len(n) for n in rows)
+    print(f"{'variant':<{width}}  {'images':>6}  {'fit s':>7}  {'threshold':>10}  model or error")
+    for name, row in rows.items():
+        if "error" in row:
+            print(f"{name:<{width}}  {'-':>6}  {'-':>7}  {'-':>10}  error: {row['error']}")
+        else:
+            print(f"{name:<{width}}  {row['images']:>6}  {row['seconds']:>7.1f}  {row['threshold']:>10.4g}  "
+                  f"{row['model']}")
+    failed = sum("error" in row for row in rows.values())
+    if failed:
+        print(f"pyanom fit: {failed} of {len(rows)} variants failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _fit_variant(job, force, quiet=True) -> dict:
+    try:
+        return _fit_model(*job, force=force, quiet=quiet)
+    except Exception as exc:  # noqa: BLE001 - one variant's failure is reported in the summary
+        return {"error": str(exc)}
 
 
 def _print_metrics(report: dict) -> None:
@@ -247,6 +309,8 @@ def cmd_predict(args) -> int:
     from pyanom.data import ImageList, find_images
     from pyanom.outputs import OutputFolder, atomic_path, common_root, output_name
 
+    if args.ray is not None:
+        return _predict_on_ray(args)
     det = pyanom.load(args.model, device=_device(args.device))
     out_dir = args.out.resolve()  # never score our own earlier outputs as inputs
     paths = [p for p in find_images(*args.images, recursive=args.recursive)
@@ -284,6 +348,24 @@ def cmd_predict(args) -> int:
               "(their rows in scores.csv say why)", file=sys.stderr)
         return 1
     return 0
+
+
+def _predict_on_ray(args) -> int:
+    """Batch scoring across a cluster: rows appended as they arrive, a rerun resumes (no heatmaps)."""
+    import pyanom
+    from pyanom.data import find_images
+    from pyanom.distributed.score import score_on_ray
+    from pyanom.outputs import writable_folder
+
+    pyanom.load(args.model)  # a bad model file fails here, before the cluster starts
+    writable_folder(args.out, "--out")
+    out_dir = args.out.resolve()
+    paths = [p for p in find_images(*args.images, recursive=args.recursive) if out_dir not in p.resolve().parents]
+    results = args.out / "scores.csv"
+    scored, failed = score_on_ray(args.model, paths, results, address=None if args.ray == "local" else args.ray)
+    print(f"wrote {results} ({scored} images scored now, {len(paths) - scored} already there; "
+          f"{failed} could not be read)")
+    return 1 if failed else 0
 
 
 def cmd_info(args) -> int:
@@ -338,11 +420,10 @@ def cmd_demo(args) -> int:
         raise UsageError(f"{out} already holds a demo; pass --overwrite to replace it, or --out another folder")
     print(f"generating a synthetic inspection set in {data}")
     make_inspection_set(data, kind="texture", seed=args.seed, overwrite=args.overwrite)
-    ns = argparse.Namespace
-    cmd_fit(ns(detector=args.detector, data_root=data, out=model, set=args.set, device=args.device,
-               layout=None, test_fraction=0.3, seed=args.seed, force=args.overwrite))
-    return cmd_evaluate(ns(model=model, data_root=data, json=out / "metrics.json", heatmaps=out / "heatmaps",
-                           device=args.device, layout=None, test_fraction=None, seed=None))
+    _fit_model(args.detector, data, model, args.set, args.device, None, 0.3, args.seed, force=args.overwrite)
+    return cmd_evaluate(argparse.Namespace(model=model, data_root=data, json=out / "metrics.json",
+                                           heatmaps=out / "heatmaps", device=args.device, layout=None,
+                                           test_fraction=None, seed=None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hyper-parameter override, repeatable (e.g. --set coreset_ratio=0.01; "
                         "see `pyanom info DETECTOR`)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="fit on a Ray cluster (pip install 'pyanom[ray]'): a local one, or the cluster at "
+                        "ADDRESS (auto, ray://host:10001); images must be readable by every node")
+    p.add_argument("--each", action="store_true",
+                   help="one model per sub-folder of DATA_ROOT (product variants), written to --out/NAME.pyanom "
+                        "with --out a folder; in parallel with --ray; a summary table at the end")
     _split_args(p, defaults=True)
     p.set_defaults(func=cmd_fit)
 
@@ -396,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other files are left alone")
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="look into sub-folders of the folders given (default: yes)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="score across a Ray cluster, appending to --out/scores.csv as chunks finish; a rerun "
+                        "scores only the images not in it yet (no heatmaps)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_predict)
 

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from pyanom.anomaly_map import upsample_scores
 from pyanom.detector import Detector, iterate_images
 from pyanom.features import create_backbone
-from pyanom.ops import greedy_coreset, knn_scores
+from pyanom.memory_bank import MODES, build_memory_bank
+from pyanom.ops import knn_scores
 from pyanom_plugins.patchcore.embedding import patch_embedding
 
 
@@ -32,6 +33,10 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0
     batch_size: int = 8  # images per backbone pass: small keeps activations (and RSS) down, no slower
     seed: int = 0
+    coreset_mode: str = "auto"  # exact (all features, then one coreset), sharded (bounded memory) or auto
+    memory_budget_mb: int = 2048  # auto stays exact while all patch features fit this; sharded shards fill half
+    shard_images: Optional[int] = None  # images per shard when sharded; None: from memory_budget_mb
+    shard_oversample: float = 2.0  # each shard keeps this many times its share of the final coreset
 
     def __post_init__(self):
         if not 0 < self.coreset_ratio <= 1:
@@ -44,6 +49,12 @@ class PatchCoreConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if self.coreset_mode not in MODES:
+            raise ValueError(f"coreset_mode must be one of {', '.join(MODES)}, got {self.coreset_mode!r}")
+        if self.memory_budget_mb < 1 or (self.shard_images is not None and self.shard_images < 1):
+            raise ValueError("memory_budget_mb and shard_images must be >= 1")
+        if self.shard_oversample < 1:
+            raise ValueError(f"shard_oversample must be >= 1, got {self.shard_oversample}")
 
 
 @dataclass
@@ -65,7 +76,9 @@ class PatchCore(Detector):
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self.memory_bank: torch.Tensor | None = None
+        self.memory_plan = None  # how the last fit built the memory bank (pyanom.memory_bank.MemoryBankPlan)
         self._backbone = None
+        self._ray = None  # cluster settings when fitting on Ray (use_ray)
 
     @property
     def backbone(self):
@@ -82,24 +95,33 @@ class PatchCore(Detector):
         b, d, h, w = emb.shape
         return emb.permute(0, 2, 3, 1).reshape(b, h * w, d), (h, w)
 
+    def use_ray(self, address: str | None = None, *, num_cpus: int | None = None) -> "PatchCore":
+        """Fit on a Ray cluster (pyanom.distributed): shards' features and coreset picks on the
+        workers, the final coreset here; the same memory bank as the same plan on one machine."""
+        self._ray = {"address": address, "num_cpus": num_cpus}
+        return self
+
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
-        batches = math.ceil(len(train) / cfg.batch_size)
-        bank, filled = None, 0
+        if self._ray is not None:
+            from pyanom.distributed.fit import fit_memory_bank_on_ray
+
+            self.memory_bank, self.memory_plan = fit_memory_bank_on_ray(self, train, progress=progress, **self._ray)
+            return
+        self.memory_bank, self.memory_plan = build_memory_bank(
+            self.patch_features(train, progress), n_images=len(train), ratio=cfg.coreset_ratio,
+            projection_dim=cfg.projection_dim, seed=cfg.seed, mode=cfg.coreset_mode,
+            budget_bytes=cfg.memory_budget_mb << 20, shard_images=cfg.shard_images,
+            oversample=cfg.shard_oversample, progress=progress, desc=f"{self.name}: coreset")
+
+    def patch_features(self, images, progress: bool = False):
+        """(number of images, their patch features [n * h * w, D]) batch by batch, in image order."""
+        batches = math.ceil(len(images) / self.config.batch_size)
         with torch.inference_mode():
-            for images in tqdm(iterate_images(train, cfg.batch_size), total=batches,
-                               desc=f"{self.name}: patch features", disable=not progress):
-                emb, _ = self._embed(images.to(self.device))
-                rows = emb.reshape(-1, emb.shape[-1])
-                if bank is None:  # preallocate: peak memory is the bank, not a list of batches
-                    bank = torch.empty(len(train) * emb.shape[1], rows.shape[1], device=self.device)
-                bank[filled:filled + len(rows)] = rows
-                filled += len(rows)
-        k = max(1, math.ceil(cfg.coreset_ratio * len(bank)))
-        with tqdm(total=1, desc=f"{self.name}: coreset {k} of {len(bank)}", disable=not progress) as bar:
-            chosen = greedy_coreset(bank, k, projection_dim=cfg.projection_dim, seed=cfg.seed)
-            bar.update()
-        self.memory_bank = bank[chosen].contiguous()
+            for batch in tqdm(iterate_images(images, self.config.batch_size), total=batches,
+                              desc=f"{self.name}: patch features", disable=not progress):
+                emb, _ = self._embed(batch.to(self.device))
+                yield len(batch), emb.reshape(-1, emb.shape[-1])
 
     def _score(self, images: torch.Tensor):
         if self.memory_bank is None:

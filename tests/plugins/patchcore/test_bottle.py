@@ -36,3 +36,18 @@ def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc, aupro):
     if pixel_auroc is not None:
         assert report["pixel_auroc"] >= pixel_auroc
     assert report["aupro"] >= aupro
+
+
+@pytest.mark.slow
+def test_sharded_fit_matches_the_exact_fit(bottle):
+    """Bounded-memory fit (five shards of 40 images, pyanom.memory_bank) within 0.005 AUROC of the exact fit."""
+    train, test = bottle
+    reports = {}
+    for mode in ("exact", "sharded"):
+        det = pyanom.create("patchcore", coreset_ratio=0.01, coreset_mode=mode, shard_images=40).fit(train, progress=False)
+        assert det.memory_plan.mode == mode
+        pred = det.predict(test)
+        reports[mode] = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
+    print("\n" + "; ".join(f"{m}: image {r['image_auroc']:.4f}, pixel {r['pixel_auroc']:.4f}" for m, r in reports.items()))
+    for key in ("image_auroc", "pixel_auroc"):
+        assert abs(reports["sharded"][key] - reports["exact"][key]) <= 0.005
