@@ -372,14 +372,20 @@ def cmd_info(args) -> int:
     from pyanom.registry import detector_class
 
     cls = detector_class(args.detector)
-    print(f"{cls.name} ({cls.supervision}): {(inspect.getdoc(cls) or '').splitlines()[0]}")
+    print(f"{cls.name} ({cls.supervision}): {_first_sentence(inspect.getdoc(cls) or '')}")
     rows = [(f.name, json.dumps(_default(f)), help_text) for f, help_text in _settings(cls.Config)]
     width = max(len(r[0]) for r in rows)
     dwidth = min(24, max(len(r[1]) for r in rows))
-    print(f"settings (--set KEY=VALUE):")
+    print("settings (--set KEY=VALUE):")
     for name, default, help_text in rows:
         print(f"  {name:<{width}}  {default:<{dwidth}}  {help_text}".rstrip())
     return 0
+
+
+def _first_sentence(text: str, limit: int = 110) -> str:
+    paragraph = " ".join(text.split("\n\n")[0].split())
+    sentence = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\. ", paragraph)[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit - 3].rstrip() + "..."
 
 
 def _default(field):
@@ -388,27 +394,34 @@ def _default(field):
 
 
 def _settings(config_cls) -> list:
-    """Each field of a Config with a one-line help: its "name: ..." paragraph in the class
-    docstring, else the comment on its line in the source, else nothing."""
-    doc = inspect.getdoc(config_cls) or ""
-    try:
-        source = inspect.getsource(config_cls)
-    except (OSError, TypeError):
-        source = ""
-    for klass in config_cls.__mro__[1:]:  # inherited fields are documented on the base class
-        if dataclasses.is_dataclass(klass):
-            doc += "\n" + (inspect.getdoc(klass) or "")
-            try:
-                source += "\n" + inspect.getsource(klass)
-            except (OSError, TypeError):
-                pass
-    out = []
-    for field in dataclasses.fields(config_cls):
-        found = re.search(rf"^(?:[\w, ]*\b)?{field.name}\b[\w, ]*:\s*(.+)$", doc, re.MULTILINE)
-        comment = re.search(rf"^\s*{field.name}\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE)
-        text = found.group(1) if found else comment.group(1) if comment else ""
-        out.append((field, text.split(". ")[0].rstrip(".")))
-    return out
+    """Each field of a Config with a one-line help: the first sentence of its "name: ..." entry
+    in the class docstrings (its own, then its bases'), else the comment on its line in the
+    source, else nothing."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    entries: dict[str, str] = {}
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in config_cls.__mro__ if dataclasses.is_dataclass(k)]):
+        current: list[str] = []
+        for line in (inspect.getdoc(klass) or "").splitlines():
+            head, sep, rest = line.partition(":")
+            keys = [k.strip() for k in head.split(",")] if sep else []
+            if keys and all(k in names for k in keys):
+                current = keys
+                for k in keys:
+                    entries[k] = rest.strip()
+            elif not line.strip():
+                current = []
+            else:
+                for k in current:
+                    entries[k] += " " + line.strip()
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            source = ""
+        for name, text in re.findall(r"^\s*(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            comments[name] = text
+    return [(f, _first_sentence(entries.get(f.name) or comments.get(f.name, "")))
+            for f in dataclasses.fields(config_cls)]
 
 
 def cmd_demo(args) -> int:
