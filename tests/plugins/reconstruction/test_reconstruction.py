@@ -1,5 +1,5 @@
 """Autoencoder and f-AnoGAN: a short training run on a subset of MVTec AD bottle (the loss falls,
-defective bottles score higher than good ones on average), save/load, resuming from a
+image AUROC stays above a floor set from a spread over seeds), save/load, resuming from a
 checkpoint, progress output and bad input."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 import pyanom
 from pyanom.data import open_dataset
 from pyanom.io import ArchiveError
+from pyanom.metrics import image_auroc
 
 SIZE = 64
 # Small but real schedules (a few seconds each on one core). f-AnoGAN runs at 16 px with the
@@ -52,13 +53,19 @@ def test_reconstruction_loss_falls(fitted, name, curve):
     assert losses[-1] < 0.5 * losses[0]
 
 
+# Image AUROC of these schedules on training seeds 0-5 (seed 0 is the one tested): autoencoder
+# 0.766-0.906 (0.859), f-AnoGAN 0.922-0.992 (0.992). The floors sit just under the spread, so a
+# change that loses accuracy fails here (benchmarks/RESULTS.md, "Test floors").
+FLOORS = {"autoencoder": 0.75, "fanogan": 0.90}
+
+
 @pytest.mark.parametrize("name", ["autoencoder", "fanogan"])
 def test_defects_score_higher_than_good_bottles(fitted, test_set, name):
     pred = fitted[name].predict(test_set)
     assert pred.image_scores.shape == (len(test_set),)
     assert pred.anomaly_maps.shape == (len(test_set), SIZE, SIZE)
-    labels = test_set.labels
-    assert pred.image_scores[labels == 1].mean() > pred.image_scores[labels == 0].mean()
+    auroc = image_auroc(test_set.labels, pred.image_scores)
+    assert auroc >= FLOORS[name], f"{name}: image AUROC {auroc:.3f}"
 
 
 def test_gan_history_records_every_epoch(fitted):

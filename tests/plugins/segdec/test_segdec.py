@@ -53,10 +53,12 @@ def test_short_schedule_finds_defects(fitted, tile):
     pred = fitted.predict(test)
     assert pred.image_scores.shape == (len(test),) and pred.anomaly_maps.shape == (len(test), SIZE, SIZE)
     assert 0 <= float(pred.anomaly_maps.min()) and float(pred.anomaly_maps.max()) <= 1
-    rate = float(test.labels.float().mean())
+    # Training seeds 0-5 (seed 0 is the one tested): image AP 0.737-0.852 at a defect rate of 0.265,
+    # pixel AUROC 0.845-0.968. The floors sit just under the spread (benchmarks/RESULTS.md).
     ap = metrics.average_precision(test.labels, pred.image_scores)
-    assert ap >= 2 * rate, f"image AP {ap:.3f} at a defect rate of {rate:.3f}"  # seeds 0-5: 0.74-0.85 at 0.265
-    assert metrics.pixel_auroc(test.masks(), pred.anomaly_maps) >= 0.65  # seeds 0-5: 0.85-0.97
+    assert ap >= 0.70, f"image AP {ap:.3f}"
+    pixel_auroc = metrics.pixel_auroc(test.masks(), pred.anomaly_maps)
+    assert pixel_auroc >= 0.82, f"pixel AUROC {pixel_auroc:.3f}"
     assert fitted.history["segmentation_loss"][-1] < fitted.history["segmentation_loss"][0]
 
 
