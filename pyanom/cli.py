@@ -530,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
 
             set_max_pixels(args.max_pixels)
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"pyanom {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # pyanom.training wrote a checkpoint first where one was asked for
+        print(f"pyanom {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one clear line
         if args.debug:

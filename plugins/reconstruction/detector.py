@@ -5,22 +5,20 @@ the anomaly map and (reduced to one number) the image score."""
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import upsample_scores
 from pyanom.augment import random_hflip
+from pyanom.data.transforms import normalize
 from pyanom.detector import Detector
 from pyanom_plugins.reconstruction.networks import (ConvAutoencoder, Critic, Encoder, Generator,
                                                     check_power_of_two)
 from pyanom.networks import load_module, module_tensors, seeded
-from pyanom_plugins.reconstruction.training import (Checkpoint, minibatches, run_fingerprint, to_model_space,
-                                                    training_images)
+from pyanom.training import LossHistory, ShuffledBatches, Stage, Trainer, check_checkpoint_settings, decode_once
 
 
 def _check(name: str, value, low, kind=int, *, strict: bool = True) -> None:
@@ -36,9 +34,7 @@ def _check_common(cfg) -> None:
     _check("blur_sigma", cfg.blur_sigma, 0, (int, float), strict=False)
     _check("latent_dim", cfg.latent_dim, 0)
     _check("width", cfg.width, 0)
-    if cfg.checkpoint is not None and not isinstance(cfg.checkpoint, str):
-        raise ValueError(f"checkpoint must be a file path (str) or None, got {cfg.checkpoint!r}")
-    _check("checkpoint_every", cfg.checkpoint_every, 0)
+    check_checkpoint_settings(cfg.checkpoint, cfg.checkpoint_every)
 
 
 @dataclass
@@ -105,47 +101,28 @@ class FAnoGANConfig:
         self.betas = betas
 
 
+def to_model_space(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> [B, 3, size, size] normalised with mean = std = 0.5,
+    i.e. [-1, 1], the range of a tanh output layer."""
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return normalize(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
 class ReconstructionDetector(Detector):
-    """Shared by both: networks built from the config, their tensors saved, a loss history
-    per epoch, and training that checkpoints every epoch and resumes from the checkpoint."""
+    """Shared by both: networks built from the config, their tensors and loss history saved with
+    them; training runs through `pyanom.training` (checkpoint, resume, progress, NaN guard)."""
 
     supervision = "unsupervised"
-    resumable: tuple = ()  # config fields that may grow between a run and its resumption
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self.networks: dict[str, torch.nn.Module] | None = None
-        self.history: dict[str, list] = {}
+        self.history = LossHistory()
 
     @abc.abstractmethod
     def _build(self) -> dict[str, torch.nn.Module]:
         """Fresh networks, initialised from config.seed."""
-
-    def _start(self, images: torch.Tensor, optimizers: dict, rng: torch.Generator, fresh_history: dict):
-        """(checkpoint or None, history): the checkpoint's state loaded when there is one."""
-        cfg = self.config
-        ckpt = None
-        if cfg.checkpoint is not None:
-            ckpt = Checkpoint(cfg.checkpoint, self.name, run_fingerprint(cfg, images, self.resumable))
-            saved = ckpt.restore(self.networks, optimizers, rng)
-            if saved is not None:
-                return ckpt, {k: list(v) for k, v in saved["history"].items()}
-        return ckpt, fresh_history
-
-    def _epoch_bar(self, done: int, total: int, what: str, progress: bool):
-        if done > total:
-            raise ValueError(f"{self.name}: the checkpoint {self.config.checkpoint} has {done} {what} epochs, "
-                             f"more than the {total} asked for")
-        return tqdm(range(done, total), initial=done, total=total, desc=f"{self.name}: {what}",
-                    unit="epoch", disable=not progress)
-
-    def _end_epoch(self, bar, ckpt, optimizers, rng, values: dict) -> None:
-        for key, value in values.items():
-            self.history[key].append(value)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if v is not None})
-        done = len(self.history[next(iter(values))])  # epochs of this stage, this one included
-        if ckpt is not None and (done % self.config.checkpoint_every == 0 or done == bar.total):
-            ckpt.save(self.networks, optimizers, rng, {"history": self.history})
 
     def _maps(self, error: torch.Tensor, size) -> torch.Tensor:
         """Per-pixel error [B, h, w] -> anomaly maps at the input size (bilinear, then smoothed)."""
@@ -154,11 +131,9 @@ class ReconstructionDetector(Detector):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.networks is None:
             raise RuntimeError(f"{self.name}: not fitted")
-        out = {}
+        out = self.history.tensors()  # the training curve travels with the model
         for name, net in self.networks.items():
             out.update(module_tensors(name, net))
-        for key, values in self.history.items():  # the training curve travels with the model
-            out[f"history.{key}"] = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -167,8 +142,7 @@ class ReconstructionDetector(Detector):
             load_module(name, net, tensors)
             net.to(self.device).eval()
         self.networks = networks
-        self.history = {k[len("history."):]: [None if math.isnan(v) else v for v in t.tolist()]
-                        for k, t in tensors.items() if k.startswith("history.")}
+        self.history = LossHistory.from_tensors(tensors)
 
 
 class Autoencoder(ReconstructionDetector):
@@ -178,7 +152,6 @@ class Autoencoder(ReconstructionDetector):
 
     name = "autoencoder"
     Config = AutoencoderConfig
-    resumable = ("epochs",)
 
     def _build(self):
         cfg = self.config
@@ -186,27 +159,23 @@ class Autoencoder(ReconstructionDetector):
 
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
-        images = training_images(train, cfg.image_size, progress=progress, desc=f"{self.name}: reading images")
+        data = decode_once(train, device=self.device, size=cfg.image_size, progress=progress,
+                           desc=f"{self.name}: reading images")
         self.networks = {k: v.to(self.device) for k, v in self._build().items()}
         net = self.networks["autoencoder"]
-        optimizers = {"autoencoder": torch.optim.Adam(net.parameters(), lr=cfg.lr)}
-        rng = torch.Generator().manual_seed(cfg.seed)
-        ckpt, self.history = self._start(images, optimizers, rng, {"loss": []})
-        net.train()
-        for _ in (bar := self._epoch_bar(len(self.history["loss"]), cfg.epochs, "training", progress)):
-            total = 0.0
-            for idx in minibatches(len(images), cfg.batch_size, rng):
-                x = images[idx]
-                if cfg.hflip:
-                    x = random_hflip(rng, x)
-                x = x.to(self.device)
-                loss = F.mse_loss(net(x), x)
-                optimizers["autoencoder"].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers["autoencoder"].step()
-                total += loss.item() * len(idx)
-            self._end_epoch(bar, ckpt, optimizers, rng, {"loss": total / len(images)})
-        net.eval()
+        optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+
+        def step(batch, ctx):
+            x = to_model_space(data.floats(batch), cfg.image_size)
+            if cfg.hflip:
+                x = random_hflip(ctx.rng, x)
+            loss = F.mse_loss(net(x), x)
+            ctx.minimise(loss, optimizer)
+            return {"loss": loss}
+
+        self.history = Trainer(self, data, progress=progress).run([
+            Stage("training", "epochs", cfg.epochs, self.networks, {"autoencoder": optimizer},
+                  ShuffledBatches(len(data), cfg.batch_size), step)])
 
     def _score(self, images: torch.Tensor):
         if self.networks is None:
@@ -227,7 +196,6 @@ class FAnoGAN(ReconstructionDetector):
 
     name = "fanogan"
     Config = FAnoGANConfig
-    resumable = ("gan_epochs", "encoder_epochs")
 
     def _build(self):
         cfg = self.config
@@ -241,55 +209,45 @@ class FAnoGAN(ReconstructionDetector):
 
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
-        images = training_images(train, cfg.gan_size, progress=progress, desc=f"{self.name}: reading images")
+        data = decode_once(train, device=self.device, size=cfg.gan_size, progress=progress,
+                           desc=f"{self.name}: reading images")
         self.networks = {k: v.to(self.device) for k, v in self._build().items()}
+        gen, critic, encoder = (self.networks[k] for k in ("generator", "critic", "encoder"))
         optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
                       for name, net in self.networks.items()}
-        rng = torch.Generator().manual_seed(cfg.seed)
-        ckpt, self.history = self._start(images, optimizers, rng,
-                                         {"critic_loss": [], "wasserstein": [], "generator_loss": [],
-                                          "encoder_loss": []})
-        gan_done, encoder_done = len(self.history["critic_loss"]), len(self.history["encoder_loss"])
-        if encoder_done and gan_done < cfg.gan_epochs:
-            raise ValueError(f"{self.name}: the checkpoint {cfg.checkpoint} already trains the encoder against "
-                             f"a {gan_done}-epoch GAN; gan_epochs={cfg.gan_epochs} would change that GAN")
-        self._train_gan(images, optimizers, rng, ckpt, self._epoch_bar(gan_done, cfg.gan_epochs, "WGAN-GP", progress))
-        self._train_encoder(images, optimizers, rng, ckpt,
-                            self._epoch_bar(encoder_done, cfg.encoder_epochs, "izif encoder", progress))
-        for net in self.networks.values():
-            net.eval()
 
-    def _train_gan(self, images, optimizers, rng, ckpt, bar) -> None:
-        cfg = self.config
-        gen, critic = self.networks["generator"], self.networks["critic"]
-        gen.train()
-        per_epoch = math.ceil(len(images) / cfg.batch_size)
-        for epoch in bar:
-            critic_sum = distance_sum = generator_sum = 0.0
-            generator_steps = 0
-            for step, idx in enumerate(minibatches(len(images), cfg.batch_size, rng)):
-                real = images[idx].to(self.device)
-                with torch.no_grad():
-                    fake = gen(self._latent(len(idx), rng))
-                distance = critic(real).mean() - critic(fake).mean()
-                loss = -distance + cfg.gp_weight * self._gradient_penalty(real, fake, rng)
-                optimizers["critic"].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers["critic"].step()
-                critic_sum += loss.item()
-                distance_sum += distance.item()
-                if (epoch * per_epoch + step + 1) % cfg.n_critic == 0:  # counted over the whole run
-                    critic.requires_grad_(False)
-                    loss_g = -critic(gen(self._latent(len(idx), rng))).mean()
-                    optimizers["generator"].zero_grad(set_to_none=True)
-                    loss_g.backward()
-                    optimizers["generator"].step()
-                    critic.requires_grad_(True)
-                    generator_sum += loss_g.item()
-                    generator_steps += 1
-            self._end_epoch(bar, ckpt, optimizers, rng, {
-                "critic_loss": critic_sum / per_epoch, "wasserstein": distance_sum / per_epoch,
-                "generator_loss": generator_sum / generator_steps if generator_steps else None})
+        def gan_step(batch, ctx):
+            real = to_model_space(data.floats(batch), cfg.gan_size)
+            with torch.no_grad():
+                fake = gen(self._latent(len(batch), ctx.rng))
+            distance = critic(real).mean() - critic(fake).mean()
+            loss = -distance + cfg.gp_weight * self._gradient_penalty(real, fake, ctx.rng)
+            ctx.minimise(loss, optimizers["critic"])
+            losses = {"critic_loss": loss, "wasserstein": distance, "generator_loss": None}
+            if (ctx.step + 1) % cfg.n_critic == 0:  # counted over the whole stage
+                critic.requires_grad_(False)
+                losses["generator_loss"] = -critic(gen(self._latent(len(batch), ctx.rng))).mean()
+                ctx.minimise(losses["generator_loss"], optimizers["generator"])
+                critic.requires_grad_(True)
+            return losses
+
+        def freeze_gan(trainer):
+            for net in (gen, critic):
+                net.eval().requires_grad_(False)
+
+        def encoder_step(batch, ctx):
+            loss = self._izif(to_model_space(data.floats(batch), cfg.gan_size))[0].mean()
+            ctx.minimise(loss, optimizers["encoder"])
+            return {"encoder_loss": loss}
+
+        sampler = ShuffledBatches(len(data), cfg.batch_size)
+        self.history = Trainer(self, data, progress=progress).run([
+            Stage("WGAN-GP", "gan_epochs", cfg.gan_epochs, {"generator": gen, "critic": critic},
+                  {k: optimizers[k] for k in ("generator", "critic")}, sampler, gan_step,
+                  losses=("critic_loss", "wasserstein", "generator_loss")),
+            Stage("izif encoder", "encoder_epochs", cfg.encoder_epochs, {"encoder": encoder},
+                  {"encoder": optimizers["encoder"]}, sampler, encoder_step, losses=("encoder_loss",),
+                  start=freeze_gan)])
 
     def _gradient_penalty(self, real, fake, rng) -> torch.Tensor:
         """WGAN-GP: (||grad of the critic at a random point between real and fake|| - 1)^2."""
@@ -297,24 +255,6 @@ class FAnoGAN(ReconstructionDetector):
         between = (mix * real + (1 - mix) * fake).requires_grad_(True)
         grad, = torch.autograd.grad(self.networks["critic"](between).sum(), between, create_graph=True)
         return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-
-    def _train_encoder(self, images, optimizers, rng, ckpt, bar) -> None:
-        cfg = self.config
-        for name in ("generator", "critic"):
-            self.networks[name].eval().requires_grad_(False)
-        encoder = self.networks["encoder"].train()
-        for _ in bar:
-            total = 0.0
-            for idx in minibatches(len(images), cfg.batch_size, rng):
-                loss = self._izif(images[idx].to(self.device))[0].mean()
-                optimizers["encoder"].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers["encoder"].step()
-                total += loss.item() * len(idx)
-            self._end_epoch(bar, ckpt, optimizers, rng, {"encoder_loss": total / len(images)})
-        for name in ("generator", "critic"):
-            self.networks[name].requires_grad_(True)
-        encoder.eval()
 
     def _izif(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A(x) per image and the per-pixel residual [B, h, w] (mean over colour channels)."""
