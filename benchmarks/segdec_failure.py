@@ -31,7 +31,7 @@ import pyanom
 from pyanom import metrics
 from pyanom.data import open_dataset
 from pyanom.ops import concentrated_loss
-from pyanom_plugins.segdec.detector import _BiasedSampler
+from pyanom.training import BalancedBatches, decode_once
 
 DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -75,7 +75,8 @@ def main() -> None:
     test_images = torch.stack([test[i]["image"] for i in range(len(test))])
     test_masks = test.masks()
     trained_on, _ = train.holdout(0.1, seed=0)  # what fit trained on
-    images, masks, labels = det._training_tensors(trained_on, False)
+    data = decode_once(trained_on, progress=False, masks=True)
+    images, masks, labels = data.images, data.masks, data.labels
 
     mass = torch.sigmoid(logits_of(det, images.float() / 255)).flatten(1).sum(1)[labels == 0]
     print(f"good training images past the cliff (probability mass < 1e-5): {float((mass < 1e-5).float().mean()):.1%}; "
@@ -85,14 +86,14 @@ def main() -> None:
     print(f"test pixel AUROC: probabilities {metrics.pixel_auroc(test_masks, torch.sigmoid(logits)):.4f}, "
           f"logits {metrics.pixel_auroc(test_masks, logits):.4f}; training images "
           f"{metrics.pixel_auroc(masks[every_third, 0], logits_of(det, images[every_third].float() / 255)):.4f}")
-    batches = list(_BiasedSampler(labels, 8, 0).epoch())[:20]
+    batches = list(BalancedBatches(labels, 8).epoch(torch.Generator().manual_seed(0)))[:20]
     for mode in ("train", "eval"):
         det.segmentation.train(mode == "train")
         with torch.no_grad():
             losses = [float(concentrated_loss(det.segmentation(det._normalise(images[b]))[0], masks[b],
                                               gamma=0.5, lam=0.95)) for b in batches]
         print(f"loss on 20 biased training batches, batch norm in {mode} mode: {sum(losses) / len(losses):.4f}")
-    reestimate(det, images, [b for _ in range(3) for b in _BiasedSampler(labels, 8, 0).epoch()])
+    reestimate(det, images, [b for _ in range(3) for b in BalancedBatches(labels, 8).epoch(torch.Generator().manual_seed(0))])
     print(f"test pixel AUROC, statistics from half-defective batches of 8: "
           f"{metrics.pixel_auroc(test_masks, logits_of(det, test_images)):.4f}")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))

@@ -5,18 +5,19 @@ images with pixel masks and from good images (empty masks).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from torch.optim.swa_utils import update_bn
 
 from pyanom.augment import random_dihedral
 from pyanom.data import check_samples
 from pyanom.detector import Detector
 from pyanom.networks import load_module, module_tensors, seeded
 from pyanom.ops import concentrated_loss
+from pyanom.training import BalancedBatches, LossHistory, Stage, Trainer, check_checkpoint_settings, decode_once
 from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationNetwork, decision_inputs
 
 # Fixed input normalisation: images in [0, 1] -> about zero mean, unit spread.
@@ -58,6 +59,8 @@ class SegDecConfig:
     augment: bool = False
     dice_on_good: bool = False
     swa_epochs: int = 0
+    checkpoint: Optional[str] = None  # training state file, resumed when present (see pyanom.training)
+    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after each stage's last)
     seed: int = 0
 
     def __post_init__(self):
@@ -77,6 +80,7 @@ class SegDecConfig:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        check_checkpoint_settings(self.checkpoint, self.checkpoint_every)
 
 
 class SegDec(Detector):
@@ -90,7 +94,7 @@ class SegDec(Detector):
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self.segmentation, self.decision = seeded(self._networks, self.config.seed)
-        self.history: dict[str, list[float]] = {"segmentation_loss": [], "decision_loss": []}
+        self.history = LossHistory()
 
     def _networks(self) -> tuple[SegmentationNetwork, DecisionNetwork]:
         segmentation = SegmentationNetwork().to(self.device)
@@ -99,13 +103,62 @@ class SegDec(Detector):
     # -- training -------------------------------------------------------------------
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
-        images, masks, labels = self._training_tensors(train, progress)
-        sampler = _BiasedSampler(labels, cfg.batch_size, cfg.seed)
-        self._train_segmentation(images, masks, sampler, progress)
-        self._train_decision(images, labels, sampler, progress)
+        self._check_training_set(train)
+        data = decode_once(train, device=self.device, masks=True, progress=progress,
+                           desc=f"{self.name}: reading images")
+        sampler = BalancedBatches(data.labels, cfg.batch_size)
+        seg_optimizer = torch.optim.Adam(self.segmentation.parameters(), lr=cfg.seg_lr)
+        dec_optimizer = torch.optim.Adam(self.decision.parameters(), lr=cfg.dec_lr)
 
-    def _training_tensors(self, train, progress: bool):
-        """Every training image and mask decoded once, as uint8 [N, 3, S, S] and [N, 1, S, S]."""
+        def segmentation_step(batch, ctx):
+            x, y = data.images[batch], data.masks[batch]
+            if cfg.augment:
+                x, y = random_dihedral(ctx.rng, x, y)
+            logits, _ = self.segmentation(self._normalise(x))
+            loss = segmentation_loss(logits, y, gamma=cfg.gamma, lam=cfg.lam, dice_on_good=cfg.dice_on_good)
+            ctx.minimise(loss, seg_optimizer)
+            return {"segmentation_loss": loss}
+
+        def recalibrate_batch_norm(trainer):
+            """Batch-norm statistics for inference: the plain average over the training images in
+            a random order (one pass, no gradient; `swa_utils.update_bn`), not the moving average of
+            the last training batches (on one failed 48-epoch run, pixel AUROC 0.52 with the moving
+            average, 0.69 with this). That run's failure itself came from the empty-mask Dice
+            cliff, now avoided (see `segmentation_loss`), not from batch norm."""
+            order = torch.randperm(len(data), generator=trainer.rng).to(self.device)
+            update_bn((self._normalise(data.images[order[i:i + 16]]) for i in range(0, len(data), 16)),
+                      self.segmentation)
+
+        inputs = {}
+
+        def decision_inputs_once(trainer):
+            """The decision network learns on the frozen segmentation network's output, computed once."""
+            self.segmentation.eval()
+            with torch.no_grad():
+                parts = [decision_inputs(*self.segmentation(self._normalise(data.images[i:i + 16])))
+                         for i in range(0, len(data), 16)]
+            inputs["features"] = torch.cat([f for f, _ in parts])
+            inputs["stats"] = torch.cat([s for _, s in parts])
+
+        targets = data.labels.float()
+
+        def decision_step(batch, ctx):
+            logits = self.decision(inputs["features"][batch], inputs["stats"][batch])
+            loss = F.binary_cross_entropy_with_logits(logits, targets[batch])
+            ctx.minimise(loss, dec_optimizer)
+            return {"decision_loss": loss}
+
+        self.history = Trainer(self, data, progress=progress).run([
+            Stage("segmentation", "seg_epochs", cfg.seg_epochs, {"segmentation": self.segmentation},
+                  {"segmentation": seg_optimizer}, sampler, segmentation_step, losses=("segmentation_loss",),
+                  average_last=cfg.swa_epochs, finish=recalibrate_batch_norm,
+                  hint=f"lower seg_lr (now {cfg.seg_lr})"),
+            Stage("decision", "dec_epochs", cfg.dec_epochs, {"decision": self.decision},
+                  {"decision": dec_optimizer}, sampler, decision_step, losses=("decision_loss",),
+                  start=decision_inputs_once, hint=f"lower dec_lr (now {cfg.dec_lr})")])
+
+    def _check_training_set(self, train) -> None:
+        """Images with pixel masks at the detector's size, defective and good ones."""
         samples = getattr(train, "samples", None)
         if samples is None:
             raise TypeError(f"{self.name}: fit needs an InspectionSet (images with labels and pixel masks), "
@@ -124,95 +177,6 @@ class SegDec(Detector):
         if n_defect == 0 or n_defect == len(samples):
             raise ValueError(f"{self.name} is supervised: it needs both defective and good training images, "
                              f"got {n_defect} defective of {len(samples)}")
-        size = self.image_size
-        images = torch.empty(len(train), 3, size, size, dtype=torch.uint8)
-        masks = torch.empty(len(train), 1, size, size, dtype=torch.uint8)
-        for i in tqdm(range(len(train)), desc=f"{self.name}: reading images", disable=not progress):
-            item = train[i]
-            images[i] = item["image"].mul(255).round_().to(torch.uint8)
-            masks[i] = item["mask"].to(torch.uint8)
-        return images, masks, torch.tensor([s.label for s in samples])
-
-    def _train_segmentation(self, images, masks, sampler, progress: bool) -> None:
-        cfg = self.config
-
-        augmentation = torch.Generator().manual_seed(cfg.seed)
-
-        def loss_of(batch):
-            x, y = images[batch], masks[batch]
-            if cfg.augment:
-                x, y = random_dihedral(augmentation, x, y)
-            logits, _ = self.segmentation(self._normalise(x))
-            return segmentation_loss(logits, y.to(self.device), gamma=cfg.gamma, lam=cfg.lam,
-                                     dice_on_good=cfg.dice_on_good)
-
-        self._train(self.segmentation, loss_of, sampler, "segmentation", cfg.seg_epochs, "seg_lr", progress,
-                    average_last=cfg.swa_epochs)
-        self._recalibrate_batch_norm(images)
-
-    def _recalibrate_batch_norm(self, images) -> None:
-        """Batch-norm statistics for inference: the plain average over the training images in a
-        seeded random order (one pass, no gradient), not the moving average of the last training
-        batches (on one failed 48-epoch run, pixel AUROC 0.52 with the moving average, 0.69 with
-        this). That run's failure itself came from the empty-mask Dice cliff, now avoided (see
-        `segmentation_loss`), not from batch norm."""
-        norms = [m for m in self.segmentation.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed))
-        self.segmentation.train()
-        with torch.no_grad():
-            for start in range(0, len(images), 16):
-                self.segmentation(self._normalise(images[order[start:start + 16]]))
-        for m in norms:
-            m.momentum = 0.1
-        self.segmentation.eval()
-
-    def _train_decision(self, images, labels, sampler, progress: bool) -> None:
-        """The decision network learns on the frozen segmentation network's output, computed once."""
-        self.segmentation.eval()
-        features, stats = [], []
-        with torch.no_grad():
-            for start in range(0, len(images), 16):
-                f, s = decision_inputs(*self.segmentation(self._normalise(images[start:start + 16])))
-                features.append(f)
-                stats.append(s)
-        features, stats = torch.cat(features), torch.cat(stats)
-        targets = labels.to(self.device, torch.float32)
-
-        def loss_of(batch):
-            return F.binary_cross_entropy_with_logits(self.decision(features[batch], stats[batch]), targets[batch])
-
-        self._train(self.decision, loss_of, sampler, "decision", self.config.dec_epochs, "dec_lr", progress)
-
-    def _train(self, net, loss_of, sampler, stage: str, epochs: int, lr_name: str, progress: bool,
-               average_last: int = 0) -> None:
-        """Adam on net for `epochs` epochs of biased batches; loss_of(batch indices) gives the loss.
-        With average_last = n > 0 the net ends with the mean of its weights after each of the last
-        n epochs. A loss that turns NaN or Inf stops training with an error naming the learning rate."""
-        net.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=getattr(self.config, lr_name))
-        bar = tqdm(range(epochs), desc=f"{self.name}: {stage}", disable=not progress)
-        average = _WeightAverage()
-        for epoch in bar:
-            total, steps = 0.0, 0
-            for batch in sampler.epoch():
-                loss = loss_of(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, steps = total + loss.item(), steps + 1
-            mean = total / steps
-            if not math.isfinite(mean):
-                raise FloatingPointError(f"{self.name}: {stage} loss became {mean} in epoch {epoch + 1} "
-                                         f"at {lr_name}={getattr(self.config, lr_name)}; lower {lr_name}")
-            self.history[f"{stage}_loss"].append(mean)
-            bar.set_postfix(loss=f"{mean:.4f}")
-            if epoch >= epochs - average_last:
-                average.add(net)
-        average.apply(net)
-        net.eval()
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Network input from images in [0, 1] (float) or the uint8 training cache."""
@@ -231,12 +195,14 @@ class SegDec(Detector):
 
     # -- persistence ----------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**module_tensors("segmentation", self.segmentation), **module_tensors("decision", self.decision)}
+        return {**module_tensors("segmentation", self.segmentation), **module_tensors("decision", self.decision),
+                **self.history.tensors()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for prefix, net in (("segmentation", self.segmentation), ("decision", self.decision)):
             load_module(prefix, net, tensors)
             net.to(self.device).eval()
+        self.history = LossHistory.from_tensors(tensors)
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, gamma: float, lam: float,
@@ -262,56 +228,3 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, gamma: float
         bce = F.binary_cross_entropy_with_logits(logits[good], torch.zeros_like(logits[good]))
         total = total + (lam + (1 - lam) * bce) * int(good.sum())
     return total / len(logits)
-
-
-class _WeightAverage:
-    """Running mean of a network's parameters over the snapshots it is given (stochastic weight
-    averaging). Batch-norm statistics are not averaged: they must be re-estimated for the mean
-    weights, as `_recalibrate_batch_norm` does."""
-
-    def __init__(self):
-        self.mean: list[torch.Tensor] | None = None
-        self.count = 0
-
-    @torch.no_grad()
-    def add(self, net: torch.nn.Module) -> None:
-        self.count += 1
-        if self.mean is None:
-            self.mean = [p.detach().clone() for p in net.parameters()]
-            return
-        for m, p in zip(self.mean, net.parameters()):
-            m += (p - m) / self.count
-
-    @torch.no_grad()
-    def apply(self, net: torch.nn.Module) -> None:
-        """Set net's parameters to the mean (nothing happens before the first snapshot)."""
-        for m, p in zip(self.mean or [], net.parameters()):
-            p.copy_(m)
-
-
-class _BiasedSampler:
-    """Index batches for biased minibatch sampling: every batch is half defective (the first
-    batch_size // 2 entries), half good. An epoch visits each defective image once; the good
-    images are drawn in a running shuffled order, so over the epochs all of them are seen."""
-
-    def __init__(self, labels: torch.Tensor, batch_size: int, seed: int):
-        self.defects = torch.nonzero(labels == 1)[:, 0]
-        self.good = torch.nonzero(labels == 0)[:, 0]
-        self.n_defect = batch_size // 2
-        self.n_good = batch_size - self.n_defect
-        self.generator = torch.Generator().manual_seed(seed)
-        self._good_order = torch.empty(0, dtype=torch.int64)
-
-    def epoch(self):
-        order = self.defects[torch.randperm(len(self.defects), generator=self.generator)]
-        steps = math.ceil(len(order) / self.n_defect)
-        for step in range(steps):
-            defect = order[(step * self.n_defect + torch.arange(self.n_defect)) % len(order)]
-            yield torch.cat([defect, self._next_good()])
-
-    def _next_good(self) -> torch.Tensor:
-        while len(self._good_order) < self.n_good:
-            fresh = self.good[torch.randperm(len(self.good), generator=self.generator)]
-            self._good_order = torch.cat([self._good_order, fresh])
-        taken, self._good_order = self._good_order[:self.n_good], self._good_order[self.n_good:]
-        return taken

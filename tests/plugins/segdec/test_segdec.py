@@ -15,7 +15,8 @@ import pyanom
 from pyanom import metrics
 from pyanom.data import InspectionSet, Sample, open_dataset
 from pyanom.ops import concentrated_loss
-from pyanom_plugins.segdec.detector import _BiasedSampler, _WeightAverage, segmentation_loss
+from pyanom.training import BalancedBatches
+from pyanom_plugins.segdec.detector import segmentation_loss
 from pyanom_plugins.segdec.network import DECISION_LAYERS, SEGMENTATION_LAYERS, SegmentationNetwork
 
 SIZE = 48
@@ -89,8 +90,8 @@ def test_paper_schedule_is_the_default():
 
 def test_biased_batches_are_half_defective():
     labels = torch.tensor([1] * 5 + [0] * 17)
-    sampler = _BiasedSampler(labels, batch_size=4, seed=0)
-    batches = list(sampler.epoch())
+    sampler = BalancedBatches(labels, batch_size=4)
+    batches = list(sampler.epoch(torch.Generator().manual_seed(0)))
     assert len(batches) == 3 and all(len(b) == 4 for b in batches)
     assert all(labels[b[:2]].tolist() == [1, 1] and labels[b[2:]].tolist() == [0, 0] for b in batches)
     assert set(torch.cat([b[:2] for b in batches]).tolist()) == set(range(5))
@@ -175,26 +176,6 @@ def test_augmentation_is_seeded_and_changes_training(folders):
     # Equal up to the order of threaded float sums, as for siamese.
     assert history(True) == pytest.approx(augmented, rel=1e-5)
     assert history(False) != pytest.approx(augmented, rel=1e-3)
-
-
-def test_weight_average_is_the_mean_of_the_snapshots():
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
-    snapshots = [[torch.randn_like(p) for p in net.parameters()] for _ in range(3)]
-    average = _WeightAverage()
-    before = [p.clone() for p in net.parameters()]
-    average.apply(net)  # no snapshot yet: unchanged
-    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
-    for snapshot in snapshots:
-        with torch.no_grad():
-            for p, value in zip(net.parameters(), snapshot):
-                p.copy_(value)
-        average.add(net)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-    average.apply(net)
-    for p, *values in zip(net.parameters(), *snapshots):
-        assert torch.allclose(p, torch.stack(values).mean(0), atol=1e-6)
 
 
 def test_swa_epochs_average_the_last_segmentation_weights(folders):
