@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 
 from pyanom._build import build_info
 from pyanom.detector import Detector, Prediction
-from pyanom.io import load_detector as load
-from pyanom.registry import create, list_detectors
+from pyanom.registry import create, list_detectors, load
 
 __all__ = ["__version__", "build_info", "Detector", "Prediction", "create", "load", "list_detectors"]

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Iterator, Optional
 import torch
 
 from pyanom.allocator import retain_freed_memory
+from pyanom.data.batches import iterate_images
+from pyanom.io import save_archive
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Prediction:
     image_scores: [B] float, higher = more anomalous.
     anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
     labels: [B] bool, defect = True: image_scores >= threshold unless the detector decides
-        otherwise (e.g. by the label of the nearest training image).
+        otherwise (`Detector._decide`; e.g. by the label of the nearest training image).
     decided_by: how the labels were decided: "threshold" (image_scores >= threshold) or a
         detector's own rule (siamese: "nearest_training_image"), so a score far above the
         threshold labelled "good" is explained.
@@ -41,7 +43,9 @@ class Detector(abc.ABC):
 
     Subclasses set `name`, `supervision` ("unsupervised", "few-shot" or "supervised") and
     `Config` (a dataclass of hyper-parameters with the published defaults), and implement
-    `_fit`, `_score`, `state_tensors` and `load_state_tensors`. Images reaching a detector are
+    `_fit`, `_score`, `state_tensors` and `load_state_tensors`; one that labels images by more
+    than its score overrides `_decide`. A detector that trains networks fits through
+    `pyanom.training`. Images reaching a detector are
     float [B, 3, S, S] in [0, 1] with S = config.image_size; normalisation is the backbone's
     business.
     """
@@ -68,8 +72,19 @@ class Detector(abc.ABC):
         """Learn from the training set (an InspectionSet)."""
 
     @abc.abstractmethod
-    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Image scores [B] and anomaly maps [B, S, S] (or None) for a batch on self.device."""
+    def _score(self, images: torch.Tensor) -> tuple:
+        """Image scores [B] and anomaly maps [B, S, S] (or None) for a batch on self.device; a
+        third item, if any, is handed to `_decide` (what else the labels depend on)."""
+
+    def _decide(self, scores: torch.Tensor, evidence: Any = None) -> torch.Tensor:
+        """Labels [B] bool of a scored batch: a score at or above the threshold is a defect."""
+        return scores >= self.threshold
+
+    @property
+    def decided_by(self) -> str:
+        """How `_decide` labels images (`Prediction.decided_by`); a detector that overrides it
+        names its own rule."""
+        return "threshold"
 
     @abc.abstractmethod
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -113,28 +128,34 @@ class Detector(abc.ABC):
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-            parts = [self._score_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
         else:
-            parts = list(self._score_set(images, batch_size=batch_size))
-        scores = torch.cat([s for s, _ in parts])
-        maps = None if parts[0][1] is None else torch.cat([m for _, m in parts])
-        return Prediction(scores, maps, scores >= self.threshold)
+            batches = iterate_images(images, batch_size)
+        parts = [self._score_batch(batch, decide=True) for batch in batches]
+        scores = torch.cat([s for s, _, _ in parts])
+        maps = None if parts[0][1] is None else torch.cat([m for _, m, _ in parts])
+        return Prediction(scores, maps, torch.cat([labels for _, _, labels in parts]), self.decided_by)
 
     def save(self, path: str | Path) -> Path:
-        """Write config, threshold and learned tensors to one file (atomic; never pickled)."""
-        from pyanom.io import save_detector
-
-        return save_detector(self, path)
+        """Write name, hyper-parameters, threshold and learned tensors to one archive (pyanom.io:
+        atomic, never pickled); `pyanom.load` reads it back."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: fit the detector before saving it")
+        config = {"detector": self.name, "config": dataclasses.asdict(self.config),
+                  "threshold": self.threshold, "data_split": self.data_split}
+        return save_archive(path, config, self.state_tensors())
 
     # -- helpers ------------------------------------------------------------------
-    def _score_batch(self, images: torch.Tensor):
+    def _score_batch(self, images: torch.Tensor, *, decide: bool = False):
+        """(scores, maps or None, labels or None) of one batch, on the CPU."""
         with torch.inference_mode():
-            scores, maps = self._score(images.to(self.device, torch.float32))
-        return scores.float().cpu(), None if maps is None else maps.float().cpu()
+            scores, maps, *evidence = self._score(images.to(self.device, torch.float32))
+            labels = self._decide(scores, *evidence).bool().cpu() if decide else None
+        return scores.float().cpu(), None if maps is None else maps.float().cpu(), labels
 
     def _score_set(self, dataset, *, batch_size: int) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
         for batch in iterate_images(dataset, batch_size):
-            yield self._score_batch(batch)
+            yield self._score_batch(batch)[:2]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
@@ -149,15 +170,3 @@ def calibrate(labels: torch.Tensor, scores: torch.Tensor) -> float:
     if bool((labels == 1).any()) and bool((labels == 0).any()):
         return float(metrics.f1_max(labels, scores)[1])
     return float(metrics.threshold_from_normal_scores(scores[labels == 0]))
-
-
-def _stack_images(items: list[dict]) -> torch.Tensor:
-    return torch.stack([item["image"] for item in items])
-
-
-def iterate_images(dataset, batch_size: int) -> Iterator[torch.Tensor]:
-    """Batches of images [B, 3, S, S] from an InspectionSet, decoded in this process (a forked
-    worker would deadlock in OpenMP once the parent has used it)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=0, collate_fn=_stack_images)
-    yield from loader

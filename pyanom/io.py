@@ -10,7 +10,6 @@ Header metadata (all strings, as safetensors requires):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors.torch import save_file
 from pyanom import __version__
 from pyanom.outputs import atomic_path
 
-__all__ = ["FORMAT_VERSION", "ArchiveError", "is_archive", "save_archive", "load_archive", "save_detector", "load_detector"]
+__all__ = ["FORMAT_VERSION", "ArchiveError", "is_archive", "save_archive", "load_archive"]
 
 FORMAT_VERSION = 1
 _FORMAT = "pyanom-archive"
@@ -149,28 +148,3 @@ def load_archive(path, *, map_location="cpu",
         raise ArchiveError(f"{path} is not a readable pyanom archive (not a safetensors file, "
                            f"or truncated or corrupt): {err}") from None
     return config, tensors
-
-
-def save_detector(detector, path) -> Path:
-    """Write a fitted detector: its name, hyper-parameters, threshold and learned tensors."""
-    if not detector.fitted:
-        raise RuntimeError(f"{detector.name}: fit the detector before saving it")
-    config = {"detector": detector.name, "config": dataclasses.asdict(detector.config),
-              "threshold": detector.threshold, "data_split": detector.data_split}
-    return save_archive(path, config, detector.state_tensors())
-
-
-def load_detector(path, *, device="cpu"):
-    """A detector saved by save_detector, on `device`; its plugin must be installed."""
-    from pyanom.registry import detector_class
-
-    config, tensors = load_archive(path, map_location=device)
-    try:
-        cls = detector_class(config["detector"])
-        det = cls(cls.Config(**config["config"]), device=device)
-    except (KeyError, TypeError) as exc:
-        raise ArchiveError(f"{path}: detector config does not fit this pyanom version ({exc})") from exc
-    det.load_state_tensors(tensors)
-    det.threshold = config["threshold"]
-    det.data_split = config.get("data_split")
-    return det

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Optional
 
+from pyanom.detector import Detector
+from pyanom.io import ArchiveError, load_archive
+
 GROUP = "pyanom.detectors"
 
 
@@ -38,8 +41,6 @@ def list_detectors() -> list[DetectorEntry]:
 
 def detector_class(name: str):
     """The Detector subclass registered as `name`."""
-    from pyanom.detector import Detector
-
     eps = _entry_points()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
@@ -56,3 +57,17 @@ def detector_class(name: str):
 def create(name: str, **kwargs):
     """A new, unfitted detector: pyanom.create("patchcore", coreset_ratio=0.1, device="cpu")."""
     return detector_class(name)(**kwargs)
+
+
+def load(path, *, device="cpu"):
+    """A detector saved by `Detector.save`, on `device`; its plugin must be installed."""
+    config, tensors = load_archive(path, map_location=device)
+    try:
+        cls = detector_class(config["detector"])
+        det = cls(cls.Config(**config["config"]), device=device)
+    except (KeyError, TypeError) as exc:
+        raise ArchiveError(f"{path}: detector config does not fit this pyanom version ({exc})") from exc
+    det.load_state_tensors(tensors)
+    det.threshold = config["threshold"]
+    det.data_split = config.get("data_split")
+    return det

@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import upsample_scores
-from pyanom.detector import Detector, iterate_images
+from pyanom.data import iterate_images
+from pyanom.detector import Detector
 from pyanom.features import create_backbone
 from pyanom.memory_bank import MODES, build_memory_bank
 from pyanom.ops import knn_scores

@@ -9,16 +9,15 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pyanom.augment import random_dihedral
-from pyanom.detector import Detector, Prediction, iterate_images
+from pyanom.data import iterate_images
+from pyanom.detector import Detector
 from pyanom.networks import load_module, module_tensors, seeded
-from pyanom_plugins.siamese.losses import (batch_composition, in_batch_pair_loss, make_pair_loss,
-                                           pair_type_shares, sample_batch)
+from pyanom.training import LossHistory, Stage, StratifiedBatches, Trainer, check_checkpoint_settings, decode_once
+from pyanom_plugins.siamese.losses import batch_composition, in_batch_pair_loss, make_pair_loss, pair_type_shares
 from pyanom_plugins.siamese.network import BACKBONES, SiameseNetwork
 
 DECISIONS = ("nearest_neighbour", "threshold")
@@ -58,6 +57,8 @@ class SiameseConfig:
     epochs: int = 100
     decision: str = "nearest_neighbour"
     augment: bool = False
+    checkpoint: Optional[str] = None  # training state file, resumed when present (see pyanom.training)
+    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after the last)
     seed: int = 0
 
     def __post_init__(self):
@@ -83,6 +84,7 @@ class SiameseConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        check_checkpoint_settings(self.checkpoint, self.checkpoint_every)
 
 
 class Siamese(Detector):
@@ -104,7 +106,7 @@ class Siamese(Detector):
         self.train_embeddings: torch.Tensor | None = None  # [N, 512] of the images trained on
         self.train_labels: torch.Tensor | None = None  # [N] 1 = defect
         self.normal_centroid: torch.Tensor | None = None  # [512]
-        self.history: list[float] = []  # mean training loss per epoch
+        self.history = LossHistory()  # mean training loss per epoch
         self.margin: float | None = None  # the margin the last fit trained with
 
     def _build_network(self, pretrained: bool) -> SiameseNetwork:
@@ -125,45 +127,33 @@ class Siamese(Detector):
         if n_normal == 0:
             raise ValueError(f"{self.name}: the training set has no normal image ({n_defect} defective)")
         shares = pair_type_shares(n_normal, n_defect)
-        composition = batch_composition(n_normal, n_defect, cfg.batch_size)
-        images = torch.cat(list(iterate_images(train, 64)))  # a few-shot set: decode once, keep in memory
-        labels_np = labels.numpy()
-        normal, defect = np.flatnonzero(labels_np == 0), np.flatnonzero(labels_np == 1)
+        k_normal, k_defect = batch_composition(n_normal, n_defect, cfg.batch_size)
+        data = decode_once(train, device=self.device, progress=progress, desc=f"{self.name}: reading images")
 
         self.network = self._build_network(pretrained=True)
         self.margin = cfg.margin
         if self.margin is None:
-            self.margin = float(torch.pdist(self._embed_all(images, 32)).median())
+            self.margin = float(torch.pdist(self._embed_all(data.floats(), 32)).median())
         pair_loss = make_pair_loss(cfg.pair_loss, margin=self.margin, alpha=cfg.alpha, beta=cfg.beta)
         optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
-        rng = np.random.default_rng(cfg.seed)
-        augmentation = torch.Generator().manual_seed(cfg.seed)
-        steps = math.ceil(len(labels) / cfg.batch_size)
-        self.history = []
-        self.network.train()
-        with tqdm(range(cfg.epochs), desc=f"{self.name}: training", disable=not progress) as bar:
-            for _ in bar:
-                total = 0.0
-                for _ in range(steps):
-                    index = torch.from_numpy(sample_batch(rng, normal, defect, composition))
-                    batch_labels = labels[index].to(self.device)
-                    batch = images[index]
-                    if cfg.augment:
-                        (batch,) = random_dihedral(augmentation, batch)
-                    out = self.network(batch.to(self.device))
-                    loss = in_batch_pair_loss(out["embedding"], batch_labels, shares, pair_loss)
-                    if cfg.attention_branch_loss:
-                        loss = loss + cfg.abl_weight * in_batch_pair_loss(out["output2"], batch_labels,
-                                                                          shares, pair_loss)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item()
-                self.history.append(total / steps)
-                bar.set_postfix(loss=f"{self.history[-1]:.4g}")
-        self.network.eval()
-        self.train_embeddings = self._embed_all(images, 32)
-        self.train_labels = labels.to(self.device)
+
+        def step(batch, ctx):
+            x, batch_labels = data.floats(batch), data.labels[batch]
+            if cfg.augment:
+                (x,) = random_dihedral(ctx.rng, x)
+            out = self.network(x)
+            loss = in_batch_pair_loss(out["embedding"], batch_labels, shares, pair_loss)
+            if cfg.attention_branch_loss:
+                loss = loss + cfg.abl_weight * in_batch_pair_loss(out["output2"], batch_labels, shares, pair_loss)
+            ctx.minimise(loss, optimizer)
+            return {"loss": loss}
+
+        sampler = StratifiedBatches(data.labels, {0: k_normal, 1: k_defect}, math.ceil(len(data) / cfg.batch_size))
+        self.history = Trainer(self, data, progress=progress).run([
+            Stage("training", "epochs", cfg.epochs, {"network": self.network}, {"network": optimizer}, sampler,
+                  step, hint=f"lower learning_rate (now {cfg.learning_rate})")])
+        self.train_embeddings = self._embed_all(data.floats(), 32)
+        self.train_labels = data.labels
         self.normal_centroid = self.train_embeddings[self.train_labels == 0].mean(dim=0)
 
     # -- inference -------------------------------------------------------------------
@@ -185,8 +175,8 @@ class Siamese(Detector):
         return torch.cat([self._embed(batch) for batch in batches])
 
     def _score(self, images: torch.Tensor):
-        distance = torch.linalg.vector_norm(self._embed(images) - self.normal_centroid, dim=1)
-        return distance, None
+        embeddings = self._embed(images)
+        return torch.linalg.vector_norm(embeddings - self.normal_centroid, dim=1), None, embeddings
 
     def embed(self, images, *, batch_size: int = 32) -> torch.Tensor:
         """Output-1 of the trained twin, [N, 512], for a tensor [N, 3, S, S] or an InspectionSet."""
@@ -197,15 +187,15 @@ class Siamese(Detector):
         distance = torch.cdist(embeddings.to(self.train_embeddings), self.train_embeddings)
         return self.train_labels[distance.argmin(dim=1)].bool().cpu()
 
-    def predict(self, images, *, batch_size: int = 32) -> Prediction:
-        """Scores (distance to the normal centroid) and labels (see `decision`); no anomaly maps."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: call fit() or pyanom.load() before predict()")
-        embeddings = self._embed_all(images, batch_size)
-        scores = torch.linalg.vector_norm(embeddings - self.normal_centroid, dim=1).float().cpu()
+    def _decide(self, scores: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The class of the nearest training embedding (the paper's decision), or the threshold."""
         if self.config.decision == "nearest_neighbour":
-            return Prediction(scores, None, self.nearest_labels(embeddings), "nearest_training_image")
-        return Prediction(scores, None, scores >= self.threshold)
+            return self.nearest_labels(embeddings)
+        return super()._decide(scores)
+
+    @property
+    def decided_by(self) -> str:
+        return "nearest_training_image" if self.config.decision == "nearest_neighbour" else "threshold"
 
     def explain(self, images: torch.Tensor) -> torch.Tensor:
         """Attention maps [B, S, S] in (0, 1) at the input resolution: where the network looks."""
@@ -220,8 +210,8 @@ class Siamese(Detector):
 
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**module_tensors("network", self.network), "train_embeddings": self.train_embeddings, "train_labels": self.train_labels,
-                "normal_centroid": self.normal_centroid}
+        return {**module_tensors("network", self.network), "train_embeddings": self.train_embeddings,
+                "train_labels": self.train_labels, "normal_centroid": self.normal_centroid, **self.history.tensors()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.network = self._build_network(pretrained=False)
@@ -230,3 +220,4 @@ class Siamese(Detector):
         self.train_embeddings = tensors["train_embeddings"].to(self.device, torch.float32)
         self.train_labels = tensors["train_labels"].to(self.device, torch.int64)
         self.normal_centroid = tensors["normal_centroid"].to(self.device, torch.float32)
+        self.history = LossHistory.from_tensors(tensors)

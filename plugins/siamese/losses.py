@@ -94,11 +94,3 @@ def batch_composition(n_normal: int, n_defect: int, batch_size: int) -> tuple[in
     low, high = min(2, n_defect), min(n_defect, batch_size - min(2, n_normal))
     k_defect = int(np.clip(round(batch_size * n_defect / (n_normal + n_defect)), low, high))
     return min(batch_size - k_defect, n_normal), k_defect
-
-
-def sample_batch(rng: np.random.Generator, normal: np.ndarray, defect: np.ndarray,
-                 composition: tuple[int, int]) -> np.ndarray:
-    """Indices of one batch: uniform random subsets (without replacement) of each class."""
-    k_normal, k_defect = composition
-    return np.concatenate([rng.choice(normal, k_normal, replace=False),
-                           rng.choice(defect, k_defect, replace=False)])

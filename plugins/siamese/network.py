@@ -16,15 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyanom.features import create_backbone
-from pyanom.features.weights import fetch, load_into, read_state_dict
+from pyanom.features.vgg import VGG16Features
 
 EMBEDDING_DIM = 512
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# VGG16 configuration "D": output channels of the 13 convolutions, "M" = 2x2 max pooling.
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 class Trunk(nn.Module):
@@ -54,43 +48,18 @@ class Trunk(nn.Module):
 
 
 class VGG16Trunk(Trunk):
-    """VGG16's 13 convolutions (Simonyan & Zisserman 2015) with torchvision's parameter names
-    (`features.0.weight` .. `features.28.bias`), so its ImageNet file loads as it is. Stage
-    "convN" ends with the ReLU of the N-th convolution; a max pooling opens the next stage.
-    The classifier is not built: the embedding is the global average of conv13's features."""
+    """VGG16 from `pyanom.features.vgg` (torchvision's names, so its ImageNet file loads as it
+    is), trainable. The embedding is the global average of conv13's features."""
+
+    stages = VGG16Features.stages
+    load_pretrained = VGG16Features.load_pretrained
 
     def __init__(self):
-        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
-        layers, self._stage_slices, self.channels, self.strides = [], [], {}, {}
-        in_channels, stride, start, conv = 3, 1, 0, 0
-        for item in VGG16_LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-                stride *= 2
-                continue
-            layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=True)]
-            in_channels, conv = item, conv + 1
-            self._stage_slices.append((f"conv{conv}", start, len(layers)))
-            self.channels[f"conv{conv}"], self.strides[f"conv{conv}"] = item, stride
-            start = len(layers)
-        del layers[-1]  # the last pooling: the head averages conv13 itself
-        self.features = nn.Sequential(*layers)
-        self.out_channels = in_channels
-        self.aliases = {f"stride{s}": n for n, s in self.strides.items()}  # the last conv at each stride
-
-    def stages(self):
-        for name, start, end in self._stage_slices:
-            yield name, self.features[start:end]
-
-    def load_pretrained(self, weights: Optional[str]) -> None:
-        """Load torchvision's VGG16 file (or a file/URL with its names); the classifier's
-        tensors in it are ignored."""
-        if weights is None:
-            path = fetch(VGG16_URL)
-        else:
-            path = fetch(weights) if "://" in str(weights) else weights
-        state = read_state_dict(path)
-        load_into(self, {k: v for k, v in state.items() if not k.startswith("classifier.")}, str(path))
+        vgg = VGG16Features()
+        super().__init__(vgg.mean, vgg.std)
+        self.features, self.stage_slices = vgg.features, vgg.stage_slices
+        self.channels, self.strides, self.aliases = vgg.channels, vgg.strides, vgg.aliases
+        self.out_channels = vgg.out_channels
 
 
 class EfficientNetLite0Trunk(Trunk):

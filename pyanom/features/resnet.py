@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from pyanom.features.imagenet import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 

@@ -1,0 +1,19 @@
+"""Batches of images from a data set, for scoring."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+
+def _stack_images(items: list[dict]) -> torch.Tensor:
+    return torch.stack([item["image"] for item in items])
+
+
+def iterate_images(dataset, batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of images [B, 3, H, W] from an InspectionSet or ImageList, decoded in this process
+    (a forked worker would deadlock in OpenMP once the parent has used it)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=0, collate_fn=_stack_images)
+    yield from loader
