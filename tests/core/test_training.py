@@ -209,7 +209,7 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_model(name, textur
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the interrupted process: sums in one order
     try:
-        assert main([*command, "--set", "seed=1"]) == 1  # another run's checkpoint: refused, by name
+        assert main([*command, "--set", "seed=1"]) == 2  # another run's checkpoint: refused, by name
         assert "belongs to another run (seed: 0 there, 1 now)" in capsys.readouterr().err
         assert main(command) == 0  # the same command continues
         plain = [c if not c.endswith("resumed.pyanom") else str(tmp_path / "plain.pyanom")
