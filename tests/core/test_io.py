@@ -171,3 +171,14 @@ def test_bad_save_arguments(tmp_path, config, tensors_, error, match):
     with pytest.raises(error, match=match):
         save_archive(tmp_path / "m.pyanom", config, tensors_)
     assert os.listdir(tmp_path) == []
+
+
+def test_io_knows_no_detector():
+    """io.py reads and writes archives only: no import circle detector -> io -> registry -> detector."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(io.__file__)).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"pyanom.detector", "pyanom.registry"}

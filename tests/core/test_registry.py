@@ -70,7 +70,7 @@ def test_third_party_detector_fits_and_predicts_through_the_cli(third_party, tex
     assert main(["predict", str(model), *folders, "--out", str(tmp_path / "pred")]) == 0
     rows = (tmp_path / "pred" / "scores.csv").read_text().strip().splitlines()
     assert rows[0].startswith("path,score,defect") and len(rows) == 1 + 12
-    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 12
+    assert len(list((tmp_path / "pred" / "heatmaps").rglob("*.png"))) == 12
     assert main(["list"]) == 0
     assert "mean_colour" in capsys.readouterr().out
     det = pyanom.load(model)

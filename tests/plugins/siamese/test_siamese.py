@@ -3,6 +3,7 @@ structure, training on a small real magnetic-tile split, save/load, bad input.""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 
@@ -231,7 +232,7 @@ def test_training_set_without_defects_is_refused(texture_set, tmp_path, capsys):
         det.fit(open_dataset(texture_set, "train", image_size=SIZE), progress=False)
     # The CLI passes the whole training part (normal images only here) and reports the error.
     assert main(["fit", "siamese", str(texture_set), "--out", str(tmp_path / "m.pyanom"),
-                 "--set", f"image_size={SIZE}"]) == 1
+                 "--set", f"image_size={SIZE}"]) == 2
     assert "needs a few defective" in capsys.readouterr().err
 
 
@@ -239,7 +240,7 @@ def test_unreadable_class_folder_is_named(tmp_path, texture_set, capsys):
     root = tmp_path / "folders"
     shutil.copytree(texture_set / "train" / "good", root / "good")
     (root / "defect").mkdir()  # a class folder with no image in it
-    assert main(["fit", "siamese", str(root), "--out", str(tmp_path / "m.pyanom")]) == 1
+    assert main(["fit", "siamese", str(root), "--out", str(tmp_path / "m.pyanom")]) == 2
     assert f"{root / 'defect'}: folder holds no images" in capsys.readouterr().err
 
 
@@ -261,3 +262,13 @@ def test_bad_images_and_unfitted_use(trained):
         trained.predict(torch.rand(3, SIZE, SIZE))
     with pytest.raises(RuntimeError, match="fit"):
         pyanom.create("siamese").predict(torch.rand(1, 3, SIZE, SIZE))
+
+
+def test_labels_come_from_the_decide_hook(tiles, trained, tmp_path):
+    """Nearest training image by default; decision=threshold labels by the calibrated threshold."""
+    test = tiles[1].subset(range(0, 400, 10))
+    assert trained.predict(test).decided_by == "nearest_training_image"
+    det = pyanom.load(trained.save(tmp_path / "siamese.pyanom"))
+    det.config = dataclasses.replace(det.config, decision="threshold")
+    pred = det.predict(test)
+    assert pred.decided_by == "threshold" and torch.equal(pred.labels, pred.image_scores >= det.threshold)
