@@ -303,7 +303,7 @@ class Trainer:
         history = LossHistory({name: [] for s in stages for name in s.losses})
         done = {s.name: {"epochs": 0, "steps": 0, "finished": False} for s in stages}
         for s in stages:
-            s.averages = {k: AveragedModel(m, use_buffers=False) for k, m in s.modules.items()} if s.average_last else {}
+            s.averages = {k: AveragedModel(m, use_buffers=False) for k, m in s.modules.items() if s.average_last}
         if self.checkpoint is not None:
             saved = self._restore(stages)
             if saved is not None:
