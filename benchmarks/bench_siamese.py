@@ -75,7 +75,7 @@ def run(method: str, split: str, splits: dict, settings: dict, out: Path) -> dic
     row = {"method": method, "split": split, "train": train.counts(), "test": test.counts(),
            "auc": image_auroc(test.labels, pred.image_scores),
            **decision_metrics(test.labels, pred.labels), "fit_s": fit_s,
-           "loss_first_last": [det.history[0], det.history[-1]] if det.history else None, "margin": det.margin,
+           "loss_first_last": [det.history["loss"][0], det.history["loss"][-1]] if det.history.get("loss") else None, "margin": det.margin,
            "settings": {**settings, **METHODS[method]}}
     (out / f"{split}_{method}.json").write_text(json.dumps(row, indent=2))
     return row
