@@ -225,6 +225,8 @@ def cmd_evaluate(args) -> int:
     test = open_dataset(args.data_root, "test", image_size=det.image_size, **split)
     if args.json:
         writable_folder(args.json.parent, "--json")
+    if args.report:
+        writable_folder(args.report, "--report")
     heatmaps = None
     if args.heatmaps:
         names = [output_name(s.image, test.root) for s in test.samples]
@@ -247,6 +249,10 @@ def cmd_evaluate(args) -> int:
         print(f"wrote {args.json}")
     if heatmaps:
         _write_heatmaps(*heatmaps, test, pred, det)
+    if args.report:
+        from pyanom.report import write_report
+
+        print(f"wrote {write_report(args.report, test, pred, det, report, title=Path(args.model).name)}")
     return 0
 
 
@@ -424,6 +430,13 @@ def _settings(config_cls) -> list:
             for f in dataclasses.fields(config_cls)]
 
 
+def cmd_serve(args) -> int:
+    from pyanom.serve.run import serve
+
+    args.device = _device(args.device)
+    return serve(args)
+
+
 def cmd_demo(args) -> int:
     from pyanom.data.synthetic import make_inspection_set
 
@@ -484,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the metrics as JSON here")
     p.add_argument("--heatmaps", type=Path, metavar="DIR",
                    help="write heatmap overlays (PNG) here, named after each image's path under DATA_ROOT")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="write a self-contained HTML report (DIR/index.html): curves, histogram, worst cases")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _split_args(p, defaults=False)
     p.set_defaults(func=cmd_evaluate)
@@ -501,6 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "scores only the images not in it yet (no heatmaps)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_predict)
+
+    from pyanom.serve import ServeSettings
+
+    serving = ServeSettings()
+    p = sub.add_parser("serve", parents=[common], help="serve models over HTTP with an operator page (extra pyanom[serve])",
+                       description=f"Serve fitted models over HTTP (extra pyanom[serve]). --max-pixels defaults to "
+                                   f"{serving.max_pixels:,} here: a service decodes many uploads at once.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model files (named by file stem) or NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (or set PYANOM_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=serving.max_batch, help="images per predict call (default %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=serving.max_wait_ms,
+                   help="how long a first image waits for others to batch with (default %(default)s ms)")
+    p.add_argument("--max-queue", type=int, default=serving.max_queue,
+                   help="images waiting per model before requests get 503 (default %(default)s)")
+    p.add_argument("--max-bytes", type=int, default=serving.max_bytes, help="largest image file (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 30)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: synthetic parts, fit, evaluate, heatmaps")
     p.add_argument("--out", type=Path, default=Path("pyanom-demo"), help="output folder (default pyanom-demo)")

@@ -65,6 +65,7 @@ class Detector(abc.ABC):
         self.device = torch.device(device)
         self.threshold: float | None = None
         self.data_split: dict | None = None  # how the CLI split the data at fit, reused by evaluate
+        self.fitted_on: dict | None = None  # image counts of the last fit, shown by `pyanom serve`
 
     # -- what plugins implement -------------------------------------------------
     @abc.abstractmethod
@@ -119,6 +120,8 @@ class Detector(abc.ABC):
         self._fit(train, progress)
         scores = torch.cat([s for s, _ in self._score_set(validation, batch_size=32)])
         self.threshold = calibrate(validation.labels, scores)
+        self.fitted_on = {"train_images": len(train), "train_defective": int(train.labels.sum()),
+                          "threshold_images": len(validation), "threshold_defective": int(validation.labels.sum())}
         return self
 
     def predict(self, images, *, batch_size: int = 32) -> Prediction:
@@ -142,7 +145,7 @@ class Detector(abc.ABC):
         if not self.fitted:
             raise RuntimeError(f"{self.name}: fit the detector before saving it")
         config = {"detector": self.name, "config": dataclasses.asdict(self.config),
-                  "threshold": self.threshold, "data_split": self.data_split}
+                  "threshold": self.threshold, "data_split": self.data_split, "fitted_on": self.fitted_on}
         return save_archive(path, config, self.state_tensors())
 
     # -- helpers ------------------------------------------------------------------

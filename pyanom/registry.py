@@ -70,4 +70,5 @@ def load(path, *, device="cpu"):
     det.load_state_tensors(tensors)
     det.threshold = config["threshold"]
     det.data_split = config.get("data_split")
+    det.fitted_on = config.get("fitted_on")
     return det
