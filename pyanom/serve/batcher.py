@@ -42,6 +42,11 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pyanom-score-{name}")
         self._seconds_per_image = 0.05  # refined by every batch; sets Retry-After
 
+    @property
+    def queued(self) -> int:
+        """Images waiting for a batch (not those being scored)."""
+        return len(self._pending)
+
     def start(self) -> None:
         self._arrived = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._run())
