@@ -1,0 +1,118 @@
+"""A real browser (Debian's chromium + chromium-driver, driven by selenium) on the operator page
+and on the evaluation report. Screenshots are kept in test-artifacts/ (or $PYANOM_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import pyanom
+from pyanom.cli import main
+from pyanom.serve import ServeSettings, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("PYANOM_TEST_ARTIFACTS") or REPO / "test-artifacts")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver are needed: apt-get install chromium chromium-driver (.ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def _screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    assert browser.save_screenshot(str(path))
+    return path
+
+
+def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(browser, bottle_model, bottle_root, live):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    defect = bottle_root / "test" / "broken_large" / "000.png"
+    good = bottle_root / "test" / "good" / "000.png"
+    det = pyanom.load(bottle_model)
+    app = create_app({"bottle": det}, ServeSettings(api_key="line-7"))
+    with live(app) as url:
+        browser.get(url + "/")
+        wait.until(ec.alert_is_present())  # the page asks for the key ...
+        alert = browser.switch_to.alert
+        alert.send_keys("line-7")
+        alert.accept()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#model option"))
+        assert "patchcore" in browser.find_element(By.ID, "model-info").text
+        for image, verdict in ((good, None), (defect, "DEFECT")):
+            rows = len(browser.find_elements(By.CSS_SELECTOR, "#history tr"))
+            browser.find_element(By.ID, "file").send_keys(str(image))
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#history tr")) == rows + 1)
+            assert not ec.alert_is_present()(browser)  # ... once
+            shown = browser.find_element(By.ID, "verdict").text
+            assert shown in ("GOOD", "DEFECT") and (verdict is None or shown == verdict)
+        wait.until(lambda b: b.execute_script(
+            "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0"))
+        assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") == 128
+        score_text = browser.find_element(By.ID, "score-text").text
+        shot = _screenshot(browser, "operator_page.png")
+    expected = float(det.predict(__import__("pyanom.data", fromlist=["open_images"]).open_images(
+        defect, image_size=128)).image_scores[0])
+    assert re.search(r"score ([\d.]+) against threshold ([\d.]+)", score_text)
+    assert float(score_text.split()[1]) == pytest.approx(expected, rel=1e-3)
+    assert Image.open(shot).size[0] >= 1000
+
+
+@pytest.fixture(scope="module")
+def bottle_report(bottle_model, bottle_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["evaluate", str(bottle_model), str(bottle_root), "--report", str(out)]) == 0
+    return out / "index.html"
+
+
+def test_report_on_bottle_is_self_contained(bottle_report):
+    page = bottle_report.read_text()
+    assert list(bottle_report.parent.iterdir()) == [bottle_report]
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the report must not fetch anything"
+    assert "<script" not in page
+    pictures = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pictures) == 12  # six worst misses and six worst false alarms
+    for data in pictures:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size == (128, 128)
+    assert page.count("<svg") == 3  # ROC, PR, histogram
+    for name in ("broken_large", "broken_small", "contamination"):
+        assert f"<td>{name}</td>" in page
+
+
+def test_report_loads_in_the_browser(browser, bottle_report):
+    from selenium.webdriver.common.by import By
+
+    browser.get(bottle_report.as_uri())
+    images = browser.find_elements(By.CSS_SELECTOR, "img")
+    assert len(images) == 12
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth === 128", i)
+               for i in images)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.plot polyline")) == 2
+    assert browser.find_element(By.ID, "summary").text.startswith("decision threshold")
+    browser.set_window_size(1280, 2600)
+    _screenshot(browser, "report.png")
