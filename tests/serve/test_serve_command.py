@@ -103,3 +103,10 @@ def test_real_server_scores_like_the_library_and_stops_gracefully(bottle_model, 
     assert abs(response.json()["results"][0]["image_score"] - expected) < 1e-6
     log = proc.stdout.read()
     assert "loaded bottle: patchcore" in log and "Shutting down" in log
+
+
+def test_the_core_and_the_cli_do_not_import_the_serve_extra():
+    code = ("import sys, pyanom, pyanom.cli, pyanom.report, pyanom.serve; pyanom.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
