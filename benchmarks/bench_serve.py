@@ -2,6 +2,7 @@
 
     python3 -P benchmarks/bench_serve.py                  # fits a small PatchCore on bottle first
     python3 -P benchmarks/bench_serve.py --model bottle.pyanom --requests 96
+    OMP_NUM_THREADS=1 python3 -P benchmarks/bench_serve.py   # one scoring thread, server and in-process alike
 
 Bounded: a fixed number of requests per level (1, 4 and 16 concurrent httpx clients, each
 sending bottle test images as raw PNG bodies one after the other), a timeout on every request,
@@ -51,7 +52,7 @@ class InProcess:
         data = open_images(*images, image_size=self.det.image_size)
         self.tensors = torch.stack([data[i]["image"] for i in range(len(data))])
         for batch in LEVELS:  # the first calls of each shape are slow (allocation, kernel set-up)
-            for _ in range(3):
+            for _ in range(8):
                 self.det.predict(self.tensors[:batch], batch_size=batch)
 
     def __call__(self, batch: int, images: int) -> float:

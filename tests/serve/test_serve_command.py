@@ -22,11 +22,11 @@ from pyanom.serve.run import is_loopback, model_names
 
 def test_a_model_that_fails_to_load_stops_start_up_with_one_clear_line(tmp_path, capsys):
     missing = tmp_path / "missing.pyanom"
-    assert main(["serve", str(missing)]) == 1
+    assert main(["serve", str(missing)]) == 2
     assert capsys.readouterr().err.strip() == f"pyanom serve: error: no such archive: {missing}"
     corrupt = tmp_path / "corrupt.pyanom"
     corrupt.write_bytes(b"not a model")
-    assert main(["serve", str(corrupt)]) == 1
+    assert main(["serve", str(corrupt)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"pyanom serve: error: {corrupt} is not a readable pyanom archive") and "\n" not in err
 
