@@ -7,8 +7,9 @@
 Bounded: a fixed number of requests per level (1, 4 and 16 concurrent httpx clients, each
 sending bottle test images as raw PNG bodies one after the other), a timeout on every request,
 the server on 127.0.0.1 only. Reports throughput (images/s) and p50/p99 latency per level, the
-in-process throughput of `predict` on already decoded tensors at batch sizes 1, 4 and 16, and the
-server's resident memory (RSS) sampled over the whole load test.
+in-process throughput of `predict` at batch sizes 1, 4 and 16 on already decoded tensors and on
+the same PNG bytes decoded first (as the service must: 900x900 PNGs cost about as much to decode
+as to score at 256 px), and the server's resident memory (RSS) sampled over the whole load test.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ import torch
 
 import pyanom
 from pyanom.data import open_dataset, open_images
+from pyanom.serve import ServeSettings
+from pyanom.serve.images import Limits, decode
 
 DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 LEVELS = (1, 4, 16)
-ROUNDS = (1, 4, 16, 16)  # the last level twice: RSS after it should not move
+ROUNDS = (1, 4, 16, 16)
+LIMITS = Limits(ServeSettings.max_bytes, ServeSettings.max_pixels)  # the last level twice: RSS after it should not move
 
 
 def fit_model(out: Path, image_size: int) -> Path:
@@ -51,15 +55,21 @@ class InProcess:
         self.det = pyanom.load(model)
         data = open_images(*images, image_size=self.det.image_size)
         self.tensors = torch.stack([data[i]["image"] for i in range(len(data))])
+        self.preprocess = data.preprocess
         for batch in LEVELS:  # the first calls of each shape are slow (allocation, kernel set-up)
             for _ in range(8):
                 self.det.predict(self.tensors[:batch], batch_size=batch)
 
-    def __call__(self, batch: int, images: int) -> float:
+    def __call__(self, batch: int, images: int, bodies: list[bytes] | None = None) -> float:
+        """With ``bodies``, each batch is decoded from the PNG bytes first, as the service must."""
         done, start = 0, time.perf_counter()
         while done < images:
             idx = [(done + k) % len(self.tensors) for k in range(batch)]
-            self.det.predict(self.tensors[idx], batch_size=batch)
+            if bodies is None:
+                batch_images = self.tensors[idx]
+            else:
+                batch_images = torch.stack([decode(bodies[i], "bench", self.preprocess, LIMITS) for i in idx])
+            self.det.predict(batch_images, batch_size=batch)
             done += batch
         return done / (time.perf_counter() - start)
 
@@ -146,10 +156,11 @@ def main() -> None:
         sampler.start()
         rows = []
         for clients in ROUNDS:  # in-process just before and after each level: the machine's load drifts
-            before = direct(clients, args.requests)
+            before = direct(clients, args.requests), direct(clients, args.requests, bodies)
             row = asyncio.run(load(url, bodies, clients, args.requests))
             row["rss_mb_after"] = rss_mb(server.pid)
-            row["in_process_images_per_s"] = (before + direct(clients, args.requests)) / 2
+            row["in_process_images_per_s"] = (before[0] + direct(clients, args.requests)) / 2
+            row["in_process_with_decode_images_per_s"] = (before[1] + direct(clients, args.requests, bodies)) / 2
             rows.append(row)
         stop.set()
         sampler.join()
@@ -161,12 +172,13 @@ def main() -> None:
           f"--max-wait-ms {args.max_wait_ms}, torch threads {torch.get_num_threads()}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| clients | served img/s | p50 ms | p99 ms | failed | in-process predict img/s (batch = clients) "
-          "| served / in-process | server RSS after, MB |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| served / in-process | in-process decode + predict img/s | served / that | server RSS after, MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failed']} "
               f"| {r['in_process_images_per_s']:.1f} | {r['images_per_s'] / r['in_process_images_per_s']:.2f}x "
-              f"| {r['rss_mb_after']:.0f} |")
+              f"| {r['in_process_with_decode_images_per_s']:.1f} "
+              f"| {r['images_per_s'] / r['in_process_with_decode_images_per_s']:.2f}x | {r['rss_mb_after']:.0f} |")
     print(f"server RSS: {rss_ready:.0f} MB when ready, {min(rss):.0f}-{max(rss):.0f} MB over the load "
           f"({len(rss)} samples), {rss[-1]:.0f} MB at the end")
     if args.json:

@@ -225,7 +225,7 @@ def cmd_evaluate(args) -> int:
     test = open_dataset(args.data_root, "test", image_size=det.image_size, **split)
     if args.json:
         writable_folder(args.json.parent, "--json")
-    if args.report:
+    if getattr(args, "report", None):  # the demo calls cmd_evaluate without it
         writable_folder(args.report, "--report")
     heatmaps = None
     if args.heatmaps:
@@ -249,7 +249,7 @@ def cmd_evaluate(args) -> int:
         print(f"wrote {args.json}")
     if heatmaps:
         _write_heatmaps(*heatmaps, test, pred, det)
-    if args.report:
+    if getattr(args, "report", None):  # the demo calls cmd_evaluate without it
         from pyanom.report import write_report
 
         print(f"wrote {write_report(args.report, test, pred, det, report, title=Path(args.model).name)}")
