@@ -15,6 +15,7 @@ from PIL import Image
 
 import pyanom
 from pyanom.cli import main
+from pyanom.data import open_images
 from pyanom.serve import ServeSettings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,8 @@ def _screenshot(browser, name: str) -> Path:
     return path
 
 
-def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(browser, bottle_model, bottle_root, live):
+def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(browser, bottle_model, bottle_root, live,
+                                                                           tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -76,8 +78,12 @@ def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(brows
         assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") == 128
         score_text = browser.find_element(By.ID, "score-text").text
         shot = _screenshot(browser, "operator_page.png")
-    expected = float(det.predict(__import__("pyanom.data", fromlist=["open_images"]).open_images(
-        defect, image_size=128)).image_scores[0])
+        not_an_image = tmp_path / "notes.png"
+        not_an_image.write_text("this is not a picture")
+        browser.find_element(By.ID, "file").send_keys(str(not_an_image))
+        wait.until(lambda b: b.find_element(By.ID, "verdict").get_attribute("class") == "error")
+        assert "notes.png: body: not an image" in browser.find_element(By.ID, "verdict").text
+    expected = float(det.predict(open_images(defect, image_size=128)).image_scores[0])
     assert re.search(r"score ([\d.]+) against threshold ([\d.]+)", score_text)
     assert float(score_text.split()[1]) == pytest.approx(expected, rel=1e-3)
     assert Image.open(shot).size[0] >= 1000

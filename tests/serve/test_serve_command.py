@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,8 +33,8 @@ def test_a_model_that_fails_to_load_stops_start_up_with_one_clear_line(tmp_path,
 
 
 def test_model_names_and_loopback():
-    assert model_names(["a/bottle.pyanom", "cap=b/x.pyanom"]) == {"bottle": __import__("pathlib").Path("a/bottle.pyanom"),
-                                                                 "cap": __import__("pathlib").Path("b/x.pyanom")}
+    assert model_names(["a/bottle.pyanom", "cap=b/x.pyanom"]) == {"bottle": Path("a/bottle.pyanom"),
+                                                                 "cap": Path("b/x.pyanom")}
     with pytest.raises(ValueError, match="two models are named 'm'"):
         model_names(["a/m.pyanom", "b/m.pyanom"])
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
