@@ -101,7 +101,9 @@ def test_real_server_scores_like_the_library_and_stops_gracefully(bottle_model, 
             proc.kill()
     response = in_flight["response"]
     assert response.status_code == 200
-    assert abs(response.json()["results"][0]["image_score"] - expected) < 1e-6
+    # Another process may run another number of threads, so float sums differ in their last bits:
+    # equal to 1e-6 of the score (scores here are 10-60).
+    assert response.json()["results"][0]["image_score"] == pytest.approx(expected, rel=1e-6)
     log = proc.stdout.read()
     assert "loaded bottle: patchcore" in log and "Shutting down" in log
 
