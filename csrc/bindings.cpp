@@ -2,19 +2,24 @@
 // Buffers cross as raw addresses checked by pyanom.ops; no libtorch is linked.
 #include <omp.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "common.h"
+#include "cpu_isa.h"
 #include "kernels.h"
 
 namespace py = pybind11;
 using namespace pyanom;
 
-PYBIND11_MODULE(_C, m) {
+// Compiled once per CPU instruction-set level (CMakeLists.txt): PYANOM_MODULE is _C (the lowest
+// level, with the CUDA kernels and the CPU check), _C_avx2 or _C_avx512; pyanom._build picks one.
+PYBIND11_MODULE(PYANOM_MODULE, m) {
   m.doc() = "pyanom compiled kernels (CPU with OpenMP; CUDA when built with it)";
 
   m.def("build_info", [] {
     py::dict info;
     info["openmp_threads"] = omp_get_max_threads();
+    info["cpu_isa"] = std::string(PYANOM_CPU_ISA);
 #ifdef PYANOM_WITH_CUDA
     info["cuda"] = true;
     info["cuda_architectures"] = std::string(PYANOM_CUDA_ARCHS);
@@ -26,6 +31,11 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return info;
   });
+#ifdef PYANOM_CPU_LEVELS
+  m.attr("cpu_levels_built") = std::string(PYANOM_CPU_LEVELS);
+  m.def("cpu_supported_levels", &cpu_supported_levels,
+        "ISA levels this CPU runs, lowest first: generic, then avx2 and avx512 where cpuid has them.");
+#endif
 #ifdef PYANOM_WITH_CUDA
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices (0 when no driver or GPU is present).");

@@ -115,7 +115,19 @@ def cmd_list(args) -> int:
     for e in entries:
         status = e.supervision if e.error is None else f"BROKEN: {e.error}"
         print(f"{e.name:<{width}}  {status:<12}  {e.target}")
+    print(_kernels_line())
     return 0
+
+
+def _kernels_line() -> str:
+    """Which compiled kernels run here: the CPU instruction-set level and CUDA."""
+    from pyanom import build_info
+
+    info = build_info()
+    if not info["native"]:
+        return f"kernels: pure PyTorch (compiled module not importable: {info['native_error']})"
+    cuda = f"CUDA {info['cuda_architectures']}" if info["cuda_compiled"] else "no CUDA"
+    return f"kernels: CPU {info['cpu_isa']} (built: {', '.join(info['cpu_isa_built'])}), {cuda}"
 
 
 def cmd_fit(args) -> int:
