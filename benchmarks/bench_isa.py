@@ -1,0 +1,96 @@
+"""The CPU kernels at every instruction-set level of the dispatching build (generic x86-64-v2,
+avx2 x86-64-v3, avx512 x86-64-v4: what the wheel loads on this machine) against a -march=native
+build of the same sources (the old default), in one process: the four ops and PatchCore predict.
+
+Build the native comparison first (the module lands in build/native, outside the package):
+
+    cmake -S . -B build/native -G Ninja -DSKBUILD=ON -DPYANOM_CPU_ARCH=native -DPYANOM_CUDA=OFF \
+        -Dpybind11_DIR=$(python3 -m pybind11 --cmakedir) && cmake --build build/native
+    python3 -P benchmarks/bench_isa.py build/native [rounds]
+
+Every round runs each case once per level, in turn, so that load changes on a shared machine hit
+all levels alike; the table gives the minimum over rounds and each level's ratio to native.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import pyanom
+from pyanom import _build
+from pyanom.data import open_dataset
+from pyanom.ops import concentrated_loss, greedy_coreset, knn_scores, self_attention
+
+
+def native_build(folder: str):
+    """The _C module of a single-level -march=native build, loaded beside the package's own."""
+    path = next(Path(folder).glob("_C.*.so"))
+    spec = importlib.util.spec_from_file_location("pyanom_native_build._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build_info()["cpu_isa"] == "native", f"{path} is not a -march=native build"
+    return module
+
+
+def cases():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(40_000, 1536, generator=gen) @ torch.randn(1536, 96, generator=gen)
+    features = features @ torch.randn(96, 1536, generator=gen) / 40  # low-rank, like patch features
+    queries, bank = torch.randn(2048, 1536, generator=gen), torch.randn(2140, 1536, generator=gen)
+    maps = torch.randn(4, 512, 28, 28, generator=gen)
+    logits = torch.randn(8, 232, 640, generator=gen)
+    target = (torch.rand(8, 232, 640, generator=gen) > 0.9).float()
+
+    def loss_step():
+        z = logits.clone().requires_grad_(True)
+        concentrated_loss(z, target, backend="native").backward()
+
+    root = os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    data = Path(root) / "mvtec" / "bottle"
+    det = pyanom.create("patchcore", coreset_ratio=0.01)
+    det.fit(open_dataset(data, "train").normal(), progress=False)
+    test = open_dataset(data, "test")
+    images = torch.stack([test[i]["image"] for i in range(8)])
+    return {
+        "greedy_coreset 40000x1536, k=400": lambda: greedy_coreset(features, 400, backend="native"),
+        "knn_scores 2048 x 2140 x 1536, k=9": lambda: knn_scores(queries, bank, 9, backend="native"),
+        "self_attention 4x512x28x28": lambda: self_attention(maps, backend="native"),
+        "concentrated_loss fwd+bwd 8x232x640": loss_step,
+        "PatchCore predict, 8 bottle images": lambda: det.predict(images, batch_size=8),
+    }
+
+
+def main(native_folder: str, rounds: int) -> None:
+    info = pyanom.build_info()
+    levels = {level: _build.kernels_for(level) for level in info["cpu_isa_built"]
+              if level in info["cpu_isa_supported"]}
+    levels["native"] = native_build(native_folder)
+    dispatched = info["cpu_isa"]
+    work = cases()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dispatched level: {dispatched}, "
+          f"{rounds} rounds, min seconds\n")
+    names = list(levels)
+    print("| case | " + " | ".join(names) + " | " + " | ".join(f"{n} / native" for n in names[:-1]) + " |")
+    print("|---" * (2 * len(names)) + "|")
+    for case, fn in work.items():
+        best = dict.fromkeys(levels, float("inf"))
+        for r in range(rounds + 1):  # round 0 warms up
+            for name, kernels in levels.items():
+                _build._KERNELS = kernels
+                start = time.perf_counter()
+                with torch.no_grad() if "loss" not in case else torch.enable_grad():
+                    fn()
+                if r:
+                    best[name] = min(best[name], time.perf_counter() - start)
+        ratios = " | ".join(f"{best[n] / best['native']:.3f}" for n in names[:-1])
+        print(f"| {case} | " + " | ".join(f"{best[n]:.4f}" for n in names) + f" | {ratios} |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5)
