@@ -7,6 +7,7 @@ twins and prints the level (used under qemu-user, where pytest over the whole su
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,16 @@ def test_environment_forces_a_level_and_rejects_a_bad_one():
     env["PYANOM_CPU_ISA"] = "sse4"
     done = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "PYANOM_CPU_ISA must be auto, generic, avx2 or avx512" in done.stderr
+
+
+def test_list_and_version_say_which_level_runs(capsys):
+    from pyanom.cli import main
+
+    level = build_info()["cpu_isa"]
+    assert main(["list"]) == 0
+    assert f"kernels: CPU {level} (built: " in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu_isa"] == level
 
 
 if __name__ == "__main__":
