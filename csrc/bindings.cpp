@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "channel_self_attention.h"
 #include "common.h"
 #include "cpu_isa.h"
 #include "kernels.h"
@@ -84,6 +85,18 @@ PYBIND11_MODULE(PYANOM_MODULE, m) {
         "softmax(X X^T / sqrt(C)) X over the positions of each contiguous [C, L] map.");
 #ifdef PYANOM_WITH_CUDA
   m.def("self_attention_cuda", &self_attention_cuda, py::arg("x"), py::arg("out"),
+        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "The same on CUDA buffers, launched on the given stream (cudaStream_t address).");
+#endif
+
+  // ---- channel_self_attention ----
+  m.def("channel_self_attention_cpu", &channel_self_attention_cpu, py::arg("x"), py::arg("out"),
+        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Per channel of each contiguous [C, L] map: softmax_j(x_i x_j) weighted mean of x_j.");
+#ifdef PYANOM_WITH_CUDA
+  m.def("channel_self_attention_cuda", &channel_self_attention_cuda, py::arg("x"), py::arg("out"),
         py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
         py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "The same on CUDA buffers, launched on the given stream (cudaStream_t address).");

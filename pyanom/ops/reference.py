@@ -89,6 +89,17 @@ def self_attention(x: torch.Tensor) -> torch.Tensor:
     return (weights @ tokens).transpose(1, 2).reshape(b, c, h, w)
 
 
+def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel self-attention over the H*W positions of each map (the SA-PatchCore authors'
+    released code, run.py): for every channel c, out_c[i] = sum_j softmax_j(x_c[i] x_c[j]) x_c[j],
+    no scaling. Returns [B, C, H, W]; holds the B x C x L x L logits.
+    """
+    b, c, h, w = x.shape
+    v = x.reshape(b, c, h * w, 1)
+    weights = torch.softmax(v @ v.transpose(2, 3), dim=-1)  # [B, C, L, L]
+    return (weights @ v).reshape(b, c, h, w)
+
+
 def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 0.5,
                       lam: float = 0.95, eps: float = 1e-6, detach_factor: bool = True) -> torch.Tensor:
     """Concentrated loss (Wang et al. 2022): mean over images of (1 - IoU)^gamma * (lam Dice + (1 - lam) BCE).
