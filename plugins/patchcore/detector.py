@@ -15,8 +15,10 @@ from pyanom.data import iterate_images
 from pyanom.detector import Detector
 from pyanom.features import create_backbone
 from pyanom.memory_bank import MODES, build_memory_bank
-from pyanom.ops import knn_scores
-from pyanom_plugins.patchcore.embedding import patch_embedding
+from pyanom.ops import greedy_coreset, knn_scores
+from pyanom_plugins.patchcore.embedding import channel_context, context_input, patch_embedding
+
+ATTENTIONS = ("channel", "spatial")
 
 
 @dataclass
@@ -60,9 +62,30 @@ class PatchCoreConfig:
 
 @dataclass
 class SAPatchCoreConfig(PatchCoreConfig):
-    """SA-PatchCore uses a 1% coreset, as in its paper."""
+    """SA-PatchCore uses a 1% coreset, as in its paper.
+
+    attention "channel": the authors' released code (per-channel softmax(x_i x_j) over positions)
+    on `attention_layer`, rectified, standardised per channel on the training images and scaled
+    by `attention_temperature`, appended to PatchCore's features with weight `attention_weight`.
+    "spatial": eq. 4 as printed (softmax(X X^T / sqrt(C)) X) in place of the stride-16 features.
+    """
 
     coreset_ratio: float = 0.01
+    attention: str = "channel"
+    attention_layer: str = "blocks.5"  # EfficientNet-Lite0's stride-32 stage (192 channels)
+    attention_temperature: float = 4.0
+    attention_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        if self.attention == "channel" and self.attention_layer in self.layers:
+            raise ValueError(f"attention_layer must differ from layers {tuple(self.layers)}, "
+                             f"got {self.attention_layer!r}")
+        for name in ("attention_temperature", "attention_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 class PatchCore(Detector):
@@ -72,7 +95,6 @@ class PatchCore(Detector):
     name = "patchcore"
     supervision = "unsupervised"
     Config = PatchCoreConfig
-    self_attend = False
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -90,11 +112,14 @@ class PatchCore(Detector):
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch features [B, h*w, D] and the grid size (h, w), config.batch_size images at a time."""
-        parts = [patch_embedding(self.backbone(chunk), tuple(self.config.layers), self_attend=self.self_attend)
-                 for chunk in images.split(self.config.batch_size)]
+        parts = [self._patch_features(self.backbone(chunk)) for chunk in images.split(self.config.batch_size)]
         emb = torch.cat(parts)
         b, d, h, w = emb.shape
         return emb.permute(0, 2, 3, 1).reshape(b, h * w, d), (h, w)
+
+    def _patch_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, D, h, w] patch features of one backbone pass."""
+        return patch_embedding(features, tuple(self.config.layers), self_attend=False)
 
     def use_ray(self, address: str | None = None, *, num_cpus: int | None = None) -> "PatchCore":
         """Fit on a Ray cluster (pyanom.distributed): shards' features and coreset picks on the
@@ -162,4 +187,59 @@ class SAPatchCore(PatchCore):
 
     name = "sa_patchcore"
     Config = SAPatchCoreConfig
-    self_attend = True
+    scale_images = 32  # training images the per-channel scale of the attention input is taken from
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.attention_scale: torch.Tensor | None = None
+
+    @property
+    def channel(self) -> bool:
+        return self.config.attention == "channel"
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            layers = tuple(self.config.layers) + ((self.config.attention_layer,) if self.channel else ())
+            self._backbone = create_backbone(self.config.backbone, layers=layers,
+                                             weights=self.config.weights, device=self.device)
+        return self._backbone
+
+    def _patch_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        if not self.channel:
+            return patch_embedding(features, tuple(cfg.layers), self_attend=True)
+        local = patch_embedding(features, tuple(cfg.layers), self_attend=False)
+        context = channel_context(features[cfg.attention_layer], self.attention_scale,
+                                  cfg.attention_temperature, local.shape[-2:])
+        return torch.cat([local, cfg.attention_weight * context], dim=1)
+
+    def _fit(self, train, progress: bool) -> None:
+        if self.channel:
+            self.attention_scale = self._channel_scale(train)
+        super()._fit(train, progress)
+
+    def _channel_scale(self, train) -> torch.Tensor:
+        """Per-channel standard deviation of the attention input over (up to scale_images) normal
+        images: Lite0's channels differ in spread by orders of magnitude, and the softmax of
+        x_i x_j is only informative where the products are of order 1 to 10."""
+        subset = [train[i]["image"] for i in range(min(len(train), self.scale_images))]
+        with torch.inference_mode():
+            maps = [context_input(self.backbone(torch.stack(subset[i:i + self.config.batch_size])
+                                                .to(self.device))[self.config.attention_layer])
+                    for i in range(0, len(subset), self.config.batch_size)]
+        spread = torch.cat(maps).std(dim=(0, 2, 3))
+        # Near-dead channels (spread 1e-5 on bottle) would blow a rare activation up to logits
+        # of 1e9: no channel counts as narrower than a tenth of the median one.
+        return spread.clamp_min(0.1 * float(spread.median().clamp_min(1e-12)))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super().state_tensors()
+        if self.channel:
+            tensors["attention_scale"] = self.attention_scale
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_tensors(tensors)
+        if self.channel:
+            self.attention_scale = tensors["attention_scale"].to(self.device, torch.float32)

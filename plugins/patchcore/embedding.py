@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyanom.ops import self_attention
+from pyanom.ops import channel_self_attention, self_attention
 
 
 def patch_embedding(features: dict[str, torch.Tensor], layers: tuple[str, str], *,
@@ -25,3 +25,22 @@ def patch_embedding(features: dict[str, torch.Tensor], layers: tuple[str, str], 
         coarse = F.avg_pool2d(coarse, 3, stride=1, padding=1)
     coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
     return torch.cat([fine, coarse], dim=1)
+
+
+def context_input(feature: torch.Tensor) -> torch.Tensor:
+    """What the channel attention reads: the 3x3 max-pooled map, rectified (the authors' WRN-50
+    layer 3 is post-ReLU; a Lite0 block output is signed, and a negative value would make its
+    patch attend to the channel's minimum)."""
+    return F.relu(F.max_pool2d(feature, 3, stride=1, padding=1))
+
+
+def channel_context(feature: torch.Tensor, scale: torch.Tensor, temperature: float,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """[B, C, *size]: per-channel self-attention (the authors' released form) of the pooled map,
+    each channel divided by its spread over normal images (`scale`, [C]) and multiplied by
+    `temperature`. A patch near 0 in a channel gets that channel's mean over the image, a high
+    one its maximum: every patch carries what the whole part holds (how many nuts, not where).
+    """
+    z = context_input(feature) * (temperature / scale).view(1, -1, 1, 1)
+    context = channel_self_attention(z)
+    return F.interpolate(context, size=size, mode="bilinear", align_corners=False)

@@ -5,8 +5,8 @@ Two kinds, both written in the MVTec AD layout with pixel masks:
 * "texture": a surface (brushed metal, woven fabric or grainy leather-like material) whose
   every image varies in lighting, grain and orientation; defects are "scratch" (thin curved
   lines), "spot" (irregular blobs, darker or lighter) and "crack" (branching random walks).
-* "cooccurrence": a threaded rod with a brass nut on exactly one end (either end, with position
-  and angle jitter) is good. "both_nuts" and "no_nut" are defects made only of normal-looking
+* "cooccurrence": a threaded rod with a brass nut on exactly one end is good; the pose (any
+  angle in the plane, position) and the lighting (level, gradient, hot spot) are random. "both_nuts" and "no_nut" are defects made only of normal-looking
   parts: every patch of them occurs in good images, only their arrangement is wrong. Their mask
   covers both nut seats (the arrangement is wrong, neither end alone). "local" defects (a spot
   or a scratch on the rod, one nut) are ordinary local anomalies, so a detector's accuracy on
@@ -201,14 +201,14 @@ def _crack(rng, size):
 def _cooccurrence_image(rng: np.random.Generator, size: int, defect: str) -> tuple[np.ndarray, np.ndarray]:
     s = size
     y, x = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
-    centre = s / 2 + rng.uniform(-0.05, 0.05, 2) * s
-    angle = np.deg2rad(rng.uniform(-20, 20))
+    centre = s / 2 + rng.uniform(-0.06, 0.06, 2) * s
+    angle = rng.uniform(0, 2 * np.pi)  # any pose: which end holds the nut says nothing by itself
     half_len, radius = rng.uniform(0.36, 0.40) * s, rng.uniform(0.042, 0.048) * s
     u = (x - centre[0]) * np.cos(angle) + (y - centre[1]) * np.sin(angle)
     v = -(x - centre[0]) * np.sin(angle) + (y - centre[1]) * np.cos(angle)
 
     background = 0.27 + 0.02 * _unit(ndimage.gaussian_filter(rng.standard_normal((s, s)), 0.8))
-    background = background * _lighting(rng, s, 0.12)
+    background = background * _lighting(rng, s, rng.uniform(0.06, 0.18))
 
     rod_dist = np.hypot(np.maximum(np.abs(u) - half_len, 0), v) - radius
     rod_alpha = np.clip(0.5 - rod_dist, 0, 1)
@@ -258,7 +258,7 @@ def _cooccurrence_image(rng: np.random.Generator, size: int, defect: str) -> tup
             image = image * (1 - alpha[..., None] * (1 - np.array([0.45, 0.28, 0.15])))
         else:
             image = np.clip(image + rng.choice([-1, 1]) * rng.uniform(0.3, 0.45) * alpha[..., None], 0, 1)
-    return image, mask
+    return np.clip(image * rng.uniform(0.8, 1.15), 0, 1), mask  # the light's level
 
 
 def _nut(du, v, half, radius, turn):
