@@ -160,8 +160,13 @@ class PatchCore(Detector):
         image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
             image_scores = image_scores * self._reweight(queries, nearest[:, 0], worst, n_patches)
-        maps = upsample_scores(patch_scores.reshape(b, h, w), images.shape[-2:], self.config.blur_sigma)
+        map_scores = self._map_scores(queries, nearest[:, 0], dist[:, 0]).reshape(b, h, w)
+        maps = upsample_scores(map_scores, images.shape[-2:], self.config.blur_sigma)
         return image_scores, maps
+
+    def _map_scores(self, queries, nearest, distances) -> torch.Tensor:
+        """What the anomaly map shows per patch: its distance to its nearest memory entry."""
+        return distances
 
     def _reweight(self, queries, nearest, worst, n_patches) -> torch.Tensor:
         """PatchCore eq. 7: w = 1 - softmax over the distances from the worst test patch to its
@@ -213,6 +218,15 @@ class SAPatchCore(PatchCore):
         context = channel_context(features[cfg.attention_layer], self.attention_scale,
                                   cfg.attention_temperature, local.shape[-2:])
         return torch.cat([local, cfg.attention_weight * context], dim=1)
+
+    def _map_scores(self, queries, nearest, distances) -> torch.Tensor:
+        """With channel attention, the distance over the local features alone (to the same
+        nearest entry): the context is shared by every patch of an image, so it says whether
+        the part is wrong, not where; in the map it would only shift whole images."""
+        if not self.channel:
+            return distances
+        local = queries.shape[1] - self.backbone.channels[self.config.attention_layer]
+        return torch.linalg.vector_norm(queries[:, :local] - self.memory_bank[nearest, :local], dim=1)
 
     def _fit(self, train, progress: bool) -> None:
         if self.channel:
