@@ -7,7 +7,7 @@ second nut the good part's nut). Image AUROC per subset (each subset's defects a
 good test images), for each seed of the set, one coreset ratio for every detector:
 
     python3 -P benchmarks/cooccurrence.py [--seeds 0 1 2] [--ratio 0.01] [--out /tmp/cooc]
-        [--set attention_temperature=8 --set attention_weight=0.5]   # sa_patchcore trials
+        [--rows channel --set attention_weight=2]   # sa_patchcore trials
 
 --set passes a hyper-parameter to the sa_patchcore (channel) row; the spatial row is eq. 4.
 """
@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratio", type=float, default=0.01, help="coreset ratio of every detector")
     parser.add_argument("--out", type=Path, default=Path("/tmp/pyanom-cooccurrence"))
+    parser.add_argument("--rows", nargs="+", default=["patchcore", "channel", "spatial"],
+                        help="which of patchcore, channel (sa_patchcore), spatial (sa_patchcore) to run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="sa_patchcore hyper-parameter (JSON value), repeatable")
     args = parser.parse_args()
@@ -47,6 +49,7 @@ def main() -> None:
     rows = {"patchcore": ("patchcore", {}),
             "sa_patchcore channel": ("sa_patchcore", {"attention": "channel", **overrides}),
             "sa_patchcore spatial": ("sa_patchcore", {"attention": "spatial"})}
+    rows = {name: row for name, row in rows.items() if name.split()[-1] in args.rows}
     results = {name: [] for name in rows}
     for seed in args.seeds:
         root = args.out / f"seed{seed}"

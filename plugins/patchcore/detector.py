@@ -66,7 +66,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
 
     attention "channel": the authors' released code (per-channel softmax(x_i x_j) over positions)
     on `attention_layer`, rectified, standardised per channel on the training images and scaled
-    by `attention_temperature`, appended to PatchCore's features with weight `attention_weight`.
+    by `attention_temperature`, with a memory of its own (a `context_coreset_ratio` coreset); its
+    1-NN distance, times `attention_weight`, is added to PatchCore's image score.
     "spatial": eq. 4 as printed (softmax(X X^T / sqrt(C)) X) in place of the stride-16 features.
     """
 
@@ -74,7 +75,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
     attention: str = "channel"
     attention_layer: str = "blocks.5"  # EfficientNet-Lite0's stride-32 stage (192 channels)
     attention_temperature: float = 4.0
-    attention_weight: float = 1.0
+    attention_weight: float = 2.0
+    context_coreset_ratio: float = 1.0  # h*w contexts per image at stride 32: few enough to keep all
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,6 +88,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
         for name in ("attention_temperature", "attention_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.context_coreset_ratio <= 1:
+            raise ValueError(f"context_coreset_ratio must be in (0, 1], got {self.context_coreset_ratio}")
 
 
 class PatchCore(Detector):
@@ -160,13 +164,8 @@ class PatchCore(Detector):
         image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
             image_scores = image_scores * self._reweight(queries, nearest[:, 0], worst, n_patches)
-        map_scores = self._map_scores(queries, nearest[:, 0], dist[:, 0]).reshape(b, h, w)
-        maps = upsample_scores(map_scores, images.shape[-2:], self.config.blur_sigma)
+        maps = upsample_scores(patch_scores.reshape(b, h, w), images.shape[-2:], self.config.blur_sigma)
         return image_scores, maps
-
-    def _map_scores(self, queries, nearest, distances) -> torch.Tensor:
-        """What the anomaly map shows per patch: its distance to its nearest memory entry."""
-        return distances
 
     def _reweight(self, queries, nearest, worst, n_patches) -> torch.Tensor:
         """PatchCore eq. 7: w = 1 - softmax over the distances from the worst test patch to its
@@ -187,8 +186,15 @@ class PatchCore(Detector):
 
 
 class SAPatchCore(PatchCore):
-    """SA-PatchCore (Ishida et al., IEEE Access 2023): PatchCore whose stride-16 features pass
-    through parameter-free self-attention, to catch anomalies of arrangement (co-occurrence)."""
+    """SA-PatchCore (Ishida et al., IEEE Access 2023): PatchCore plus parameter-free self-attention
+    over the whole image, to catch anomalies of arrangement (co-occurrence).
+
+    attention="channel": the attended map (the context) gets its own memory (`context_bank`,
+    a greedy coreset of the training contexts at `context_coreset_ratio`) and its own 1-NN
+    distance; the image score is PatchCore's plus attention_weight times the largest context
+    distance, and the anomaly map is PatchCore's: the context is much the same for every patch
+    of an image, so it tells whether the part is wrong, not where.
+    """
 
     name = "sa_patchcore"
     Config = SAPatchCoreConfig
@@ -197,6 +203,8 @@ class SAPatchCore(PatchCore):
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self.attention_scale: torch.Tensor | None = None
+        self.context_bank: torch.Tensor | None = None
+        self._contexts: list[torch.Tensor] = []  # of the backbone passes since the last reset
 
     @property
     def channel(self) -> bool:
@@ -211,27 +219,40 @@ class SAPatchCore(PatchCore):
         return self._backbone
 
     def _patch_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """PatchCore's features (spatial: eq. 4 in place of the stride-16 average); the channel
+        context of the same pass is kept aside for `_take_contexts`."""
         cfg = self.config
-        if not self.channel:
-            return patch_embedding(features, tuple(cfg.layers), self_attend=True)
-        local = patch_embedding(features, tuple(cfg.layers), self_attend=False)
-        context = channel_context(features[cfg.attention_layer], self.attention_scale,
-                                  cfg.attention_temperature, local.shape[-2:])
-        return torch.cat([local, cfg.attention_weight * context], dim=1)
+        if self.channel:
+            self._contexts.append(channel_context(features[cfg.attention_layer], self.attention_scale,
+                                                  cfg.attention_temperature))
+        return patch_embedding(features, tuple(cfg.layers), self_attend=not self.channel)
 
-    def _map_scores(self, queries, nearest, distances) -> torch.Tensor:
-        """With channel attention, the distance over the local features alone (to the same
-        nearest entry): the context is shared by every patch of an image, so it says whether
-        the part is wrong, not where; in the map it would only shift whole images."""
-        if not self.channel:
-            return distances
-        local = queries.shape[1] - self.backbone.channels[self.config.attention_layer]
-        return torch.linalg.vector_norm(queries[:, :local] - self.memory_bank[nearest, :local], dim=1)
+    def _take_contexts(self) -> torch.Tensor:
+        """The contexts collected since the last call, as rows [N * h * w, C]."""
+        contexts, self._contexts = torch.cat(self._contexts), []
+        return contexts.permute(0, 2, 3, 1).reshape(-1, contexts.shape[1]).contiguous()
 
     def _fit(self, train, progress: bool) -> None:
-        if self.channel:
-            self.attention_scale = self._channel_scale(train)
+        if not self.channel:
+            return super()._fit(train, progress)
+        self.attention_scale = self._channel_scale(train)
+        self._contexts = []
         super()._fit(train, progress)
+        rows = self._take_contexts()
+        k = max(1, math.ceil(self.config.context_coreset_ratio * len(rows)))
+        chosen = greedy_coreset(rows, k, projection_dim=self.config.projection_dim, seed=self.config.seed)
+        self.context_bank = rows[chosen].contiguous()
+
+    def _score(self, images: torch.Tensor):
+        if not self.channel:
+            return super()._score(images)
+        if self.context_bank is None:
+            raise RuntimeError(f"{self.name}: not fitted")
+        self._contexts = []
+        image_scores, maps = super()._score(images)
+        dist, _ = knn_scores(self._take_contexts(), self.context_bank, 1)
+        context_scores = dist[:, 0].reshape(len(images), -1).amax(dim=1)
+        return image_scores + self.config.attention_weight * context_scores, maps
 
     def _channel_scale(self, train) -> torch.Tensor:
         """Per-channel standard deviation of the attention input over (up to scale_images) normal
@@ -250,10 +271,11 @@ class SAPatchCore(PatchCore):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().state_tensors()
         if self.channel:
-            tensors["attention_scale"] = self.attention_scale
+            tensors.update(attention_scale=self.attention_scale, context_bank=self.context_bank)
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_state_tensors(tensors)
         if self.channel:
             self.attention_scale = tensors["attention_scale"].to(self.device, torch.float32)
+            self.context_bank = tensors["context_bank"].to(self.device, torch.float32).contiguous()

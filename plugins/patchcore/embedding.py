@@ -34,13 +34,12 @@ def context_input(feature: torch.Tensor) -> torch.Tensor:
     return F.relu(F.max_pool2d(feature, 3, stride=1, padding=1))
 
 
-def channel_context(feature: torch.Tensor, scale: torch.Tensor, temperature: float,
-                    size: tuple[int, int]) -> torch.Tensor:
-    """[B, C, *size]: per-channel self-attention (the authors' released form) of the pooled map,
-    each channel divided by its spread over normal images (`scale`, [C]) and multiplied by
-    `temperature`. A patch near 0 in a channel gets that channel's mean over the image, a high
-    one its maximum: every patch carries what the whole part holds (how many nuts, not where).
+def channel_context(feature: torch.Tensor, scale: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[B, C, h, w] at the feature's own grid: per-channel self-attention (the authors' released
+    form) of the pooled map, each channel divided by its spread over normal images (`scale`, [C])
+    and multiplied by `temperature`. A patch near 0 in a channel gets that channel's mean over
+    the image, a high one its maximum: every patch carries what the whole part holds (how many
+    nuts, not where).
     """
     z = context_input(feature) * (temperature / scale).view(1, -1, 1, 1)
-    context = channel_self_attention(z)
-    return F.interpolate(context, size=size, mode="bilinear", align_corners=False)
+    return channel_self_attention(z)

@@ -17,9 +17,11 @@ def fitted(texture_set):
     return det
 
 
-def test_channel_is_the_default_and_appends_the_context(fitted):
+def test_channel_is_the_default_with_a_context_memory(fitted):
     assert fitted.config.attention == "channel"
-    assert fitted.memory_bank.shape[1] == 40 + 112 + 192  # Lite0 stride 8, 16, and blocks.5 attended
+    assert fitted.memory_bank.shape[1] == 40 + 112  # PatchCore's own memory
+    n_contexts = 4 * 4 * (24 - 2)  # 128 px -> Lite0 blocks.5 at 4x4; 10% of 24 images held out
+    assert fitted.context_bank.shape == (n_contexts, 192)  # all of them (context_coreset_ratio 1)
     scale = fitted.attention_scale
     assert scale.shape == (192,) and bool((scale > 0).all())
     assert float(scale.min()) >= 0.1 * float(scale.median()) * (1 - 1e-6)  # the floor on dead channels
@@ -33,13 +35,20 @@ def test_channel_scores_local_defects(fitted, texture_set):
     assert report["pixel_auroc"] >= 0.85
 
 
-def test_map_ignores_the_context_columns(fitted):
-    """The context is shared by an image's patches: the map shows the local distance only."""
-    queries = fitted.memory_bank[:5].clone()
-    queries[:, 152:] += 100.0
-    nearest = torch.arange(5)
-    local = fitted._map_scores(queries, nearest, torch.full((5,), 7.0))
-    torch.testing.assert_close(local, torch.zeros(5))
+def test_score_is_patchcore_plus_weighted_context_distance(fitted, texture_set):
+    """Same memory: the map is PatchCore's, the image score PatchCore's plus w * max context distance."""
+    images = torch.stack([open_dataset(texture_set, "test", image_size=128)[i]["image"] for i in range(3)])
+    plain = pyanom.create("patchcore", image_size=128)
+    plain.memory_bank = fitted.memory_bank
+    ours, theirs = fitted._score(images), plain._score(images)
+    torch.testing.assert_close(ours[1], theirs[1])
+    heavier = pyanom.create("sa_patchcore", image_size=128, attention_weight=3.0)
+    for name in ("memory_bank", "context_bank", "attention_scale"):
+        setattr(heavier, name, getattr(fitted, name))
+    context = ours[0] - theirs[0]
+    assert bool((context > 0).all())
+    expected = 3 / fitted.config.attention_weight * context
+    torch.testing.assert_close(heavier._score(images)[0] - theirs[0], expected, rtol=1e-4, atol=1e-3)
 
 
 def test_save_load_keeps_the_scale(fitted, texture_set, tmp_path):
@@ -47,6 +56,7 @@ def test_save_load_keeps_the_scale(fitted, texture_set, tmp_path):
     loaded = pyanom.load(fitted.save(tmp_path / "sa.pyanom"))
     assert loaded.config.attention == "channel"
     torch.testing.assert_close(loaded.attention_scale, fitted.attention_scale)
+    torch.testing.assert_close(loaded.context_bank, fitted.context_bank)
     a, b = fitted.predict(test), loaded.predict(test)
     torch.testing.assert_close(a.image_scores, b.image_scores)
     torch.testing.assert_close(a.anomaly_maps, b.anomaly_maps)
@@ -56,7 +66,7 @@ def test_spatial_keeps_patchcore_width(texture_set):
     det = pyanom.create("sa_patchcore", image_size=128, coreset_ratio=0.1, attention="spatial")
     det.fit(open_dataset(texture_set, "train", image_size=128).normal(), progress=False)
     assert det.memory_bank.shape[1] == 40 + 112 and det.attention_scale is None
-    assert "attention_scale" not in det.state_tensors()
+    assert set(det.state_tensors()) == {"memory_bank"}
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -64,6 +74,7 @@ def test_spatial_keeps_patchcore_width(texture_set):
     ({"attention_layer": "stride16"}, "attention_layer must differ from layers"),
     ({"attention_temperature": 0}, "attention_temperature must be > 0"),
     ({"attention_weight": -1.0}, "attention_weight must be > 0"),
+    ({"context_coreset_ratio": 0}, "context_coreset_ratio must be in"),
 ])
 def test_bad_attention_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
