@@ -235,6 +235,9 @@ class SAPatchCore(PatchCore):
     def _fit(self, train, progress: bool) -> None:
         if not self.channel:
             return super()._fit(train, progress)
+        if self._ray is not None:
+            raise NotImplementedError("sa_patchcore: attention='channel' cannot fit on Ray yet "
+                                      "(its context memory is built here); fit without use_ray")
         self.attention_scale = self._channel_scale(train)
         self._contexts = []
         super()._fit(train, progress)
