@@ -8,8 +8,26 @@
 
 __version__ = "0.1.0"
 
-from pyanom._build import build_info
-from pyanom.detector import Detector, Prediction
-from pyanom.registry import create, list_detectors, load
+import importlib
+
+# Imported on first use (PEP 562): `import pyanom.export.runtime` and `pyanom.cli` must work on
+# a line PC without PyTorch, which the detector modules need.
+_MODULE_OF = {"build_info": "pyanom._build", "Detector": "pyanom.detector", "Prediction": "pyanom.detector",
+              "create": "pyanom.registry", "list_detectors": "pyanom.registry", "load": "pyanom.registry"}
 
 __all__ = ["__version__", "build_info", "Detector", "Prediction", "create", "load", "list_detectors"]
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
+    try:  # pyanom.data, pyanom.ops, ...: the subpackages eager imports used to load
+        return importlib.import_module(f"pyanom.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"pyanom.{name}":
+            raise
+    raise AttributeError(f"module 'pyanom' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

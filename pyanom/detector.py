@@ -95,6 +95,19 @@ class Detector(abc.ABC):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what state_tensors returned."""
 
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        """Optional export hook (pyanom.export): the fitted inference as one traceable module
+        mapping float images [B, 3, S, S] in [0, 1] to (image_scores [B], anomaly_maps [B, S, S]
+        or None), or to (image_scores, anomaly_maps or None, labels [B] bool) for a detector
+        that decides labels otherwise than image_scores >= threshold. Plain torch operations
+        only (no pyanom.ops custom ops, no data-dependent Python branches); learned tensors
+        become constants of the graph; a search against them compares at most `knn_chunk` rows
+        at once (None: pyanom.export.graph.DEFAULT_KNN_CHUNK). A detector that does not override
+        it cannot be exported.
+        """
+        raise NotImplementedError(f"{type(self).__module__}.{type(self).__qualname__} has no export hook: "
+                                  "it must override Detector.export_module to be exported")
+
     # -- the contract -----------------------------------------------------------
     @property
     def image_size(self) -> int:

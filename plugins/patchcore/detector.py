@@ -178,6 +178,12 @@ class PatchCore(Detector):
         dist = torch.linalg.vector_norm(test[:, None, :] - self.memory_bank[support], dim=-1)
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom.export.graph import DEFAULT_KNN_CHUNK
+        from pyanom_plugins.patchcore.export import PatchCoreGraph
+
+        return PatchCoreGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"memory_bank": self.memory_bank}
 

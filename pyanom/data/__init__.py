@@ -5,15 +5,28 @@
     item = test[0]   # dict(image [3,256,256] in [0,1], mask [1,256,256], label, defect_type, path)
 """
 
-from pyanom.data.batches import iterate_images
-from pyanom.data.dataset import ImageList, InspectionSet, check_samples, open_dataset, open_images, stratified_split
-from pyanom.data.files import IMAGE_EXTENSIONS, find_images
-from pyanom.data.layouts import LAYOUTS, Sample, detect_layout, read_layout
-from pyanom.data.synthetic import make_inspection_set
-from pyanom.data.transforms import Preprocess
+import importlib
 
-__all__ = [
-    "IMAGE_EXTENSIONS", "LAYOUTS", "ImageList", "InspectionSet", "Preprocess", "Sample", "check_samples",
-    "detect_layout", "find_images", "iterate_images", "make_inspection_set", "open_dataset", "open_images", "read_layout",
-    "stratified_split",
-]
+# Imported on first use (PEP 562), so that pyanom.data.files, which the torch-free runtime of
+# exported models reads images with, can be imported without PyTorch.
+_WHERE = {
+    "batches": ("iterate_images",),
+    "dataset": ("ImageList", "InspectionSet", "check_samples", "open_dataset", "open_images", "stratified_split"),
+    "files": ("IMAGE_EXTENSIONS", "find_images"),
+    "layouts": ("LAYOUTS", "Sample", "detect_layout", "read_layout"),
+    "synthetic": ("make_inspection_set",),
+    "transforms": ("Preprocess",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"pyanom.data.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'pyanom.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -104,6 +104,12 @@ class Backbone(nn.Module):
             maps = self.network.features(self._normalise(images), set(self._taps.values()))
         return {layer: maps[tap] for layer, tap in self._taps.items()}
 
+    def traceable(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """forward without the input checks (data-dependent branches) and inference mode,
+        so torch.export can trace it into an exported graph (pyanom.export)."""
+        maps = self.network.features((images - self.mean) / self.std, set(self._taps.values()))
+        return {layer: maps[tap] for layer, tap in self._taps.items()}
+
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits [B, 1000] from the network's own head: proves the weights are right."""
         with torch.inference_mode():

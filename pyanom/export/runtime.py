@@ -1,0 +1,145 @@
+"""Running an exported model folder with onnxruntime or OpenVINO: numpy and Pillow only, no
+PyTorch (install `pyanom[onnx]` or `pyanom[openvino]` on the line PC).
+
+    model = pyanom.export.runtime.load("bottle-onnx/")
+    pred = model.predict_files(["a.png", "b.png"])   # image_scores, anomaly_maps, labels (numpy)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from pyanom.data.files import find_images, read_image
+
+MANIFEST = "pyanom-export.json"
+FORMAT_VERSION = 1
+FORMATS = ("onnx", "openvino")
+MODEL_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
+BACKENDS = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",)}
+
+
+@dataclass
+class RuntimePrediction:
+    """Prediction of an exported model, as numpy arrays (see pyanom.Prediction)."""
+
+    image_scores: np.ndarray  # [B] float32
+    anomaly_maps: Optional[np.ndarray]  # [B, H, W] float32, or None
+    labels: np.ndarray  # [B] bool
+
+
+def is_exported(path) -> bool:
+    """Whether `path` is a folder written by pyanom.export."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load(folder, *, backend: str | None = None, threads: int | None = None) -> "ExportedModel":
+    """An exported model folder, ready to predict (see ExportedModel)."""
+    return ExportedModel(folder, backend=backend, threads=threads)
+
+
+class ExportedModel:
+    """An exported model folder run by onnxruntime (ONNX export, the default) or OpenVINO (either
+    export). threads: CPU threads of the runtime (default: the runtime's own choice)."""
+
+    def __init__(self, folder, *, backend: str | None = None, threads: int | None = None):
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not an exported model: {MANIFEST} is missing "
+                                    "(write one with `pyanom export`)")
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is corrupt: {err}") from None
+        if manifest.get("format") != "pyanom-export" or manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: export format {manifest.get('format_version')!r} written by pyanom "
+                             f"{manifest.get('pyanom_version', '?')}; this reader reads format {FORMAT_VERSION}. "
+                             "Export the model again with this pyanom version.")
+        self.folder, self.manifest = folder, manifest
+        fmt = manifest["model_format"]
+        backend = backend or BACKENDS[fmt][0]
+        if backend not in BACKENDS[fmt]:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS[fmt])} for a {fmt} export, got {backend!r}")
+        for name in manifest["files"]:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} is missing: copy the whole exported folder")
+        self.backend = backend
+        self.detector: str = manifest["detector"]
+        self.threshold: float = manifest["threshold"]
+        self.image_size: tuple[int, int] = tuple(manifest["image_size"])
+        self.outputs: list[str] = manifest["outputs"]
+        self._run = (_onnxruntime if backend == "onnxruntime" else _openvino)(folder / manifest["files"][0], threads)
+
+    def predict(self, images: np.ndarray, *, batch_size: int = 32) -> RuntimePrediction:
+        """Score float images [B, 3, H, W] in [0, 1] at the model's size, batch_size at a time."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
+            raise ValueError(f"images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
+                             f"got {images.shape}")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        parts = [self._run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.outputs)}
+        return RuntimePrediction(out["image_scores"], out.get("anomaly_maps"), out["labels"].astype(bool))
+
+    def read(self, paths: Sequence) -> np.ndarray:
+        """Image files as float32 [B, 3, H, W] in [0, 1], resized as pyanom resizes (PIL bilinear)."""
+        h, w = self.image_size
+        out = np.empty((len(paths), 3, h, w), np.float32)
+        for i, path in enumerate(paths):
+            img = read_image(Path(path))
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / np.float32(255)
+        return out
+
+    def predict_files(self, paths: Sequence, *, batch_size: int = 32) -> RuntimePrediction:
+        """Score image files (and folders of images), decoding batch_size at a time."""
+        paths = find_images(*paths)
+        parts = [self.predict(self.read(paths[i:i + batch_size]), batch_size=batch_size)
+                 for i in range(0, len(paths), batch_size)]
+        maps = None if parts[0].anomaly_maps is None else np.concatenate([p.anomaly_maps for p in parts])
+        return RuntimePrediction(np.concatenate([p.image_scores for p in parts]), maps,
+                                 np.concatenate([p.labels for p in parts]))
+
+
+def _missing(package: str, extra: str) -> ImportError:
+    return ImportError(f"running this exported model needs {package}: pip install 'pyanom[{extra}]'")
+
+
+def _onnxruntime(path: Path, threads: int | None):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise _missing("onnxruntime", "onnx") from None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})
+
+
+def _openvino(path: Path, threads: int | None):
+    try:
+        import openvino
+    except ImportError:
+        raise _missing("openvino", "openvino") from None
+    config = {"INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16 on CPUs that have it
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = openvino.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(images):
+        result = request.infer({0: images})
+        return [np.array(result[out]) for out in compiled.outputs]
+
+    return run
