@@ -128,6 +128,13 @@ class ReconstructionDetector(Detector):
         """Per-pixel error [B, h, w] -> anomaly maps at the input size (bilinear, then smoothed)."""
         return upsample_scores(error, size, float(self.config.blur_sigma))
 
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom.export.graph import ScoreGraph
+
+        if self.networks is None:
+            raise RuntimeError(f"{self.name}: not fitted")
+        return ScoreGraph(self._score, self.networks)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.networks is None:
             raise RuntimeError(f"{self.name}: not fitted")
@@ -263,6 +270,20 @@ class FAnoGAN(ReconstructionDetector):
         residual = (x - rebuilt).pow(2)
         features = (critic.features(x) - critic.features(rebuilt)).pow(2).mean(1)
         return residual.flatten(1).mean(1) + self.config.kappa * features, residual.mean(1)
+
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom.export.graph import AntialiasedResize, ScoreGraph
+
+        if self.networks is None:
+            raise RuntimeError(f"{self.name}: not fitted")
+        cfg = self.config
+        resize = AntialiasedResize(cfg.image_size, cfg.gan_size)
+
+        def score(images):  # _score with the resize as constant matrices (at gan_size, only normalises)
+            scores, residual = self._izif(to_model_space(resize(images), cfg.gan_size))
+            return scores, self._maps(residual, images.shape[-2:])
+
+        return ScoreGraph(score, {**self.networks, "resize": resize})
 
     def _score(self, images: torch.Tensor):
         if self.networks is None:

@@ -193,6 +193,11 @@ class SegDec(Detector):
         decision = self.decision(*decision_inputs(logits, features))
         return torch.sigmoid(decision), torch.sigmoid(logits[:, 0])
 
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom.export.graph import ScoreGraph
+
+        return ScoreGraph(self._score, {"segmentation": self.segmentation, "decision": self.decision})
+
     # -- persistence ----------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**module_tensors("segmentation", self.segmentation), **module_tensors("decision", self.decision),

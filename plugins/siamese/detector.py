@@ -208,6 +208,12 @@ class Siamese(Detector):
             attention = self.network(images.to(self.device, torch.float32))["attention"]
         return F.interpolate(attention, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0].cpu()
 
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom.export.graph import DEFAULT_KNN_CHUNK
+        from pyanom_plugins.siamese.export import SiameseGraph
+
+        return SiameseGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
+
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**module_tensors("network", self.network), "train_embeddings": self.train_embeddings,

@@ -59,3 +59,34 @@ class LabelledGraph(nn.Module):
         scores, maps = out[0], out[1]
         labels = out[2] if len(out) > 2 else scores >= self.threshold
         return (scores, labels) if maps is None else (scores, maps, labels)
+
+
+class ScoreGraph(nn.Module):
+    """A detector whose `_score` is already plain torch (networks, no custom ops, no
+    data-dependent branches) as an export module: `score` is traced as it is, with `networks`
+    registered so their weights become the graph's initializers."""
+
+    def __init__(self, score, networks: dict[str, nn.Module]):
+        super().__init__()
+        self.networks = nn.ModuleDict(networks)
+        self.score = score
+
+    def forward(self, images: torch.Tensor):
+        return self.score(images)
+
+
+class AntialiasedResize(nn.Module):
+    """F.interpolate(mode="bilinear", antialias=True, align_corners=False) from size x size to
+    out x out as two constant matrices (rows @ image @ cols^T): the resize is linear and
+    separable, and the ONNX exporter has no antialiased Resize."""
+
+    def __init__(self, size: int, out: int):
+        super().__init__()
+        # Resizing the identity along its height only gives the matrix: column j is R e_j.
+        eye = torch.eye(size, dtype=torch.float64)[None, None]
+        matrix = torch.nn.functional.interpolate(eye, size=(out, size), mode="bilinear", align_corners=False,
+                                                 antialias=True)[0, 0].float()  # [out, size]
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ images @ self.matrix.T
