@@ -24,6 +24,7 @@ examples:
   pyanom evaluate bottle.pyanom data/mvtec/bottle --json metrics.json --heatmaps heatmaps/
   pyanom predict bottle.pyanom new_images/ --out results/   # sub-folders too; --no-recursive to stop
   pyanom info patchcore                       # a detector's settings, defaults and help
+  pyanom export bottle.pyanom --format onnx --out bottle-onnx/   # then: pyanom predict bottle-onnx/ ...
 
 exit status: 0 done; 1 predict finished but some images could not be read (see scores.csv);
 2 nothing done (bad argument, input or output: the message names it; --debug for a traceback).
@@ -322,14 +323,61 @@ def _score_readable(det, paths: list) -> tuple[dict, list, object]:
     return errors, good, pred
 
 
+def _score_exported(model, paths: list) -> tuple[dict, list, object]:
+    """_score_readable for an exported model folder (onnxruntime or OpenVINO, no torch)."""
+    from pyanom.data.files import checked_size
+
+    errors = {}
+    for path in paths:
+        try:
+            checked_size(path)
+        except (ValueError, OSError) as err:
+            errors[path] = str(err)
+    parts, good = [], []
+    readable = [p for p in paths if p not in errors]
+    for i in range(0, len(readable), 32):
+        chunk = readable[i:i + 32]
+        try:
+            parts.append(model.predict(model.read(chunk)))
+            good += chunk
+        except (ValueError, OSError):  # a file that passed the check but fails to decode: one by one
+            for path in chunk:
+                try:
+                    parts.append(model.predict(model.read([path])))
+                    good.append(path)
+                except (ValueError, OSError) as err:
+                    errors[path] = f"{path}: {err}"
+    return errors, good, model.concatenate(parts) if parts else None
+
+
+class _ExportedImages:
+    """Image files as an exported model's runtime reads them, indexed like an ImageList (heatmaps)."""
+
+    def __init__(self, model, paths):
+        self.model, self.paths = model, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.model.read([self.paths[i]])[0], "path": str(self.paths[i])}
+
+
 def cmd_predict(args) -> int:
-    import pyanom
-    from pyanom.data import ImageList, find_images
+    from pyanom.data.files import find_images
+    from pyanom.export.runtime import is_exported, load
     from pyanom.outputs import OutputFolder, atomic_path, common_root, output_name
 
     if args.ray is not None:
         return _predict_on_ray(args)
-    det = pyanom.load(args.model, device=_device(args.device))
+    exported = is_exported(args.model)  # a folder from `pyanom export`: scored without torch
+    if exported:
+        det = load(args.model, backend=args.runtime)
+    else:
+        import pyanom
+        from pyanom.data import ImageList
+
+        det = pyanom.load(args.model, device=_device(args.device))
     out_dir = args.out.resolve()  # never score our own earlier outputs as inputs
     paths = [p for p in find_images(*args.images, recursive=args.recursive)
              if out_dir not in p.resolve().parents]
@@ -338,8 +386,8 @@ def cmd_predict(args) -> int:
     root = common_root(paths)
     names = {p: output_name(p, root) for p in paths}
     out = OutputFolder(args.out).start(["scores.csv"] + [Path("heatmaps") / n for n in names.values()])
-    errors, good, pred = _score_readable(det, paths)
-    if good:
+    errors, good, pred = (_score_exported if exported else _score_readable)(det, paths)
+    if good and not exported:
         _note_conversions(good, det.image_size)
     with_maps = pred is not None and pred.anomaly_maps is not None
     row_of = {p: i for i, p in enumerate(good)}
@@ -359,12 +407,21 @@ def cmd_predict(args) -> int:
     print(f"wrote {out.path / 'scores.csv'} ({len(good)} images scored, {flagged} flagged{decided})")
     if pred is not None:
         heatmaps = OutputFolder(out.path / "heatmaps")
-        _write_heatmaps(heatmaps, [names[p] for p in good], ImageList(good, image_size=det.image_size,
-                                                                       validate=False), pred, det)
+        images = (_ExportedImages(det, good) if exported
+                  else ImageList(good, image_size=det.image_size, validate=False))
+        _write_heatmaps(heatmaps, [names[p] for p in good], images, pred, det)
     if errors:
         print(f"pyanom predict: {len(errors)} of {len(paths)} images could not be read "
               "(their rows in scores.csv say why)", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pyanom.export import export
+
+    out = export(args.model, args.out, format=args.format, knn_chunk=args.knn_chunk)
+    print(f"exported {args.model} as {args.format} to {out}/ (run it with `pyanom predict {out} IMAGES`)")
     return 0
 
 
@@ -516,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[common], help="score images and write scores.csv and heatmaps")
-    p.add_argument("model", type=Path, help="model file written by `pyanom fit`")
+    p.add_argument("model", type=Path, help="model file written by `pyanom fit`, or a folder written by `pyanom export`")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="images or folders of images")
     p.add_argument("--out", type=Path, default=Path("pyanom-predictions"),
                    help="output folder (default pyanom-predictions); pyanom's earlier outputs there are replaced, "
@@ -527,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score across a Ray cluster, appending to --out/scores.csv as chunks finish; a rerun "
                         "scores only the images not in it yet (no heatmaps)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"],
+                   help="runtime for an exported model folder (default: onnxruntime for ONNX, openvino for OpenVINO)")
     p.set_defaults(func=cmd_predict)
 
     from pyanom.serve import ServeSettings
@@ -550,6 +609,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", parents=[common], help="export a fitted model to ONNX or OpenVINO (runs without PyTorch)")
+    p.add_argument("model", type=Path, help="model file written by `pyanom fit`")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx", help="model format (default onnx)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (model file + pyanom-export.json)")
+    p.add_argument("--knn-chunk", type=int, metavar="ROWS",
+                   help="memory-bank rows compared at once in the graph (default 1024; bounds its memory)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="offline demo: synthetic parts, fit, evaluate, heatmaps")
     p.add_argument("--out", type=Path, default=Path("pyanom-demo"), help="output folder (default pyanom-demo)")

@@ -53,9 +53,8 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
                          "it has no export hook (Detector.export_module)")
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
-        import onnxscript  # noqa: F401
     except ImportError:
-        raise _missing("onnx and onnxscript", format) from None
+        raise _missing("onnx", format) from None
     if format == "openvino":
         try:
             import openvino
@@ -68,6 +67,7 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
     example = torch.rand(2, 3, size, size, device=detector.device)
     with torch.no_grad():
         has_maps = len(graph(example)) == 3
+    decided_by = detector.predict(example[:1]).decided_by
     outputs = ["image_scores", "anomaly_maps", "labels"] if has_maps else ["image_scores", "labels"]
 
     out = Path(out)
@@ -83,6 +83,7 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
             torch.onnx.export(graph, (example,), str(onnx_path), dynamo=False, opset_version=OPSET,
+                              do_constant_folding=False,
                               input_names=["images"], output_names=outputs,
                               dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]})
         if format == "openvino":
@@ -97,6 +98,7 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
         "detector": detector.name, "config": dataclasses.asdict(detector.config),
         "threshold": detector.threshold, "image_size": [size, size], "resize": "PIL bilinear",
         "input": "images: float32 [B, 3, H, W] RGB in [0, 1]", "outputs": outputs, "knn_chunk": chunk,
+        "decided_by": decided_by,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False))
     return out

@@ -32,6 +32,7 @@ class RuntimePrediction:
     image_scores: np.ndarray  # [B] float32
     anomaly_maps: Optional[np.ndarray]  # [B, H, W] float32, or None
     labels: np.ndarray  # [B] bool
+    decided_by: str = "threshold"
 
 
 def is_exported(path) -> bool:
@@ -71,7 +72,8 @@ class ExportedModel:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} is missing: copy the whole exported folder")
         self.backend = backend
-        self.detector: str = manifest["detector"]
+        self.name: str = manifest["detector"]
+        self.decided_by: str = manifest["decided_by"]
         self.threshold: float = manifest["threshold"]
         self.image_size: tuple[int, int] = tuple(manifest["image_size"])
         self.outputs: list[str] = manifest["outputs"]
@@ -86,7 +88,14 @@ class ExportedModel:
         images = np.ascontiguousarray(images, dtype=np.float32)
         parts = [self._run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.outputs)}
-        return RuntimePrediction(out["image_scores"], out.get("anomaly_maps"), out["labels"].astype(bool))
+        return RuntimePrediction(out["image_scores"], out.get("anomaly_maps"), out["labels"].astype(bool),
+                                 self.decided_by)
+
+    def concatenate(self, parts: Sequence[RuntimePrediction]) -> RuntimePrediction:
+        """One prediction from several, in order."""
+        maps = None if parts[0].anomaly_maps is None else np.concatenate([p.anomaly_maps for p in parts])
+        return RuntimePrediction(np.concatenate([p.image_scores for p in parts]), maps,
+                                 np.concatenate([p.labels for p in parts]), self.decided_by)
 
     def read(self, paths: Sequence) -> np.ndarray:
         """Image files as float32 [B, 3, H, W] in [0, 1], resized as pyanom resizes (PIL bilinear)."""
@@ -102,11 +111,8 @@ class ExportedModel:
     def predict_files(self, paths: Sequence, *, batch_size: int = 32) -> RuntimePrediction:
         """Score image files (and folders of images), decoding batch_size at a time."""
         paths = find_images(*paths)
-        parts = [self.predict(self.read(paths[i:i + batch_size]), batch_size=batch_size)
-                 for i in range(0, len(paths), batch_size)]
-        maps = None if parts[0].anomaly_maps is None else np.concatenate([p.anomaly_maps for p in parts])
-        return RuntimePrediction(np.concatenate([p.image_scores for p in parts]), maps,
-                                 np.concatenate([p.labels for p in parts]))
+        return self.concatenate([self.predict(self.read(paths[i:i + batch_size]), batch_size=batch_size)
+                                 for i in range(0, len(paths), batch_size)])
 
 
 def _missing(package: str, extra: str) -> ImportError:
@@ -119,6 +125,7 @@ def _onnxruntime(path: Path, threads: int | None):
     except ImportError:
         raise _missing("onnxruntime", "onnx") from None
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph optimiser reports what it could not fuse
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
