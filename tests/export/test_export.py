@@ -191,7 +191,7 @@ print(json.dumps({{"scores": pred.image_scores.tolist(), "labels": pred.labels.t
     with open(tmp_path / "out" / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [Path(r["path"]) for r in rows] == [Path(f) for f in files]
-    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == len(files)
+    assert len(list((tmp_path / "out" / "heatmaps").rglob("*.png"))) == len(files)
     # Without a runtime the error says what to install.
     script = NO_TORCH + f"""
 class _NoRuntime:
@@ -203,7 +203,7 @@ from pyanom.cli import main
 sys.exit(main(["predict", {str(folder)!r}, {str(files[0])!r}, "--out", {str(tmp_path / "out2")!r}]))
 """
     done = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "pip install 'pyanom[onnx]'" in done.stderr
+    assert done.returncode == 2 and "pip install 'pyanom[onnx]'" in done.stderr
 
 
 def test_cli_export_then_predict_gives_pyanoms_scores(patchcore_export, files, tmp_path, capsys):
@@ -261,5 +261,5 @@ def test_bad_arguments(patchcore_export, tmp_path, capsys):
         load(tmp_path)
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 128, 128\]"):
         load(folder).predict(np.zeros((1, 3, 64, 64), np.float32))
-    assert main(["export", str(tmp_path / "missing.pyanom"), "--out", str(tmp_path / "y")]) == 1
+    assert main(["export", str(tmp_path / "missing.pyanom"), "--out", str(tmp_path / "y")]) == 2
     assert "no such archive" in capsys.readouterr().err
