@@ -4,6 +4,7 @@ contiguous layout), onnxruntime CPU and OpenVINO CPU, interleaved in one process
 runner alone in a fresh process for its peak RSS and image AUROC on the whole test set.
 
     python3 -P benchmarks/bench_export.py [--data ../shared/data] [--threads 2] [--rounds 3] [--model M.pyanom]
+    python3 -P benchmarks/bench_export.py --backbone   # the backbone alone: contiguous vs channels_last
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch1-images", type=int, default=8)
     parser.add_argument("--model", type=Path, help="a fitted .pyanom to use instead of fitting one")
+    parser.add_argument("--backbone", action="store_true", help="time only the backbone's memory formats")
     args = parser.parse_args()
+    if args.backbone:
+        return backbone_layouts(args.threads, args.rounds)
 
     import numpy as np
     import torch
@@ -118,6 +122,34 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-P", "-c", ALONE, r, str(model), json.dumps(folders), str(bottle),
                               str(args.threads)], capture_output=True, text=True, check=True).stdout
         print(f"{r:<18} {out.strip().splitlines()[-1]}")
+
+
+def backbone_layouts(threads: int, rounds: int) -> None:
+    """EfficientNet-Lite0 on 32 random 256 px images: contiguous input, channels_last input
+    (pyanom's default), channels_last input and weights; interleaved rounds, ms per image."""
+    import torch
+
+    from pyanom.features import create_backbone
+
+    torch.set_num_threads(threads)
+    backbone = create_backbone("efficientnet_lite0")
+    x = torch.rand(32, 3, 256, 256)
+    layouts = {"contiguous": (torch.contiguous_format, torch.contiguous_format),
+               "channels_last input": (torch.channels_last, torch.contiguous_format),
+               "channels_last input + weights": (torch.channels_last, torch.channels_last)}
+    times, maps = {k: [] for k in layouts}, {}
+    for _ in range(rounds):
+        for name, (images, weights) in layouts.items():
+            backbone.memory_format = images
+            backbone.network.to(memory_format=weights)
+            start = time.perf_counter()
+            maps[name] = backbone(x)
+            times[name].append((time.perf_counter() - start) / len(x) * 1000)
+    backbone.network.to(memory_format=torch.contiguous_format)
+    for name, ts in times.items():
+        diff = max(float((maps[name][k] - maps["contiguous"][k]).abs().max()) for k in maps[name])
+        print(f"{name:<30} {' '.join(f'{t:6.1f}' for t in ts)} ms/image; "
+              f"{sum(times['contiguous']) / sum(ts):.2f}x by the sum; max difference {diff:.2g}")
 
 
 if __name__ == "__main__":
