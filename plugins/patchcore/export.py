@@ -28,7 +28,7 @@ class PatchCoreGraph(nn.Module):
         self.self_attend = detector.self_attend
         self.blur_sigma = float(cfg.blur_sigma)
         self.knn_chunk = int(knn_chunk)
-        bank = detector.memory_bank.detach().to("cpu", torch.float32).contiguous()
+        bank = detector.memory_bank.detach().float().contiguous()
         self.register_buffer("memory_bank", bank)
         self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
         self.reweight = bool(cfg.reweight and cfg.num_neighbors > 1 and len(bank) > 1)

@@ -19,11 +19,11 @@ class SiameseGraph(nn.Module):
         self.network = detector.network.eval()
         self.knn_chunk = int(knn_chunk)
         self.nearest_neighbour = detector.config.decision == "nearest_neighbour"
-        embeddings = detector.train_embeddings.detach().to("cpu", torch.float32)
-        self.register_buffer("normal_centroid", detector.normal_centroid.detach().to("cpu", torch.float32))
+        embeddings = detector.train_embeddings.detach().float()
+        self.register_buffer("normal_centroid", detector.normal_centroid.detach().float())
         self.register_buffer("train_embeddings", embeddings)
         self.register_buffer("train_sq_norms", (embeddings * embeddings).sum(1))
-        self.register_buffer("train_labels", detector.train_labels.detach().to("cpu").bool())
+        self.register_buffer("train_labels", detector.train_labels.detach().bool())
 
     def forward(self, images: torch.Tensor):
         embedding = self.network(images)["embedding"]
