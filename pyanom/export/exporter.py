@@ -40,9 +40,9 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
     if knn_chunk is not None and (isinstance(knn_chunk, bool) or not isinstance(knn_chunk, int) or knn_chunk < 1):
         raise ValueError(f"knn_chunk must be a positive int, got {knn_chunk!r}")
     if isinstance(detector, (str, Path)):
-        from pyanom.io import load_detector
+        from pyanom.registry import load
 
-        detector = load_detector(detector)
+        detector = load(detector)
     if not isinstance(detector, Detector):
         raise TypeError(f"detector must be a pyanom Detector or a .pyanom file, got {type(detector).__name__}")
     if not detector.fitted:
