@@ -182,6 +182,9 @@ class PatchCore(Detector):
         from pyanom.export.graph import DEFAULT_KNN_CHUNK
         from pyanom_plugins.patchcore.export import PatchCoreGraph
 
+        if type(self)._score is not PatchCore._score:
+            raise ValueError(f"{self.name} cannot be exported yet: its score adds a context memory "
+                             "that the export graph does not reproduce")
         return PatchCoreGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

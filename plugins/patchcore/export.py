@@ -8,7 +8,6 @@ from torch import nn
 from pyanom.anomaly_map import upsample_scores
 from pyanom.export.graph import nearest_neighbour
 from pyanom.ops import knn_scores
-from pyanom_plugins.patchcore.embedding import patch_embedding
 
 
 class PatchCoreGraph(nn.Module):
@@ -24,8 +23,7 @@ class PatchCoreGraph(nn.Module):
         super().__init__()
         cfg = detector.config
         self.backbone = detector.backbone
-        self.layers = tuple(cfg.layers)
-        self.self_attend = detector.self_attend
+        self.patch_features = detector._patch_features
         self.blur_sigma = float(cfg.blur_sigma)
         self.knn_chunk = int(knn_chunk)
         bank = detector.memory_bank.detach().float().contiguous()
@@ -37,7 +35,7 @@ class PatchCoreGraph(nn.Module):
             self.register_buffer("support", knn_scores(bank, bank, k)[1])
 
     def forward(self, images: torch.Tensor):
-        emb = patch_embedding(self.backbone.traceable(images), self.layers, self_attend=self.self_attend)
+        emb = self.patch_features(self.backbone.traceable(images))
         b, d, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
         dist, nearest = nearest_neighbour(queries, self.memory_bank, self.bank_sq_norms, self.knn_chunk)
