@@ -1,7 +1,7 @@
 """Memory banks past one machine's memory: peak RSS and fit time against the number of training
 images, exact vs sharded (pyanom.memory_bank); and bottle fitted locally vs on 1 and 2 Ray workers.
 
-    PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 2000 10000
+    PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 1000 3000
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py ray
 
 `scale`: good images made by augmenting bottle's 209 training images (random crop of 60-100 %,
