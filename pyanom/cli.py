@@ -286,68 +286,43 @@ def _write_heatmaps(folder, names, dataset, pred, det) -> None:
     print(f"wrote {len(names)} heatmaps to {folder.path}")
 
 
-def _score_readable(det, paths: list) -> tuple[dict, list, object]:
-    """Score every image that can be read; {path: error} for those that cannot, and the
-    Prediction of the rest (None when none is readable)."""
+def _score_readable(paths: list, predict, concatenate) -> tuple[dict, list, object]:
+    """Score every image that can be read, 32 at a time with ``predict(paths)``: ({path: error}
+    for those that cannot, the paths scored, ``concatenate`` of their predictions or None)."""
+    from pyanom.data.files import checked_size
+
+    errors = {}
+    for path in paths:
+        try:
+            checked_size(path)
+        except (ValueError, OSError) as err:
+            errors[path] = str(err)
+    parts, good = [], []
+    readable = [p for p in paths if p not in errors]
+    for i in range(0, len(readable), 32):
+        chunk = readable[i:i + 32]
+        try:
+            parts.append(predict(chunk))
+            good += chunk
+        except (ValueError, OSError):  # a file that passed the check but fails to decode: one by one
+            for path in chunk:
+                try:
+                    parts.append(predict([path]))
+                    good.append(path)
+                except (ValueError, OSError) as err:
+                    errors[path] = f"{path}: {err}"
+    return errors, good, concatenate(parts) if parts else None
+
+
+def _concatenate(parts):
+    """One Prediction from the Predictions of consecutive chunks."""
     import torch
 
     from pyanom import Prediction
-    from pyanom.data import ImageList
-    from pyanom.data.files import checked_size
 
-    errors = {}
-    for path in paths:
-        try:
-            checked_size(path)
-        except (ValueError, OSError) as err:
-            errors[path] = str(err)
-    parts, good = [], []
-    readable = [p for p in paths if p not in errors]
-    for i in range(0, len(readable), 32):
-        chunk = readable[i:i + 32]
-        try:
-            parts.append(det.predict(ImageList(chunk, image_size=det.image_size, validate=False)))
-            good += chunk
-        except (ValueError, OSError):  # a file that passed the check but fails to decode: one by one
-            for path in chunk:
-                try:
-                    parts.append(det.predict(ImageList([path], image_size=det.image_size, validate=False)))
-                    good.append(path)
-                except (ValueError, OSError) as err:
-                    errors[path] = f"{path}: {err}"
-    if not parts:
-        return errors, good, None
     maps = None if parts[0].anomaly_maps is None else torch.cat([p.anomaly_maps for p in parts])
-    pred = Prediction(torch.cat([p.image_scores for p in parts]), maps, torch.cat([p.labels for p in parts]),
+    return Prediction(torch.cat([p.image_scores for p in parts]), maps, torch.cat([p.labels for p in parts]),
                       parts[0].decided_by)
-    return errors, good, pred
-
-
-def _score_exported(model, paths: list) -> tuple[dict, list, object]:
-    """_score_readable for an exported model folder (onnxruntime or OpenVINO, no torch)."""
-    from pyanom.data.files import checked_size
-
-    errors = {}
-    for path in paths:
-        try:
-            checked_size(path)
-        except (ValueError, OSError) as err:
-            errors[path] = str(err)
-    parts, good = [], []
-    readable = [p for p in paths if p not in errors]
-    for i in range(0, len(readable), 32):
-        chunk = readable[i:i + 32]
-        try:
-            parts.append(model.predict(model.read(chunk)))
-            good += chunk
-        except (ValueError, OSError):  # a file that passed the check but fails to decode: one by one
-            for path in chunk:
-                try:
-                    parts.append(model.predict(model.read([path])))
-                    good.append(path)
-                except (ValueError, OSError) as err:
-                    errors[path] = f"{path}: {err}"
-    return errors, good, model.concatenate(parts) if parts else None
 
 
 class _ExportedImages:
@@ -386,7 +361,12 @@ def cmd_predict(args) -> int:
     root = common_root(paths)
     names = {p: output_name(p, root) for p in paths}
     out = OutputFolder(args.out).start(["scores.csv"] + [Path("heatmaps") / n for n in names.values()])
-    errors, good, pred = (_score_exported if exported else _score_readable)(det, paths)
+    if exported:
+        errors, good, pred = _score_readable(paths, lambda chunk: det.predict(det.read(chunk)), det.concatenate)
+    else:
+        errors, good, pred = _score_readable(
+            paths, lambda chunk: det.predict(ImageList(chunk, image_size=det.image_size, validate=False)),
+            _concatenate)
     if good and not exported:
         _note_conversions(good, det.image_size)
     with_maps = pred is not None and pred.anomaly_maps is not None
