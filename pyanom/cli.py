@@ -143,7 +143,7 @@ def _fit_model(detector, data_root, out, overrides, device, layout, test_fractio
                ray=None, quiet=False) -> dict:
     """One fit as `pyanom fit` runs it: output checked first, fit, atomic save; a summary row."""
     import pyanom
-    from pyanom.data import open_dataset
+    from pyanom.data import describe_layout, open_dataset
     from pyanom.outputs import check_model_target
 
     say = (lambda *a: None) if quiet else print
@@ -154,6 +154,7 @@ def _fit_model(detector, data_root, out, overrides, device, layout, test_fractio
             raise UsageError(f"--ray: {det.name} cannot fit on Ray (memory-bank detectors can: patchcore, "
                              "sa_patchcore)")
         det.use_ray(None if ray == "local" else ray)
+    say(describe_layout(data_root, layout=layout, test_fraction=test_fraction, seed=seed))
     train = open_dataset(data_root, "train", layout=layout, image_size=det.image_size,
                          test_fraction=test_fraction, seed=seed)
     used = train.normal() if det.supervision == "unsupervised" else train
@@ -254,7 +255,11 @@ def cmd_evaluate(args) -> int:
     report["decision_threshold"] = det.threshold
     report["count"] = len(test)
     report["ms_per_image"] = 1000 * elapsed / len(test)
+    if not test.has_masks:
+        report["pixel_metrics_unavailable"] = f"no masks in {args.data_root}"
     _print_metrics(report)
+    if not test.has_masks:
+        print(f"pixel metrics unavailable: no masks in {args.data_root} (image labels only)")
     print(f"{len(test)} images in {elapsed:.1f} s ({report['ms_per_image']:.1f} ms/image)")
     if args.json:
         with atomic_path(args.json) as tmp:

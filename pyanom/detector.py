@@ -53,6 +53,7 @@ class Detector(abc.ABC):
     name: ClassVar[str]
     supervision: ClassVar[str]
     Config: ClassVar[type]
+    needs_masks: ClassVar[bool] = False  # learns from pixel masks: refuses a set with image labels only
 
     def __init__(self, config: Any = None, *, device: str | torch.device = "cpu", **overrides: Any):
         base = config if config is not None else self.Config()
@@ -126,6 +127,10 @@ class Detector(abc.ABC):
         otherwise score their own memory as perfectly normal). Unsupervised detectors learn
         from the normal images of `train` only.
         """
+        if self.needs_masks and not getattr(train, "has_masks", True):
+            where = getattr(train, "root", None) or "the training set"
+            raise ValueError(f"{self.name} learns from pixel masks, but {where} has image labels only (no masks); "
+                             "add masks, or use a detector that needs none (e.g. patchcore, siamese)")
         if self.supervision == "unsupervised":
             train = train.normal()
         if validation is None:

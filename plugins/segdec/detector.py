@@ -90,6 +90,7 @@ class SegDec(Detector):
     name = "segdec"
     supervision = "supervised"
     Config = SegDecConfig
+    needs_masks = True
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)

@@ -150,15 +150,7 @@ def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str |
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if layout is not None and layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-    layout = layout or detect_layout(root)
-    splits = read_layout(root, layout, normal_class=normal_class)
-    if "all" in splits:
-        train, test = stratified_split(splits["all"], test_fraction, seed)
-        splits = {"train": train, "test": test}
+    layout, splits, _ = _read_splits(root, layout, test_fraction, seed, normal_class)
     if split == "all":
         samples = sorted((s for part in splits.values() for s in part), key=lambda s: s.image)
     elif split in splits:
@@ -166,6 +158,34 @@ def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str |
     else:
         raise FileNotFoundError(f"{root}: the {layout} data set has no {split!r} folder")
     return InspectionSet(samples, image_size=image_size, crop_size=crop_size, root=root, layout=layout, split=split)
+
+
+def describe_layout(root: str | os.PathLike, *, layout: str | None = None, test_fraction: float = 0.3,
+                    seed: int = 0, normal_class: str | None = None) -> str:
+    """One line saying how a folder is read: its layout, whether it has pixel masks, and the
+    images per split and class, so a user sees at once whether the folder was understood."""
+    layout, splits, made = _read_splits(root, layout, test_fraction, seed, normal_class)
+    samples = [s for part in splits.values() for s in part]
+    masks = ("pixel masks" if any(s.mask is not None for s in samples) else
+             "image labels only (no masks)")
+    how = f", split by test_fraction {test_fraction} seed {seed}" if made else ""
+    counts = "; ".join(f"{name} " + ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.defect_type for s in part).items()))
+                       for name, part in splits.items())
+    return f"{root}: layout {layout}{how}, {masks}; {counts}"
+
+
+def _read_splits(root, layout, test_fraction, seed, normal_class) -> tuple[str, dict[str, list[Sample]], bool]:
+    """(layout, {"train": samples, "test": samples}, whether the split was made here by test_fraction)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    layout = layout or detect_layout(root)
+    splits = read_layout(root, layout, normal_class=normal_class)
+    if "all" not in splits:
+        return layout, splits, False
+    train, test = stratified_split(splits["all"], test_fraction, seed)
+    return layout, {"train": train, "test": test}, True
 
 
 def open_images(*inputs: str | os.PathLike, image_size: Size = 256, crop_size: Size | None = None) -> ImageList:

@@ -3,6 +3,10 @@
 Every reader returns the samples of each split the layout has ("train" / "test", or "all" for a
 layout without a split), sorted by path. Missing masks, orphan masks and empty folders are errors
 naming the file or folder; image contents are checked later, in one pass, by the dataset.
+
+Masks are all or nothing: where a mask folder exists (or any mask), every defect image needs its
+mask; where none exists anywhere, the set has image labels only (Sample.mask None throughout), which
+every detector but the mask-trained ones (segdec) can fit on.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def detect_layout(root: str | os.PathLike) -> str:
     raise ValueError(
         f"{root}: no known data set layout. Expected one of:\n"
         "  mvtec:        train/good/*.png, test/<defect type>/*.png, ground_truth/<defect type>/<name>_mask.png\n"
+        "                (without ground_truth/: a split of class folders with image labels only)\n"
         "  kolektorsdd2: [train/, test/] NAME.png + NAME_GT.png\n"
         "  folders:      <class>/**/*.png (e.g. good/, defect/), masks optional beside the images\n"
         "  image_mask:   images/*.png + masks/*.png with the same names")
@@ -75,6 +80,8 @@ def _read_mvtec(root: Path, normal_class: str | None) -> dict[str, list[Sample]]
     types = {s: _subdirs(d) for s, d in splits.items()}
     normal = _normal_class(root, sorted({t.name for ts in types.values() for t in ts}), normal_class)
     mask_root = _first_dir(root, MASK_DIRS)
+    empty = mask_root is not None and not list_images(mask_root, recursive=True)
+    hint = f" ({mask_root} holds no masks: add them, or remove it to use image labels only)" if empty else ""
     out: dict[str, list[Sample]] = {}
     problems: list[Exception] = []
     for split, type_dirs in types.items():
@@ -83,11 +90,12 @@ def _read_mvtec(root: Path, normal_class: str | None) -> dict[str, list[Sample]]
             defect = type_dir.name != normal
             for image in _nonempty(type_dir):
                 mask = None
-                if defect:
-                    mask = _mask_in(mask_root / type_dir.name, image.stem) if mask_root else None
+                if defect and mask_root is not None:  # without a mask folder the set has image labels only
+                    mask = _mask_in(mask_root / type_dir.name, image.stem)
                     if mask is None:
-                        expected = (mask_root or root / MASK_DIRS[0]) / type_dir.name / f"{image.stem}_mask.png"
-                        problems.append(FileNotFoundError(f"{image}: defect image has no mask (expected {expected})"))
+                        expected = mask_root / type_dir.name / f"{image.stem}_mask.png"
+                        problems.append(FileNotFoundError(
+                            f"{image}: defect image has no mask (expected {expected}){hint}"))
                 samples.append(Sample(image, int(defect), type_dir.name, mask))
         out[split] = samples
     raise_problems(problems, f"data set {root}")
@@ -130,8 +138,9 @@ def _read_folders(root: Path, normal_class: str | None) -> list[Sample]:
                 rel = image.parent.relative_to(class_dir)
                 mask = _mask_in(mask_root / class_dir.name / rel, image.stem)
             samples.append(Sample(image, int(class_dir.name != normal), class_dir.name, mask))
-    if any(s.mask for s in samples):  # annotated data: a defect without its mask is a mistake
-        problems += [FileNotFoundError(f"{s.image}: defect image has no mask, though other images have one")
+    if mask_root is not None or any(s.mask for s in samples):  # annotated: a defect without its mask is a mistake
+        where = f"though {mask_root} exists" if mask_root is not None else "though other images have one"
+        problems += [FileNotFoundError(f"{s.image}: defect image has no mask, {where}")
                      for s in samples if s.label and s.mask is None]
     raise_problems(problems, f"data set {root}")
     return samples
