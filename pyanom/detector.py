@@ -16,6 +16,7 @@ import torch
 
 from pyanom.allocator import retain_freed_memory
 from pyanom.data.batches import iterate_images
+from pyanom.data.transforms import pair
 from pyanom.io import save_archive
 
 
@@ -45,9 +46,10 @@ class Detector(abc.ABC):
     `Config` (a dataclass of hyper-parameters with the published defaults), and implement
     `_fit`, `_score`, `state_tensors` and `load_state_tensors`; one that labels images by more
     than its score overrides `_decide`. A detector that trains networks fits through
-    `pyanom.training`. Images reaching a detector are
-    float [B, 3, S, S] in [0, 1] with S = config.image_size; normalisation is the backbone's
-    business.
+    `pyanom.training`. Images reaching a detector are float [B, 3, H, W] in [0, 1] with
+    (H, W) = detector.image_size (config.image_size: an int for a square or [height, width], checked
+    by `pyanom.data.transforms.checked_image_size`), and anomaly maps come back at the size of the
+    images given; normalisation is the backbone's business.
     """
 
     name: ClassVar[str]
@@ -111,8 +113,9 @@ class Detector(abc.ABC):
 
     # -- the contract -----------------------------------------------------------
     @property
-    def image_size(self) -> int:
-        return int(self.config.image_size)
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) the detector's images are resized to; None: each keeps its own (tiling)."""
+        return pair("image_size", self.config.image_size)
 
     @property
     def fitted(self) -> bool:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from pyanom.data.transforms import pair
 from pyanom.io import ArchiveError, load_archive, save_archive
 from pyanom.networks import load_module, module_tensors
 
@@ -75,17 +76,18 @@ def _as_uint8(x: torch.Tensor) -> Optional[torch.Tensor]:
     return u8 if torch.equal(u8.float() / 255, x) else None
 
 
-def decode_once(train, *, device="cpu", size: int | None = None, masks: bool = False,
+def decode_once(train, *, device="cpu", size: int | tuple[int, int] | None = None, masks: bool = False,
                 progress: bool = True, desc: str = "reading images") -> DecodedSet:
     """Every image of `train` (an InspectionSet) read once, in this process (a forked worker would
-    deadlock in OpenMP once the parent has used it), resized to size x size when given (antialiased
-    bilinear), and moved to `device`; with masks=True the pixel masks too."""
+    deadlock in OpenMP once the parent has used it), resized to size (an int: square; or (height,
+    width)) when given (antialiased bilinear), and moved to `device`; with masks=True the pixel masks too."""
     images, mask_list, labels, exact = [], [], [], True
     for i in tqdm(range(len(train)), desc=desc, disable=not progress):
         item = train[i]
         x = item["image"]
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        hw = pair("size", size)
+        if hw is not None and tuple(x.shape[-2:]) != hw:
+            x = F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
         if exact:
             u8 = _as_uint8(x)
             if u8 is None:  # not 8-bit: keep every image as float

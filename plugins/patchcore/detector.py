@@ -11,12 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import upsample_scores
+from pyanom.data.transforms import checked_image_size, pair
 from pyanom.data import iterate_images
 from pyanom.detector import Detector
 from pyanom.features import create_backbone
 from pyanom.memory_bank import MODES, build_memory_bank
 from pyanom.ops import greedy_coreset, knn_scores
+from pyanom.tiling import checked_tiling
 from pyanom_plugins.patchcore.embedding import channel_context, context_input, patch_embedding
+from pyanom_plugins.patchcore.tiling import score_tiled, tile_features
 
 ATTENTIONS = ("channel", "spatial")
 
@@ -28,7 +31,7 @@ class PatchCoreConfig:
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = None  # file or URL; None = the backbone's default pretrained weights
     layers: tuple = ("stride8", "stride16")
-    image_size: int = 256
+    image_size: int | tuple | None = 256  # int (square) or [height, width]; None (tiling only): each image's own
     coreset_ratio: float = 0.1
     projection_dim: int = 128
     num_neighbors: int = 9  # memory entries whose neighbourhood reweights the image score
@@ -40,6 +43,10 @@ class PatchCoreConfig:
     memory_budget_mb: int = 2048  # auto stays exact while all patch features fit this; sharded shards fill half
     shard_images: Optional[int] = None  # images per shard when sharded; None: from memory_budget_mb
     shard_oversample: float = 2.0  # each shard keeps this many times its share of the final coreset
+    # Tiling (plugins/patchcore/tiling.py): tiles of tile_size (int or [height, width]) cut from each
+    # image after image_size, tile_overlap pixels shared by neighbours; None scores the whole image.
+    tile_size: int | tuple | None = None
+    tile_overlap: int = 0
 
     def __post_init__(self):
         if not 0 < self.coreset_ratio <= 1:
@@ -50,8 +57,17 @@ class PatchCoreConfig:
             raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if self.image_size is not None:
+            self.image_size = checked_image_size(self.image_size, minimum=32)
+        self.tile_size, self.tile_overlap = checked_tiling(self.tile_size, self.tile_overlap)
+        if self.tile_size is not None:
+            tile = pair("tile_size", checked_image_size(self.tile_size, minimum=32, name="tile_size"))
+            if self.image_size is not None and all(t >= s for t, s in zip(tile, pair("image_size", self.image_size))):
+                raise ValueError(f"tile_size {self.tile_size} covers the whole {self.image_size} image: set "
+                                 "image_size=None (null) to tile each image at its own resolution, or a larger one")
+        elif self.image_size is None:
+            raise ValueError("image_size=None keeps each image's own size, which only tiling can take: "
+                             "set tile_size, or an image_size")
         if self.coreset_mode not in MODES:
             raise ValueError(f"coreset_mode must be one of {', '.join(MODES)}, got {self.coreset_mode!r}")
         if self.memory_budget_mb < 1 or (self.shard_images is not None and self.shard_images < 1):
@@ -133,13 +149,19 @@ class PatchCore(Detector):
 
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
+        if self._ray is not None and cfg.tile_size is not None:
+            raise ValueError(f"{self.name}: tiling (tile_size) does not fit on Ray yet; fit it on one machine")
         if self._ray is not None:
             from pyanom.distributed.fit import fit_memory_bank_on_ray
 
             self.memory_bank, self.memory_plan = fit_memory_bank_on_ray(self, train, progress=progress, **self._ray)
             return
+        if cfg.tile_size is not None:  # each tile counts as an image of the plan: its memory bound holds
+            n, features = tile_features(self, train, progress)
+        else:
+            n, features = len(train), self.patch_features(train, progress)
         self.memory_bank, self.memory_plan = build_memory_bank(
-            self.patch_features(train, progress), n_images=len(train), ratio=cfg.coreset_ratio,
+            features, n_images=n, ratio=cfg.coreset_ratio,
             projection_dim=cfg.projection_dim, seed=cfg.seed, mode=cfg.coreset_mode,
             budget_bytes=cfg.memory_budget_mb << 20, shard_images=cfg.shard_images,
             oversample=cfg.shard_oversample, progress=progress, desc=f"{self.name}: coreset")
@@ -156,6 +178,8 @@ class PatchCore(Detector):
     def _score(self, images: torch.Tensor):
         if self.memory_bank is None:
             raise RuntimeError(f"{self.name}: not fitted")
+        if self.config.tile_size is not None:
+            return score_tiled(self, images)
         emb, (h, w) = self._embed(images)
         b, n_patches, d = emb.shape
         queries = emb.reshape(-1, d)

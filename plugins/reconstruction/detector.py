@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from pyanom.anomaly_map import upsample_scores
 from pyanom.augment import random_hflip
-from pyanom.data.transforms import normalize
+from pyanom.data.transforms import checked_image_size, normalize, pair
 from pyanom.detector import Detector
 from pyanom_plugins.reconstruction.networks import (ConvAutoencoder, Critic, Encoder, Generator,
                                                     check_power_of_two)
@@ -41,7 +41,7 @@ def _check_common(cfg) -> None:
 class AutoencoderConfig:
     """Hyper-parameters; defaults are the Team 3 report's autoencoder."""
 
-    image_size: int = 256
+    image_size: int | tuple = 256  # int (square) or [height, width], each side a power of two
     latent_dim: int = 1024
     width: int = 32  # channels of the first convolution, doubling per stage up to 256
     epochs: int = 300
@@ -58,7 +58,7 @@ class AutoencoderConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_power_of_two("image_size", self.image_size, 16)
+        self.image_size = checked_image_size(self.image_size, minimum=16, power_of_two=True)
         _check("epochs", self.epochs, 0, strict=False)
         _check_common(self)
         if self.score not in ("mean", "max"):
@@ -69,7 +69,7 @@ class AutoencoderConfig:
 class FAnoGANConfig:
     """Hyper-parameters; defaults follow the f-AnoGAN paper (Schlegl et al. 2019) schedule."""
 
-    image_size: int = 256  # input and anomaly-map resolution; the networks work at gan_size
+    image_size: int | tuple = 256  # input and anomaly-map resolution ([height, width]); the networks work at gan_size
     gan_size: int = 64
     latent_dim: int = 100
     width: int = 64  # channels of the critic's first convolution (DCGAN: 64, doubling per stage)
@@ -88,7 +88,7 @@ class FAnoGANConfig:
 
     def __post_init__(self):
         check_power_of_two("gan_size", self.gan_size, 16)
-        _check("image_size", self.image_size, 0)
+        self.image_size = checked_image_size(self.image_size)
         _check("gan_epochs", self.gan_epochs, 0, strict=False)
         _check("encoder_epochs", self.encoder_epochs, 0, strict=False)
         _check("n_critic", self.n_critic, 0)
@@ -101,11 +101,12 @@ class FAnoGANConfig:
         self.betas = betas
 
 
-def to_model_space(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images [B, 3, H, W] in [0, 1] -> [B, 3, size, size] normalised with mean = std = 0.5,
-    i.e. [-1, 1], the range of a tanh output layer."""
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+def to_model_space(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> [B, 3, height, width] of size (an int: square) normalised
+    with mean = std = 0.5, i.e. [-1, 1], the range of a tanh output layer."""
+    size = pair("size", size)
+    if images.shape[-2:] != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
     return normalize(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 

@@ -1,6 +1,7 @@
 """The networks: a convolutional autoencoder, and the DCGAN-style generator, critic and izif
 encoder of f-AnoGAN. Every one is built for a square power-of-two image size, halving or
-doubling the side with 4x4 stride-2 convolutions (the DCGAN recipe)."""
+doubling the side with 4x4 stride-2 convolutions (the DCGAN recipe); the autoencoder also takes
+[height, width] (both powers of two): its bottom keeps the aspect."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 
 import torch
 from torch import nn
+
+from pyanom.data.transforms import pair
 
 
 def check_power_of_two(name: str, value, smallest: int) -> None:
@@ -54,15 +57,18 @@ class ConvAutoencoder(nn.Module):
 
     bottom, squeeze = 8, 64
 
-    def __init__(self, image_size: int, latent_dim: int, width: int, widest: int = 256):
+    def __init__(self, image_size: int | tuple[int, int], latent_dim: int, width: int, widest: int = 256):
         super().__init__()
-        trunk, channels = down_trunk(image_size, self.bottom, width, widest, norm=True)
-        flat = self.squeeze * self.bottom ** 2
+        h, w = pair("image_size", image_size)
+        side = min(h, w)  # the short side halves down to `bottom`, the long one keeps the aspect
+        grid = (self.bottom * h // side, self.bottom * w // side)
+        trunk, channels = down_trunk(side, self.bottom, width, widest, norm=True)
+        flat = self.squeeze * grid[0] * grid[1]
         self.encoder = nn.Sequential(trunk, nn.Conv2d(channels, self.squeeze, 1), nn.Flatten(),
                                      nn.Linear(flat, latent_dim))
-        up, channels = up_trunk(image_size, self.bottom, width, widest)
+        up, channels = up_trunk(side, self.bottom, width, widest)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU(inplace=True),
-                                     nn.Unflatten(1, (self.squeeze, self.bottom, self.bottom)),
+                                     nn.Unflatten(1, (self.squeeze, *grid)),
                                      nn.Conv2d(self.squeeze, channels, 1, bias=False), nn.BatchNorm2d(channels),
                                      nn.ReLU(inplace=True), up)
 

@@ -14,6 +14,7 @@ from torch.optim.swa_utils import update_bn
 
 from pyanom.augment import random_dihedral
 from pyanom.data import check_samples
+from pyanom.data.transforms import checked_image_size
 from pyanom.detector import Detector
 from pyanom.networks import load_module, module_tensors, seeded
 from pyanom.ops import concentrated_loss
@@ -48,7 +49,7 @@ class SegDecConfig:
     seed (benchmarks/RESULTS.md). 0, the paper's, keeps the last weights.
     """
 
-    image_size: int = 256
+    image_size: int | tuple = 256  # int (square) or [height, width], each a multiple of the stride 8
     seg_epochs: int = 200
     seg_lr: float = 0.1
     dec_epochs: int = 100
@@ -64,8 +65,7 @@ class SegDecConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.image_size < STRIDE or self.image_size % STRIDE:
-            raise ValueError(f"image_size must be a positive multiple of {STRIDE}, got {self.image_size}")
+        self.image_size = checked_image_size(self.image_size, multiple=STRIDE)
         for name in ("seg_epochs", "dec_epochs", "swa_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -170,10 +170,11 @@ class SegDec(Detector):
             raise FileNotFoundError(f"{self.name} learns from pixel masks, but {len(missing)} defective "
                                     f"training image(s) have none:\n  {shown}")
         check_samples(samples, f"{self.name} training set")  # a mask of the wrong size names its file
-        if tuple(train.preprocess.output_size) != (self.image_size, self.image_size):
+        if tuple(train.preprocess.output_size or ()) != self.image_size:
+            h, w = self.image_size
+            size = self.config.image_size if isinstance(self.config.image_size, int) else [h, w]
             raise ValueError(f"{self.name}: the training set gives {train.preprocess.output_size} images, "
-                             f"the detector expects {self.image_size}x{self.image_size} "
-                             f"(open the data with image_size={self.image_size})")
+                             f"the detector expects {h}x{w} (open the data with image_size={size})")
         n_defect = sum(s.label == 1 for s in samples)
         if n_defect == 0 or n_defect == len(samples):
             raise ValueError(f"{self.name} is supervised: it needs both defective and good training images, "

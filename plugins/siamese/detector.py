@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pyanom.augment import random_dihedral
 from pyanom.data import iterate_images
+from pyanom.data.transforms import checked_image_size
 from pyanom.detector import Detector
 from pyanom.networks import load_module, module_tensors, seeded
 from pyanom.training import LossHistory, Stage, StratifiedBatches, Trainer, check_checkpoint_settings, decode_once
@@ -44,7 +45,7 @@ class SiameseConfig:
 
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = None  # file or URL; None = the backbone's default ImageNet weights
-    image_size: int = 224
+    image_size: int | tuple = 224  # int (square) or [height, width]
     attention_layer: Optional[str] = "stride8"
     attention_branch_loss: bool = True
     abl_weight: float = 1.0
@@ -82,8 +83,7 @@ class SiameseConfig:
             raise ValueError(f"batch_size must be >= 4 (every pair type in each batch), got {self.batch_size}")
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        self.image_size = checked_image_size(self.image_size, minimum=32)
         check_checkpoint_settings(self.checkpoint, self.checkpoint_every)
 
 

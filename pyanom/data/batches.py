@@ -8,6 +8,10 @@ import torch
 
 
 def _stack_images(items: list[dict]) -> torch.Tensor:
+    sizes = {tuple(item["image"].shape[-2:]) for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"images of different sizes {sorted(sizes)} in one batch (e.g. {items[0]['path']}): "
+                         "set image_size, or score them one at a time (batch_size=1)")
     return torch.stack([item["image"] for item in items])
 
 

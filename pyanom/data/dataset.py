@@ -31,7 +31,7 @@ class InspectionSet(Dataset):
     fails here, naming the file, and not in the middle of a fit.
     """
 
-    def __init__(self, samples: Sequence[Sample], *, image_size: Size = 256, crop_size: Size | None = None,
+    def __init__(self, samples: Sequence[Sample], *, image_size: Size | None = 256, crop_size: Size | None = None,
                  root: str | os.PathLike | None = None, layout: str | None = None, split: str | None = None,
                  validate: bool = True):
         self.preprocess = Preprocess(image_size, crop_size)
@@ -47,7 +47,8 @@ class InspectionSet(Dataset):
         self.defect_types = [s.defect_type for s in self.samples]
 
     @property
-    def image_size(self) -> tuple[int, int]:
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) images are resized to; None: each keeps its own."""
         return self.preprocess.image_size
 
     @property
@@ -64,9 +65,10 @@ class InspectionSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
+        image = self.preprocess.image(read_image(s.image))
         return {
-            "image": self.preprocess.image(read_image(s.image)),
-            "mask": self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None),
+            "image": image,
+            "mask": self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None, image.shape[-2:]),
             "label": s.label,
             "defect_type": s.defect_type,
             "path": str(s.image),
@@ -90,8 +92,16 @@ class InspectionSet(Dataset):
 
     def masks(self) -> torch.Tensor:
         """Every mask [N, H, W] (uint8 0/1, zeros where unannotated), for pixel metrics."""
-        return torch.stack([self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None)[0]
-                            for s in self.samples]).to(torch.uint8)
+        return torch.stack([self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None,
+                                                 self.image_hw(i))[0]
+                            for i, s in enumerate(self.samples)]).to(torch.uint8)
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """(height, width) of item index's image, without decoding it."""
+        if self.preprocess.output_size is not None:
+            return self.preprocess.output_size
+        w, h = checked_size(self.samples[index].image)
+        return h, w
 
     def holdout(self, fraction: float, seed: int = 0) -> tuple[InspectionSet, InspectionSet]:
         """(rest, held out): a seeded, stratified share kept back to calibrate a decision threshold.
@@ -122,7 +132,7 @@ class InspectionSet(Dataset):
 class ImageList(Dataset):
     """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path)."""
 
-    def __init__(self, paths: Sequence[Path], *, image_size: Size = 256, crop_size: Size | None = None,
+    def __init__(self, paths: Sequence[Path], *, image_size: Size | None = 256, crop_size: Size | None = None,
                  validate: bool = True):
         self.preprocess = Preprocess(image_size, crop_size)
         self.paths = [Path(p) for p in paths]
@@ -140,7 +150,7 @@ class ImageList(Dataset):
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str | None = None,
-                 image_size: Size = 256, crop_size: Size | None = None, test_fraction: float = 0.3,
+                 image_size: Size | None = 256, crop_size: Size | None = None, test_fraction: float = 0.3,
                  seed: int = 0, normal_class: str | None = None) -> InspectionSet:
     """Read one split of a data set folder, its layout detected unless given.
 
@@ -188,7 +198,7 @@ def _read_splits(root, layout, test_fraction, seed, normal_class) -> tuple[str, 
     return layout, {"train": train, "test": test}, True
 
 
-def open_images(*inputs: str | os.PathLike, image_size: Size = 256, crop_size: Size | None = None) -> ImageList:
+def open_images(*inputs: str | os.PathLike, image_size: Size | None = 256, crop_size: Size | None = None) -> ImageList:
     """Image files and folders of images (sorted, not recursive) as an ImageList, every file checked."""
     return ImageList(find_images(*inputs), image_size=image_size, crop_size=crop_size)
 

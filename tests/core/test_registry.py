@@ -74,7 +74,7 @@ def test_third_party_detector_fits_and_predicts_through_the_cli(third_party, tex
     assert main(["list"]) == 0
     assert "mean_colour" in capsys.readouterr().out
     det = pyanom.load(model)
-    assert type(det).__name__ == "MeanColour" and det.image_size == 32
+    assert type(det).__name__ == "MeanColour" and det.image_size == (32, 32)
 
 
 def test_registry_rejects_a_non_detector(tmp_path, monkeypatch):
