@@ -65,10 +65,10 @@ def _note_conversions(paths, image_size) -> None:
     from pyanom.data.files import image_mode, parallel_map
     from pyanom.data.transforms import pair
 
-    h, w = pair("image_size", image_size)
+    h, w = pair("image_size", image_size) or (None, None)  # None: images keep their own size
     heads = parallel_map(image_mode, list(paths))
     modes = Counter(mode for _, _, mode in heads if mode != "RGB")
-    stretched = sum(abs(iw / ih - w / h) > 0.01 * (w / h) for iw, ih, _ in heads)
+    stretched = h is not None and sum(abs(iw / ih - w / h) > 0.01 * (w / h) for iw, ih, _ in heads)
     if modes:
         kinds = ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
         print(f"note: {sum(modes.values())} of {len(heads)} images are not RGB ({kinds}): converted to RGB")

@@ -24,6 +24,6 @@ def test_fit_and_evaluate_a_split_without_masks(texture_set, tmp_path, capsys):
     assert report["pixel_metrics_unavailable"] == f"no masks in {root}"
     assert f"pixel metrics unavailable: no masks in {root}" in capsys.readouterr().out
 
-    assert main(["fit", "segdec", str(root), "--out", str(tmp_path / "s.pyanom"), "--set", "image_size=32"]) == 1
+    assert main(["fit", "segdec", str(root), "--out", str(tmp_path / "s.pyanom"), "--set", "image_size=32"]) == 2
     err = capsys.readouterr().err
     assert f"segdec learns from pixel masks, but {root} has image labels only" in err and err.count("\n") == 1

@@ -87,5 +87,5 @@ def test_the_command_line_takes_height_and_width(tmp_path, capsys):
     assert main(["fit", "patchcore", str(root), "--out", str(model), "--set", "image_size=[64,32]",
                  "--set", "coreset_ratio=0.5", "--test-fraction", "0.25"]) == 0
     assert pyanom.load(model).image_size == (64, 32)
-    assert main(["fit", "segdec", str(root), "--out", str(model), "--set", "image_size=[64,30]"]) == 1
+    assert main(["fit", "segdec", str(root), "--out", str(tmp_path / "s.pyanom"), "--set", "image_size=[64,30]"]) == 2
     assert "nearest valid: [64, 24] or [64, 32]" in capsys.readouterr().err
