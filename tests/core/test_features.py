@@ -117,7 +117,8 @@ def test_backbone_applies_its_own_normalisation(backbones, name):
     normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.inference_mode():
         expected = backbone.network.features(normalised, {ALIASES[name][0]})[ALIASES[name][0]]
-    assert torch.allclose(backbone(images)["stride8"], expected, rtol=1e-5, atol=1e-6)
+    # The backbone runs channels_last, which sums in another order (values up to ~30 here).
+    assert torch.allclose(backbone(images)["stride8"], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_frozen(backbones):

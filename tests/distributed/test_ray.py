@@ -41,8 +41,15 @@ def train(texture_set):
 
 @pytest.fixture(scope="module")
 def local_bank(train):
-    det = pyanom.create("patchcore", **SHARDED)
-    det._fit(train, progress=False)
+    """The sharded fit on one machine, on one thread as each Ray task runs: the backbone's float
+    sums then come in the same order, so the banks can be compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        det = pyanom.create("patchcore", **SHARDED)
+        det._fit(train, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return det.memory_bank
 
 

@@ -54,10 +54,11 @@ def test_scores_equal_the_library_and_heatmaps_are_pngs(bottle_model, bottle_ima
         single = _post_image(client, bottle_images[-1].read_bytes()).json()["results"][0]
     results = body["results"]
     assert [r["filename"] for r in results] == [f[1][0] for f in files]
-    np.testing.assert_allclose([r["image_score"] for r in results], expected.image_scores.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose([r["image_score"] for r in results], expected.image_scores.numpy(), rtol=1e-6)
     assert [r["label"] == "defect" for r in results] == expected.labels.tolist()
     assert {r["threshold"] for r in results} == {det.threshold}
-    assert single["image_score"] == pytest.approx(float(expected.image_scores[-1]), abs=1e-6)
+    # Alone, the image goes through the backbone in a batch of one: another summation order.
+    assert single["image_score"] == pytest.approx(float(expected.image_scores[-1]), rel=1e-6)
     assert "heatmap_png" not in single
     # the bottle test set: some good images pass, defects are flagged
     assert {r["label"] for r in results} == {"good", "defect"}
@@ -169,7 +170,7 @@ def test_requests_arriving_together_are_scored_in_one_predict_call(bottle_model,
     assert calls == [6], f"six requests sent together were scored in batches of {calls}"
     det = pyanom.load(bottle_model)
     expected = det.predict(open_images(*bottle_images[:6], image_size=128)).image_scores
-    np.testing.assert_allclose([r.json()["results"][0]["image_score"] for r in responses], expected, atol=1e-6)
+    np.testing.assert_allclose([r.json()["results"][0]["image_score"] for r in responses], expected, rtol=1e-6)
 
 
 def test_a_full_queue_answers_503_with_retry_after(bottle_model, bottle_images, live):
