@@ -63,8 +63,11 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
 
     chunk = knn_chunk or DEFAULT_KNN_CHUNK
     graph = LabelledGraph(detector.export_module(knn_chunk=chunk), detector.threshold).eval()
-    size = detector.image_size
-    example = torch.rand(2, 3, size, size, device=detector.device)
+    if detector.image_size is None:
+        raise ValueError(f"{detector.name}: a model that keeps each image's own size (image_size=null, tiling) "
+                         "cannot be exported; fit it with an image_size")
+    h, w = detector.image_size
+    example = torch.rand(2, 3, h, w, device=detector.device)
     with torch.no_grad():
         has_maps = len(graph(example)) == 3
     decided_by = detector.predict(example[:1]).decided_by
@@ -96,7 +99,7 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
         "format": "pyanom-export", "format_version": FORMAT_VERSION, "pyanom_version": __version__,
         "model_format": format, "files": list(MODEL_FILES[format]), "opset": OPSET,
         "detector": detector.name, "config": dataclasses.asdict(detector.config),
-        "threshold": detector.threshold, "image_size": [size, size], "resize": "PIL bilinear",
+        "threshold": detector.threshold, "image_size": [h, w], "resize": "PIL bilinear",
         "input": "images: float32 [B, 3, H, W] RGB in [0, 1]", "outputs": outputs, "knn_chunk": chunk,
         "decided_by": decided_by,
     }

@@ -76,17 +76,22 @@ class ScoreGraph(nn.Module):
 
 
 class AntialiasedResize(nn.Module):
-    """F.interpolate(mode="bilinear", antialias=True, align_corners=False) from size x size to
+    """F.interpolate(mode="bilinear", antialias=True, align_corners=False) from (h, w) to
     out x out as two constant matrices (rows @ image @ cols^T): the resize is linear and
     separable, and the ONNX exporter has no antialiased Resize."""
 
-    def __init__(self, size: int, out: int):
+    def __init__(self, size, out: int):
         super().__init__()
+        h, w = (size, size) if isinstance(size, int) else size
+        self.register_buffer("rows", self._matrix(h, out))
+        self.register_buffer("cols", self._matrix(w, out))
+
+    @staticmethod
+    def _matrix(size: int, out: int) -> torch.Tensor:
         # Resizing the identity along its height only gives the matrix: column j is R e_j.
         eye = torch.eye(size, dtype=torch.float64)[None, None]
-        matrix = torch.nn.functional.interpolate(eye, size=(out, size), mode="bilinear", align_corners=False,
-                                                 antialias=True)[0, 0].float()  # [out, size]
-        self.register_buffer("matrix", matrix)
+        return torch.nn.functional.interpolate(eye, size=(out, size), mode="bilinear", align_corners=False,
+                                               antialias=True)[0, 0].float()  # [out, size]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.matrix @ images @ self.matrix.T
+        return self.rows @ images @ self.cols.T
