@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,24 @@ def train(texture_set):
     return open_dataset(texture_set, "train", image_size=64).normal()
 
 
-@pytest.fixture(scope="module")
-def local_bank(train):
-    """The sharded fit on one machine, on one thread as each Ray task runs: the backbone's float
-    sums then come in the same order, so the banks can be compared bit for bit."""
+@contextmanager
+def one_thread():
+    """Ray runs each task and actor on one thread (OMP_NUM_THREADS=1); the local reference does
+    the same, so float sums come in the same order and results compare bit for bit."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        det = pyanom.create("patchcore", **SHARDED)
-        det._fit(train, progress=False)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_bank(train):
+    """The sharded fit on one machine."""
+    with one_thread():
+        det = pyanom.create("patchcore", **SHARDED)
+        det._fit(train, progress=False)
     return det.memory_bank
 
 
@@ -62,7 +70,8 @@ def test_sharded_knn_equals_single_process_knn(cluster, k, parts):
     bank[500] = bank[10]  # a duplicate across parts: ties go to the lower index
     queries[0] = bank[10]
     dist, index = ShardedMemoryBank(bank, parts).knn(queries, k)
-    ref_dist, ref_index = knn_scores(queries, bank, k)
+    with one_thread():  # as the actors run: the kernel's sums then come in the same order
+        ref_dist, ref_index = knn_scores(queries, bank, k)
     assert torch.equal(dist, ref_dist)
     # Equal distances (a duplicate, or float32 ties among 300 of 1000) may come in either order.
     assert [sorted(zip(d, i)) for d, i in zip(dist.tolist(), index.tolist())] == \
@@ -89,8 +98,14 @@ def _running_shard_tasks() -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_fit_is_retried_and_the_result_unchanged(cluster, train, local_bank):
-    det = pyanom.create("patchcore", **SHARDED).use_ray()
+def test_a_worker_killed_mid_fit_is_retried_and_the_result_unchanged(cluster, texture_set):
+    # Larger images and more shards than above, so that shards stay running long enough to be caught.
+    settings = dict(SHARDED, image_size=128, shard_images=3)
+    train = open_dataset(texture_set, "train", image_size=128).normal()
+    with one_thread():
+        local = pyanom.create("patchcore", **settings)
+        local._fit(train, progress=False)
+    det = pyanom.create("patchcore", **settings).use_ray()
     fit = threading.Thread(target=det._fit, args=(train, False))
     fit.start()
     killed, deadline = None, time.monotonic() + 120
@@ -99,10 +114,10 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_result_unchanged(cluster, tr
         if running:
             os.kill(running[0], signal.SIGKILL)
             killed = running[0]
-        time.sleep(0.05)
+        time.sleep(0.005)
     fit.join(timeout=300)
     assert killed is not None, "no shard task was seen running: nothing was killed"
-    assert torch.equal(det.memory_bank, local_bank)
+    assert torch.equal(det.memory_bank, local.memory_bank)
 
 
 def test_predict_on_ray_writes_as_it_goes_and_resumes(cluster, texture_set, tmp_path):
