@@ -24,9 +24,9 @@ class _BankPart:
 
 class ShardedMemoryBank:
     """``bank`` [N, D] split row-wise over ``parts`` actors; ``knn(queries, k)`` equals
-    pyanom.ops.knn_scores(queries, bank, k) run on one thread, as each actor runs: the same
-    distances, bit for bit, and the same entries (equal distances ordered by index), found in
-    parallel without any one process holding the whole bank."""
+    pyanom.ops.knn_scores(queries, bank, k): the same entries and distances (to float32
+    rounding: each part's distance GEMM is blocked for its own shape; equal distances are ordered
+    by index), found in parallel without any one process holding the whole bank."""
 
     def __init__(self, bank: torch.Tensor, parts: int, *, address: str | None = None, num_cpus: int | None = None):
         ray = connect(address, num_cpus=num_cpus)

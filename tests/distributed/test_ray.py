@@ -70,12 +70,16 @@ def test_sharded_knn_equals_single_process_knn(cluster, k, parts):
     bank[500] = bank[10]  # a duplicate across parts: ties go to the lower index
     queries[0] = bank[10]
     dist, index = ShardedMemoryBank(bank, parts).knn(queries, k)
-    with one_thread():  # as the actors run: the kernel's sums then come in the same order
-        ref_dist, ref_index = knn_scores(queries, bank, k)
-    assert torch.equal(dist, ref_dist)
-    # Equal distances (a duplicate, or float32 ties among 300 of 1000) may come in either order.
-    assert [sorted(zip(d, i)) for d, i in zip(dist.tolist(), index.tolist())] == \
-           [sorted(zip(d, i)) for d, i in zip(ref_dist.tolist(), ref_index.tolist())]
+    ref_dist, ref_index = knn_scores(queries, bank, k)
+    # The same distances to float32 rounding: each part's distance GEMM is blocked for its own
+    # shape, so the last bit may differ from the whole bank's; at distance 0 (the duplicate) the
+    # ||q||^2 - 2 q.b + ||b||^2 form leaves up to ~sqrt(eps) * ||q|| (0.003 here).
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-2)
+    # The same entries, except where distances tie to that rounding (a duplicate, or among 300
+    # of 1000 random points): entries clearly inside the k nearest are the same set.
+    for d, i, rd, ri in zip(dist, index, ref_dist, ref_index):
+        inside = rd < rd[-1] - 1e-4
+        assert set(i[d < rd[-1] - 1e-4].tolist()) == set(ri[inside].tolist())
     assert index[0, :2].tolist() == [10, 500][:k]
 
 
