@@ -31,8 +31,6 @@ def self_attention(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     # which spares a separate pass over the whole input.
     _checks.tensor("x", x, ndim=4, finite=False)
     check(backend, "self_attention")
-    if torch.compiler.is_exporting() or torch.jit.is_tracing():  # pyanom.export: plain torch ops, which ONNX can express
-        return _torch_attention(x)
     if x.requires_grad and torch.is_grad_enabled():
         if backend == "native":
             raise ValueError("self_attention: backend='native' has no backward pass, but x "
