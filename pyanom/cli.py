@@ -507,11 +507,18 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
-    common.add_argument("--max-pixels", type=int, metavar="N",
-                        help="refuse images of more than N pixels before decoding them "
-                             "(default 250,000,000; PIL alone warns at 89 M and stops at 179 M)")
+    from pyanom.data.files import DEFAULT_MAX_PIXELS
+    from pyanom.serve import ServeSettings
+
+    def common_options(max_pixels: int) -> argparse.ArgumentParser:
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+        common.add_argument("--max-pixels", type=int, metavar="N",
+                            help=f"refuse images of more than N pixels before decoding them (default {max_pixels:,}; "
+                                 "PIL alone warns at 89 M and stops at 179 M)")
+        return common
+
+    common = common_options(DEFAULT_MAX_PIXELS)
     parser = argparse.ArgumentParser(
         prog="pyanom", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Learn what good parts look like, score new images, flag defects and show where they are.")
@@ -573,12 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime for an exported model folder (default: onnxruntime for ONNX, openvino for OpenVINO)")
     p.set_defaults(func=cmd_predict)
 
-    from pyanom.serve import ServeSettings
-
     serving = ServeSettings()
-    p = sub.add_parser("serve", parents=[common], help="serve models over HTTP with an operator page (extra pyanom[serve])",
-                       description=f"Serve fitted models over HTTP (extra pyanom[serve]). --max-pixels defaults to "
-                                   f"{serving.max_pixels:,} here: a service decodes many uploads at once.")
+    p = sub.add_parser("serve", parents=[common_options(serving.max_pixels)],
+                       help="serve models over HTTP with an operator page (extra pyanom[serve])",
+                       description="Serve fitted models over HTTP (extra pyanom[serve]). --max-pixels is lower here "
+                                   "than for the other commands: a service decodes many uploads at once.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model files (named by file stem) or NAME=PATH")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

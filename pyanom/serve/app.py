@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -98,8 +100,9 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None) -> Fas
         for model in models.values():
             await model.batcher.stop()
 
-    app = FastAPI(title="pyanom", version="1", lifespan=lifespan,
-                  description="Visual inspection: score images with fitted pyanom detectors.")
+    # the API pages (/docs, /redoc) load their scripts from this app, not a CDN: the line PC may be offline
+    app = FastAPIOffline(title="pyanom", version="1", lifespan=lifespan, static_url="/docs-assets",
+                         description="Visual inspection: score images with fitted pyanom detectors.")
     app.state.ready = False
     app.state.models = models
 
@@ -127,12 +130,13 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None) -> Fas
             return _error(503, "warming up")
         return {"status": "ready", "models": list(models)}
 
-    async def require_key(request: Request):
+    bearer = HTTPBearer(auto_error=False, description="the key given to `pyanom serve --api-key`, if any")
+
+    async def require_key(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
         if settings.api_key is None:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(),
-                                                                    settings.api_key.encode()):
+        if credentials is None or not secrets.compare_digest(credentials.credentials.strip().encode(),
+                                                             settings.api_key.encode()):
             raise InputError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import struct
 import threading
 import time
@@ -87,6 +88,19 @@ def test_ready_only_after_warm_up_and_openapi_documents_the_api(bottle_model):
         assert client.get("/readyz").json() == {"status": "ready", "models": ["bottle"]}
         paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/models", "/v1/models/{name}/predict", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_api_pages_load_nothing_from_outside_and_document_the_key(bottle_model):
+    with TestClient(_app(bottle_model)) as client:
+        schema = client.get("/openapi.json").json()
+        for page in ("/docs", "/redoc"):
+            html = client.get(page).text
+            sources = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+            assert sources and all(src.startswith("/") for src in sources), (page, sources)
+            for src in sources:
+                assert client.get(src).status_code == 200, src
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/v1/models"]["get"]["security"] == [{"HTTPBearer": []}]
 
 
 BAD = [  # (what, data, content type, query, status, words in the message)

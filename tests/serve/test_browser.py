@@ -89,6 +89,22 @@ def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(brows
     assert Image.open(shot).size[0] >= 1000
 
 
+def test_api_page_renders_offline(browser, bottle_model, live):
+    """/docs is FastAPI's Swagger UI with its scripts served by the app: this machine has no internet,
+    so a page that needed a CDN would stay blank."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = create_app({"bottle": pyanom.load(bottle_model)}, ServeSettings(api_key="k"))
+    with live(app) as url:
+        browser.get(url + "/docs")
+        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/models", "/v1/models/{name}/predict", "/healthz"} <= paths
+        assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")  # the key can be given on the page
+        _screenshot(browser, "api_docs.png")
+
+
 @pytest.fixture(scope="module")
 def bottle_report(bottle_model, bottle_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")

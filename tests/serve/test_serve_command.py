@@ -32,6 +32,16 @@ def test_a_model_that_fails_to_load_stops_start_up_with_one_clear_line(tmp_path,
     assert err.startswith(f"pyanom serve: error: {corrupt} is not a readable pyanom archive") and "\n" not in err
 
 
+def test_help_states_each_command_s_own_pixel_limit(capsys):
+    from pyanom.data.files import DEFAULT_MAX_PIXELS
+    from pyanom.serve import ServeSettings
+
+    for command, limit in (("serve", ServeSettings.max_pixels), ("predict", DEFAULT_MAX_PIXELS)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"(default {limit:,};" in " ".join(capsys.readouterr().out.split())
+
+
 def test_model_names_and_loopback():
     assert model_names(["a/bottle.pyanom", "cap=b/x.pyanom"]) == {"bottle": Path("a/bottle.pyanom"),
                                                                  "cap": Path("b/x.pyanom")}
