@@ -1,12 +1,14 @@
 """`pyanom serve` under load on loopback, beside in-process `predict` at the same batch sizes.
 
     python3 -P benchmarks/bench_serve.py                  # fits a small PatchCore on bottle first
-    python3 -P benchmarks/bench_serve.py --model bottle.pyanom --requests 96
+    python3 -P benchmarks/bench_serve.py --model bottle.pyanom --requests 192
     OMP_NUM_THREADS=1 python3 -P benchmarks/bench_serve.py   # one scoring thread, server and in-process alike
 
 Bounded: a fixed number of requests per level (1, 4 and 16 concurrent httpx clients, each
-sending bottle test images as raw PNG bodies one after the other), a timeout on every request,
-the server on 127.0.0.1 only. Reports throughput (images/s) and p50/p99 latency per level, the
+sending bottle test images as raw PNG bodies one after the other; as many untimed requests first
+as there are clients, so the timing starts with every client busy), a timeout on every request,
+the server on 127.0.0.1 only. Reports throughput (images/s), p50/p99 latency and the server's mean
+batch size per level, the
 in-process throughput of `predict` at batch sizes 1, 4 and 16 on already decoded tensors and on
 the same PNG bytes decoded first (as the service must: 900x900 PNGs cost about as much to decode
 as to score at 256 px), and the server's resident memory (RSS) sampled over the whole load test.
@@ -114,9 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model to serve (default: fit PatchCore on bottle)")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--requests", type=int, default=48, help="requests per level (default 48)")
-    parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=96, help="timed requests per level (default 96)")
+    parser.add_argument("--max-batch", type=int, default=ServeSettings.max_batch)
+    parser.add_argument("--max-wait-ms", type=float, default=ServeSettings.max_wait_ms)
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
 
@@ -157,7 +159,11 @@ def main() -> None:
         rows = []
         for clients in ROUNDS:  # in-process just before and after each level: the machine's load drifts
             before = direct(clients, args.requests), direct(clients, args.requests, bodies)
+            asyncio.run(load(url, bodies, clients, clients))  # untimed: every client has sent once
+            scored = httpx.get(f"{url}/v1/models").json()[0]["scored"]
             row = asyncio.run(load(url, bodies, clients, args.requests))
+            after = httpx.get(f"{url}/v1/models").json()[0]["scored"]
+            row["mean_batch"] = (after["images"] - scored["images"]) / max(1, after["batches"] - scored["batches"])
             row["rss_mb_after"] = rss_mb(server.pid)
             row["in_process_images_per_s"] = (before[0] + direct(clients, args.requests)) / 2
             row["in_process_with_decode_images_per_s"] = (before[1] + direct(clients, args.requests, bodies)) / 2
@@ -172,13 +178,15 @@ def main() -> None:
           f"--max-wait-ms {args.max_wait_ms}, torch threads {torch.get_num_threads()}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| clients | served img/s | p50 ms | p99 ms | failed | in-process predict img/s (batch = clients) "
-          "| served / in-process | in-process decode + predict img/s | served / that | server RSS after, MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| served / in-process | in-process decode + predict img/s | served / that | server's mean batch "
+          "| server RSS after, MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failed']} "
               f"| {r['in_process_images_per_s']:.1f} | {r['images_per_s'] / r['in_process_images_per_s']:.2f}x "
               f"| {r['in_process_with_decode_images_per_s']:.1f} "
-              f"| {r['images_per_s'] / r['in_process_with_decode_images_per_s']:.2f}x | {r['rss_mb_after']:.0f} |")
+              f"| {r['images_per_s'] / r['in_process_with_decode_images_per_s']:.2f}x | {r['mean_batch']:.1f} "
+              f"| {r['rss_mb_after']:.0f} |")
     print(f"server RSS: {rss_ready:.0f} MB when ready, {min(rss):.0f}-{max(rss):.0f} MB over the load "
           f"({len(rss)} samples), {rss[-1]:.0f} MB at the end")
     if args.json:

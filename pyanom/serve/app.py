@@ -60,7 +60,8 @@ class ServedModel:
         return {"name": self.name, "detector": det.name, "supervision": det.supervision,
                 "hyper_parameters": dataclasses.asdict(det.config), "threshold": det.threshold,
                 "input_size": list(self.preprocess.image_size), "fitted_on": getattr(det, "fitted_on", None),
-                "heatmap": self.has_heatmap}
+                "heatmap": self.has_heatmap,
+                "scored": {"images": self.batcher.images, "batches": self.batcher.batches}}
 
     def heatmap_png(self, image: torch.Tensor, anomaly_map: torch.Tensor) -> str:
         """The anomaly map over the image as a base64 PNG; red from 1.5x the threshold up, so one
@@ -163,9 +164,13 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None) -> Fas
         if heatmap and not model.has_heatmap:
             raise InputError(400, f"model {name!r} ({model.detector.name}) makes no anomaly map")
         uploads = await _read_uploads(request, settings)
-        images = await run_in_threadpool(lambda: [decode(data, fname, model.preprocess, limits)
-                                                  for fname, data in uploads])
-        results = await model.batcher.submit(images)
+        model.batcher.expect(len(uploads))
+        try:
+            images = await run_in_threadpool(lambda: [decode(data, fname, model.preprocess, limits)
+                                                      for fname, data in uploads])
+        finally:
+            model.batcher.expect(-len(uploads))
+        results = await model.batcher.submit(images)  # queued before any other request runs: no await between
         threshold = float(model.detector.threshold)
         out = []
         for (fname, _), image, (score, defect, anomaly_map) in zip(uploads, images, results):

@@ -5,6 +5,11 @@ The first image of a batch waits at most ``max_wait_ms`` for company, a batch ho
 :meth:`MicroBatcher.submit` refuses at once (:class:`QueueFull`) instead of letting the
 queue, and every client's latency, grow without bound. Scoring runs on one worker thread
 per model, off the event loop, so the service keeps answering while a batch is scored.
+
+Images of requests already received but still being decoded (:meth:`MicroBatcher.expect`) are
+waited for beyond ``max_wait_ms``, up to one batch's scoring time: under load, the clients
+answered by one batch send their next images together, and without this the first of them
+would leave as a batch of a few while the rest are decoded, halving the batches' size.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ class MicroBatcher:
                              f"{max_batch}, {max_queue}, {max_wait_ms}")
         self.score, self.name = score, name
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
-        self.batch_sizes: list[int] = []  # every batch scored, for tests and the benchmark
+        self.batches = self.images = 0  # scored so far: images / batches is the mean batch size
         self._pending: collections.deque = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pyanom-score-{name}")
-        self._seconds_per_image = 0.05  # refined by every batch; sets Retry-After
+        self._seconds_per_image = 0.05  # refined by every batch; sets Retry-After and the wait for decodes
+        self._expected = 0  # images received and being decoded: the next batch waits for them
 
     @property
     def queued(self) -> int:
@@ -67,6 +73,12 @@ class MicroBatcher:
         """Run fn on the scoring thread (warm-up uses it, so it warms that thread's state)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def expect(self, count: int) -> None:
+        """``count`` images are being decoded and will be submitted (a negative count: they were, or failed)."""
+        self._expected += count
+        if self._arrived is not None:
+            self._arrived.set()  # a batch being formed re-reads how long to wait
+
     async def submit(self, images: Sequence[torch.Tensor]) -> list:
         """Results for these images (in order), scored together with whatever else is waiting."""
         if len(self._pending) + len(images) > self.max_queue:
@@ -85,8 +97,11 @@ class MicroBatcher:
             while not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = loop.time() + self.max_wait
-            while len(self._pending) < self.max_batch and (left := deadline - loop.time()) > 0:
+            first = loop.time()
+            for_company = first + self.max_wait
+            for_decodes = first + max(self.max_wait, self._seconds_per_image * self.max_batch)
+            while len(self._pending) < self.max_batch and (
+                    left := (for_decodes if self._expected > 0 else for_company) - loop.time()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
@@ -96,7 +111,7 @@ class MicroBatcher:
             batch = [(image, fut) for image, fut in batch if not fut.done()]  # client gone
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
+            self.batches, self.images = self.batches + 1, self.images + len(batch)
             start = loop.time()
             try:
                 results = await self.run_in_worker(self.score, torch.stack([image for image, _ in batch]))

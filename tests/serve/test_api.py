@@ -77,6 +77,7 @@ def test_models_lists_what_is_served(bottle_model):
     assert info["hyper_parameters"]["coreset_ratio"] == 0.05
     assert info["fitted_on"] == {"train_images": 15, "train_defective": 0,
                                  "threshold_images": 5, "threshold_defective": 0}
+    assert info["scored"] == {"images": 0, "batches": 0}  # the warm-up is not counted
 
 
 def test_ready_only_after_warm_up_and_openapi_documents_the_api(bottle_model):
@@ -180,11 +181,38 @@ def test_requests_arriving_together_are_scored_in_one_predict_call(bottle_model,
     with live(app) as url:
         calls = _count_predict_calls(app)
         responses = asyncio.run(six_clients(url))
+        scored = httpx.get(url + "/v1/models").json()[0]["scored"]
     assert [r.status_code for r in responses] == [200] * 6
     assert calls == [6], f"six requests sent together were scored in batches of {calls}"
+    assert scored == {"images": 6, "batches": 1}
     det = pyanom.load(bottle_model)
     expected = det.predict(open_images(*bottle_images[:6], image_size=128)).image_scores
     np.testing.assert_allclose([r.json()["results"][0]["image_score"] for r in responses], expected, rtol=1e-6)
+
+
+def test_a_batch_waits_for_images_still_being_decoded(bottle_model, bottle_images, live, monkeypatch):
+    """Without company in sight a batch leaves at once (max_wait_ms=0), but images already received
+    and still being decoded join it: the clients answered by one batch come back together."""
+    import pyanom.serve.app as served
+
+    app = _app(bottle_model, max_batch=6, max_wait_ms=0)
+    app.state.models["bottle"].batcher._seconds_per_image = 10.0  # a slow model: waiting for decodes pays
+    order = iter(range(6))
+    decode = served.decode
+    monkeypatch.setattr(served, "decode", lambda *a: (time.sleep(0.2 * next(order)), decode(*a))[1])
+    images = [p.read_bytes() for p in bottle_images[:6]]
+
+    async def six_clients(url):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*[
+                client.post("/v1/models/bottle/predict", content=data, headers={"content-type": "image/png"})
+                for data in images])
+
+    with live(app) as url:
+        calls = _count_predict_calls(app)
+        responses = asyncio.run(six_clients(url))
+    assert [r.status_code for r in responses] == [200] * 6
+    assert calls == [6], f"six requests decoded one after another were scored in batches of {calls}"
 
 
 def test_a_full_queue_answers_503_with_retry_after(bottle_model, bottle_images, live):
