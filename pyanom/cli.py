@@ -348,6 +348,8 @@ def cmd_predict(args) -> int:
     from pyanom.export.runtime import is_exported, load
     from pyanom.outputs import OutputFolder, atomic_path, common_root, output_name
 
+    if args.bank_parts is not None and (args.ray is None or args.bank_parts < 0):
+        raise UsageError("--bank-parts: give a number >= 0, together with --ray")
     if args.ray is not None:
         return _predict_on_ray(args)
     exported = is_exported(args.model)  # a folder from `pyanom export`: scored without torch
@@ -414,15 +416,16 @@ def _predict_on_ray(args) -> int:
     """Batch scoring across a cluster: rows appended as they arrive, a rerun resumes (no heatmaps)."""
     import pyanom
     from pyanom.data import find_images
-    from pyanom.distributed.score import score_on_ray
+    from pyanom.distributed.score import results_path, score_on_ray
     from pyanom.outputs import writable_folder
 
-    pyanom.load(args.model)  # a bad model file fails here, before the cluster starts
+    pyanom.load(args.model, skip=("memory_bank",))  # a bad model file fails here, before the cluster starts
     writable_folder(args.out, "--out")
     out_dir = args.out.resolve()
     paths = [p for p in find_images(*args.images, recursive=args.recursive) if out_dir not in p.resolve().parents]
-    results = args.out / "scores.csv"
-    scored, failed = score_on_ray(args.model, paths, results, address=None if args.ray == "local" else args.ray)
+    results = results_path(args.out)
+    scored, failed = score_on_ray(args.model, paths, results, address=None if args.ray == "local" else args.ray,
+                                  bank_parts=args.bank_parts)
     print(f"wrote {results} ({scored} images scored now, {len(paths) - scored} already there; "
           f"{failed} could not be read)")
     return 1 if failed else 0
@@ -573,8 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="look into sub-folders of the folders given (default: yes)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="score across a Ray cluster, appending to --out/scores.csv as chunks finish; a rerun "
-                        "scores only the images not in it yet (no heatmaps)")
+                   help="score across a Ray cluster, writing --out/scores.parquet/ (a part file per chunk; with "
+                        "pyarrow) or --out/scores.csv as chunks finish; a rerun scores only the images not in it "
+                        "yet (no heatmaps)")
+    p.add_argument("--bank-parts", type=int, metavar="N",
+                   help="with --ray: hold a memory bank (patchcore, sa_patchcore) in N actors, read from the model "
+                        "file in parts, instead of a copy in every worker (0: copies; default: as many as keep "
+                        "each within the model's memory_budget_mb, copies when it fits)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"],
                    help="runtime for an exported model folder (default: onnxruntime for ONNX, openvino for OpenVINO)")

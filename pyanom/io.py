@@ -113,10 +113,11 @@ def is_archive(path) -> bool:
         return False
 
 
-def load_archive(path, *, map_location="cpu",
-                 format_version: int = FORMAT_VERSION) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_archive(path, *, map_location="cpu", format_version: int = FORMAT_VERSION,
+                 skip: tuple[str, ...] = ()) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read an archive written by :func:`save_archive`; returns (config, tensors) with the
-    tensors on ``map_location`` (a device or its name). ``format_version`` is the layout the
+    tensors on ``map_location`` (a device or its name), less those named in ``skip`` (left in
+    the file, e.g. a memory bank that actors read in parts). ``format_version`` is the layout the
     caller understands; a file of any other version is refused with an :class:`ArchiveError`
     saying which pyanom release wrote it.
     """
@@ -143,7 +144,7 @@ def load_archive(path, *, map_location="cpu",
                 config = json.loads(metadata["config"])
             except (KeyError, json.JSONDecodeError) as err:
                 raise ArchiveError(f"{path} has a missing or corrupt config: {err}") from None
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys() if name not in skip}
     except SafetensorError as err:
         raise ArchiveError(f"{path} is not a readable pyanom archive (not a safetensors file, "
                            f"or truncated or corrupt): {err}") from None

@@ -59,9 +59,10 @@ def create(name: str, **kwargs):
     return detector_class(name)(**kwargs)
 
 
-def load(path, *, device="cpu"):
-    """A detector saved by `Detector.save`, on `device`; its plugin must be installed."""
-    config, tensors = load_archive(path, map_location=device)
+def load(path, *, device="cpu", skip: tuple[str, ...] = ()):
+    """A detector saved by `Detector.save`, on `device`; its plugin must be installed. Tensors
+    named in ``skip`` are not read (the caller provides them: pyanom.distributed.load_sharded)."""
+    config, tensors = load_archive(path, map_location=device, skip=skip)
     try:
         cls = detector_class(config["detector"])
         det = cls(cls.Config(**config["config"]), device=device)

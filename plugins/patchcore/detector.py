@@ -118,7 +118,7 @@ class PatchCore(Detector):
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.memory_bank: torch.Tensor | None = None
+        self.memory_bank = None  # a tensor [N, D], or a ShardedMemoryBank held by Ray actors (shard_memory_bank)
         self.memory_plan = None  # how the last fit built the memory bank (pyanom.memory_bank.MemoryBankPlan)
         self._backbone = None
         self._ray = None  # cluster settings when fitting on Ray (use_ray)
@@ -146,6 +146,24 @@ class PatchCore(Detector):
         workers, the final coreset here; the same memory bank as the same plan on one machine."""
         self._ray = {"address": address, "num_cpus": num_cpus}
         return self
+
+    def shard_memory_bank(self, parts: int, *, address: str | None = None,
+                          num_cpus: int | None = None) -> "PatchCore":
+        """Hold the fitted memory bank in ``parts`` Ray actors (pyanom.distributed.knn) and drop
+        it here: scoring then merges their exact top-k, equal to this process's to float32
+        rounding. For a model file, pyanom.distributed.load_sharded never reads the bank here."""
+        from pyanom.distributed.knn import ShardedMemoryBank
+
+        if not isinstance(self.memory_bank, torch.Tensor):
+            raise RuntimeError(f"{self.name}: fit or load the detector before sharding its memory bank")
+        self.memory_bank = ShardedMemoryBank(self.memory_bank, parts, address=address, num_cpus=num_cpus)
+        return self
+
+    def _nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances [Q, k] and indices of the k nearest memory entries, wherever the bank is held."""
+        if isinstance(self.memory_bank, torch.Tensor):
+            return knn_scores(queries, self.memory_bank, k)
+        return self.memory_bank.knn(queries, k)
 
     def _fit(self, train, progress: bool) -> None:
         cfg = self.config
@@ -183,7 +201,7 @@ class PatchCore(Detector):
         emb, (h, w) = self._embed(images)
         b, n_patches, d = emb.shape
         queries = emb.reshape(-1, d)
-        dist, nearest = knn_scores(queries, self.memory_bank, 1)
+        dist, nearest = self._nearest(queries, 1)
         patch_scores = dist[:, 0].reshape(b, n_patches)
         image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
@@ -198,7 +216,7 @@ class PatchCore(Detector):
         rows = torch.arange(len(worst), device=worst.device) * n_patches + worst
         test, m_star = queries[rows], nearest[rows]
         k = min(self.config.num_neighbors, len(self.memory_bank))
-        _, support = knn_scores(self.memory_bank[m_star], self.memory_bank, k)
+        _, support = self._nearest(self.memory_bank[m_star], k)
         dist = torch.linalg.vector_norm(test[:, None, :] - self.memory_bank[support], dim=-1)
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
@@ -206,16 +224,22 @@ class PatchCore(Detector):
         from pyanom.export.graph import DEFAULT_KNN_CHUNK
         from pyanom_plugins.patchcore.export import PatchCoreGraph
 
+        if not isinstance(self.memory_bank, torch.Tensor):
+            raise ValueError(f"{self.name}: its memory bank is held by Ray actors (shard_memory_bank); "
+                             "export the saved model file instead")
         if type(self)._score is not PatchCore._score:
             raise ValueError(f"{self.name} cannot be exported yet: its score adds a context memory "
                              "that the export graph does not reproduce")
         return PatchCoreGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.memory_bank}
+        bank = self.memory_bank  # one held by actors is gathered here to be saved
+        return {"memory_bank": bank if isinstance(bank, torch.Tensor) else bank.gather()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.memory_bank = tensors["memory_bank"].to(self.device, torch.float32).contiguous()
+        # Absent when the loader leaves it to actors (pyanom.distributed.load_sharded).
+        bank = tensors.get("memory_bank")
+        self.memory_bank = None if bank is None else bank.to(self.device, torch.float32).contiguous()
 
 
 class SAPatchCore(PatchCore):

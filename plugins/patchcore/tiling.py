@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import gaussian_blur
 from pyanom.data.transforms import pair
-from pyanom.ops import knn_scores
 from pyanom.tiling import cut_tiles, stitch, tile_positions
 
 
@@ -61,7 +60,7 @@ def score_tiled(det, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for tiles in chunks:
             emb, (h, w) = det._embed(tiles)
             queries = emb.reshape(-1, emb.shape[-1])
-            dist, nearest = knn_scores(queries, bank, 1)
+            dist, nearest = det._nearest(queries, 1)
             patch = dist[:, 0]
             top = int(patch.argmax())
             if float(patch[top]) > worst[0]:

@@ -34,3 +34,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None):
         else:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     return ray
+
+
+from pyanom.distributed.knn import ShardedMemoryBank, load_sharded  # noqa: E402  (they use connect)
+
+__all__ = ["connect", "require_ray", "ShardedMemoryBank", "load_sharded"]

@@ -1,10 +1,21 @@
 """Scoring a large folder across a Ray cluster: chunks of images go to workers (the model loaded
-once per worker process), rows are appended to the results file as chunks finish, and a rerun
-after a failure scores only the images the file does not hold yet."""
+once per worker process), results are written as chunks finish, and a rerun after a failure
+scores only the images the results do not hold yet.
+
+Results are Parquet when pyarrow is present, CSV otherwise. A Parquet file is unreadable until
+its footer is written, so results go to a folder of part files, one per finished chunk, each
+written to a temporary name and renamed (readable as one table: pyarrow.dataset or
+pandas.read_parquet of the folder); CSV rows are appended to one file and flushed.
+
+A model whose memory bank exceeds its memory_budget_mb (or bank_parts > 0) has its bank read by
+actors from the model file (pyanom.distributed.knn); workers then load the model without the
+bank and query the actors, instead of each holding a copy.
+"""
 
 from __future__ import annotations
 
 import csv
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,16 +24,17 @@ from tqdm.auto import tqdm
 from pyanom.distributed import connect
 
 COLUMNS = ["path", "score", "defect", "decided_by", "error"]
+FORMATS = ("auto", "csv", "parquet")
 
 
 @lru_cache(maxsize=2)
-def _worker_model(model: str):
+def _worker_model(model: str, without_bank: bool):
     import pyanom
 
-    return pyanom.load(model)
+    return pyanom.load(model, skip=("memory_bank",) if without_bank else ())
 
 
-def _score_chunk(model: str, paths: list[str]) -> list[list]:
+def _score_chunk(model: str, paths: list[str], bank=None) -> list[list]:
     """Rows for a chunk; an unreadable image gets its error instead of a score."""
     import torch
 
@@ -30,53 +42,158 @@ def _score_chunk(model: str, paths: list[str]) -> list[list]:
     from pyanom.data.files import checked_size
 
     torch.set_num_threads(1)
-    det = _worker_model(model)
+    det = _worker_model(model, bank is not None)
+    if bank is not None:
+        det.memory_bank = bank
     rows, readable = {}, []
     for path in paths:
         try:
             checked_size(Path(path))
             readable.append(path)
         except (ValueError, OSError) as err:
-            rows[path] = [path, "", "", "", str(err)]
+            rows[path] = [path, None, None, None, str(err)]
     if readable:
         pred = det.predict(ImageList(readable, image_size=det.image_size, validate=False))
         for i, path in enumerate(readable):
-            rows[path] = [path, f"{float(pred.image_scores[i]):.6g}", int(pred.labels[i]), pred.decided_by, ""]
+            rows[path] = [path, float(pred.image_scores[i]), int(pred.labels[i]), pred.decided_by, None]
     return [rows[p] for p in paths]
 
 
+def has_parquet() -> bool:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def results_path(out: Path, format: str = "auto") -> Path:
+    """Where the results go in the folder ``out``: scores.csv, or the folder scores.parquet/."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "auto":
+        format = "parquet" if has_parquet() else "csv"
+    return out / ("scores.parquet" if format == "parquet" else "scores.csv")
+
+
+class _CsvResults:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def done(self) -> set[str]:
+        if not self.path.is_file():
+            return set()
+        with open(self.path, newline="") as fh:
+            return {row["path"] for row in csv.DictReader(fh) if row.get("path")}
+
+    def __enter__(self):
+        fresh = not self.path.is_file() or self.path.stat().st_size == 0
+        self.fh = open(self.path, "a", newline="")
+        self.writer = csv.writer(self.fh)
+        if fresh:
+            self.writer.writerow(COLUMNS)
+        return self
+
+    def write(self, rows: list[list]) -> None:
+        self.writer.writerows([[p, "" if s is None else f"{s:.6g}", "" if d is None else d, by or "", err or ""]
+                               for p, s, d, by, err in rows])
+        self.fh.flush()  # a crash after this loses no finished chunk
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+class _ParquetResults:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet")) if self.path.is_dir() else []
+
+    def done(self) -> set[str]:
+        import pyarrow.parquet as pq
+
+        return {p for part in self._parts() for p in pq.read_table(part, columns=["path"]).column("path").to_pylist()}
+
+    def __enter__(self):
+        self.path.mkdir(exist_ok=True)
+        parts = self._parts()
+        self.next = 1 + max((int(p.stem.split("-")[1]) for p in parts), default=-1)
+        return self
+
+    def write(self, rows: list[list]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("defect", pa.int8()),
+                            ("decided_by", pa.string()), ("error", pa.string())])
+        table = pa.Table.from_pylist([dict(zip(COLUMNS, r)) for r in rows], schema=schema)
+        final = self.path / f"part-{self.next:06d}.parquet"
+        tmp = self.path / f".{final.name}.tmp"  # a crash mid-write leaves no part that looks finished
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self.next += 1
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _results(path: Path):
+    return _ParquetResults(path) if path.suffix == ".parquet" else _CsvResults(path)
+
+
 def done_paths(results: Path) -> set[str]:
-    """The images a results file already holds a row for (scored or failed)."""
-    if not results.is_file():
-        return set()
-    with open(results, newline="") as fh:
-        return {row["path"] for row in csv.DictReader(fh) if row.get("path")}
+    """The images a results file (or Parquet folder) already holds a row for (scored or failed)."""
+    return _results(Path(results)).done()
 
 
 def score_on_ray(model: str | Path, paths: list[Path], results: str | Path, *, address: str | None = None,
-                 num_cpus: int | None = None, chunk: int = 64, progress: bool = True) -> tuple[int, int]:
-    """Score ``paths`` with the model file ``model`` on a Ray cluster, appending rows to the CSV
-    ``results`` as chunks finish; images already in it are skipped (resume). Returns (scored now,
-    failed now)."""
+                 num_cpus: int | None = None, chunk: int = 64, bank_parts: int | None = None,
+                 progress: bool = True) -> tuple[int, int]:
+    """Score ``paths`` with the model file ``model`` on a Ray cluster, writing rows to
+    ``results`` (scores.csv, or a scores.parquet folder: results_path) as chunks finish; images
+    already there are skipped (resume). ``bank_parts``: actors holding a memory bank (0: a
+    copy in every worker; None: as many as keep each within the model's memory_budget_mb when
+    the bank exceeds it, else 0). Returns (scored now, failed now)."""
     ray = connect(address, num_cpus=num_cpus)
-    results = Path(results)
-    done = done_paths(results)
+    model, results = str(Path(model).resolve()), Path(results)
+    bank = _bank_on_actors(model, bank_parts, address, num_cpus)
+    store = _results(results)
+    done = store.done()
     todo = [str(p) for p in paths if str(p) not in done]
     task = ray.remote(num_cpus=1, max_retries=3)(_score_chunk)
-    pending = [task.remote(str(Path(model).resolve()), todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
-    fresh = not results.is_file() or results.stat().st_size == 0
+    pending = [task.remote(model, todo[i:i + chunk], bank) for i in range(0, len(todo), chunk)]
     scored = failed = 0
-    with open(results, "a", newline="") as fh, tqdm(total=len(todo), desc="scoring on ray",
-                                                     disable=not progress) as bar:
-        writer = csv.writer(fh)
-        if fresh:
-            writer.writerow(COLUMNS)
+    with store, tqdm(total=len(todo), desc="scoring on ray", disable=not progress) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             rows = ray.get(ready[0])
-            writer.writerows(rows)
-            fh.flush()  # a crash after this loses no finished chunk
+            store.write(rows)
             failed += sum(1 for r in rows if r[-1])
             scored += len(rows)
             bar.update(len(rows))
     return scored, failed
+
+
+def _bank_on_actors(model: str, bank_parts: int | None, address, num_cpus):
+    """The model's memory bank on actors, or None where workers should each load it."""
+    from safetensors import safe_open
+
+    from pyanom.distributed.knn import ShardedMemoryBank, parts_for
+    from pyanom.io import load_archive
+
+    if bank_parts == 0:
+        return None
+    with safe_open(model, framework="pt") as f:
+        names = list(f.keys())
+        shape = f.get_slice("memory_bank").get_shape() if "memory_bank" in names else None
+    if shape is None:
+        if bank_parts:
+            raise ValueError(f"{model}: bank_parts needs a memory-bank model (patchcore, sa_patchcore)")
+        return None
+    if bank_parts is None:
+        budget_mb = load_archive(model, skip=tuple(names))[0]["config"].get("memory_budget_mb")
+        bank_parts = parts_for(shape[0] * shape[1] * 4, budget_mb << 20) if budget_mb else 1
+        if bank_parts == 1:
+            return None
+    return ShardedMemoryBank.from_archive(model, "memory_bank", bank_parts, address=address, num_cpus=num_cpus)

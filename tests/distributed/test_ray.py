@@ -124,26 +124,94 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_result_unchanged(cluster, te
     assert torch.equal(det.memory_bank, local.memory_bank)
 
 
-def test_predict_on_ray_writes_as_it_goes_and_resumes(cluster, texture_set, tmp_path):
-    model = tmp_path / "m.pyanom"
-    assert main(["fit", "patchcore", str(texture_set), "--out", str(model), "--set", "image_size=64",
-                 "--set", "coreset_ratio=0.05"]) == 0
-    out = tmp_path / "out"
-    assert main(["predict", str(model), str(texture_set / "test"), "--ray", "--out", str(out)]) == 0
-    rows = list(csv.DictReader((out / "scores.csv").open()))
-    assert len(rows) == 12
-    # Lose half the rows, as a crash would: the rerun scores only those.
-    kept = rows[:5]
-    with open(out / "scores.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    from pyanom.distributed.score import score_on_ray
+@pytest.fixture(scope="module")
+def models(texture_set, tmp_path_factory):
+    """A fitted patchcore and sa_patchcore model file each (64 px: banks of a few hundred rows)."""
+    folder = tmp_path_factory.mktemp("models")
+    files = {}
+    for name in ("patchcore", "sa_patchcore"):
+        files[name] = folder / f"{name}.pyanom"
+        assert main(["fit", name, str(texture_set), "--out", str(files[name]), "--set", "image_size=64",
+                     "--set", "coreset_ratio=0.05"]) == 0
+    return files
 
+
+@pytest.mark.parametrize("name, parts, from_file", [("patchcore", 3, False), ("sa_patchcore", 2, True)])
+def test_scores_against_a_bank_on_actors_equal_the_local_scores(cluster, models, texture_set, name, parts,
+                                                                 from_file):
+    from pyanom.distributed import ShardedMemoryBank, load_sharded
+
+    test = open_dataset(texture_set, "test", image_size=64)
+    local = pyanom.load(models[name])
+    expected = local.predict(test)
+    # From a model file, each actor reads its own rows and this process none of them.
+    det = load_sharded(models[name], parts) if from_file else pyanom.load(models[name]).shard_memory_bank(parts)
+    assert isinstance(det.memory_bank, ShardedMemoryBank) and len(det.memory_bank.parts) == parts
+    pred = det.predict(test)
+    # Exact top-k merged from the parts: to float32 rounding, with the reweighting's
+    # neighbourhood (k = num_neighbors) found and fetched through the actors too.
+    torch.testing.assert_close(pred.image_scores, expected.image_scores, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pred.anomaly_maps, expected.anomaly_maps, rtol=1e-5, atol=1e-5)
+    assert torch.equal(pred.labels, expected.labels)
+    assert torch.equal(det.memory_bank.gather(), local.memory_bank)  # what save writes
+
+
+def _rows(results: Path) -> list[dict]:
+    """The results' rows, as strings, from scores.csv or a scores.parquet folder."""
+    if results.suffix == ".csv":
+        return list(csv.DictReader(results.open()))
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(results)  # the folder of part files, as one table
+    return [{k: "" if v is None else str(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def _lose_half(results: Path, rows: list[dict]) -> None:
+    """Keep the first 5 rows only, as a crash would leave them."""
+    if results.suffix == ".csv":
+        with open(results, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows[:5])
+        return
+    import pyarrow.parquet as pq
+
+    keep = {r["path"] for r in rows[:5]}
+    for part in results.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        mask = [p in keep for p in table.column("path").to_pylist()]
+        if any(mask):
+            pq.write_table(table.filter(mask), part)
+        else:
+            part.unlink()
+    (results / ".part-000099.parquet.tmp").write_bytes(b"PAR1 half-written")  # a crash mid-write
+
+
+def test_predict_on_ray_writes_parquet_as_it_goes(cluster, models, texture_set, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", str(models["patchcore"]), str(texture_set / "test"), "--ray", "--out", str(out)]) == 0
+    parts = sorted((out / "scores.parquet").glob("part-*.parquet"))
+    assert len(parts) == 1 and not (out / "scores.csv").exists()  # 12 images: one chunk
+    assert len(_rows(out / "scores.parquet")) == 12
+
+
+@pytest.mark.parametrize("fmt, bank_parts", [("csv", 0), ("parquet", 2)])
+def test_predict_on_ray_resumes_without_rescoring(cluster, models, texture_set, tmp_path, fmt, bank_parts):
+    from pyanom.distributed.score import results_path, score_on_ray
+
+    model = models["patchcore"]
     paths = sorted((texture_set / "test").rglob("*.png"))
-    scored, failed = score_on_ray(model, paths, out / "scores.csv", progress=False)
-    assert (scored, failed) == (7, 0)
-    again = {r["path"]: float(r["score"]) for r in csv.DictReader((out / "scores.csv").open())}
+    results = results_path(tmp_path, fmt)
+    # Chunks of 4: three part files (parquet) or three flushed appends (csv).
+    assert score_on_ray(model, paths, results, chunk=4, bank_parts=bank_parts, progress=False) == (12, 0)
+    if fmt == "parquet":
+        assert len(list(results.glob("part-*.parquet"))) == 3
+    rows = _rows(results)
+    assert sorted(r["path"] for r in rows) == sorted(map(str, paths))
+    _lose_half(results, rows)
+    assert score_on_ray(model, paths, results, chunk=4, bank_parts=bank_parts, progress=False) == (7, 0)
+    assert score_on_ray(model, paths, results, chunk=4, bank_parts=bank_parts, progress=False) == (0, 0)
+    again = {r["path"]: float(r["score"]) for r in _rows(results)}
     assert len(again) == 12
     det = pyanom.load(model)
     expected = det.predict(pyanom.data.open_images(*paths, image_size=det.image_size)).image_scores
