@@ -3,12 +3,16 @@ images, exact vs sharded (pyanom.memory_bank); and bottle fitted locally vs on 1
 
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 1000 3000
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py ray
+    PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py bank
 
 `scale`: good images made by augmenting bottle's 209 training images (random crop of 60-100 %,
 flips, quarter turns; seeded), decoded once and held as uint8 at 64 px (an 8 x 8 patch grid), so
 the bank, not the images, is what grows: 39 KB of features per image. Each (mode, N) runs in a
 fresh process; sharded runs with a 32 MB budget (shards of 420 images). Coreset ratio 0.01.
 `ray`: the whole bottle fit (features, coreset, threshold) and its test AUROC, in one run.
+`bank`: bottle's test set scored with the memory bank here and on 1, 2 and 4 actors of a local
+cluster of 2 CPUs (PatchCore.shard_memory_bank), in one process: predict time and the largest
+relative difference of the image scores from the local ones.
 """
 
 from __future__ import annotations
@@ -83,6 +87,31 @@ print(json.dumps({"workers": workers, "fit_s": fit_s, "image_auroc": r["image_au
                   "pixel_auroc": r["pixel_auroc"], "shards": len(det.memory_plan.shards)}))
 """
 
+BANK = r"""
+import json, sys, time
+import torch
+import pyanom
+from pyanom.data import open_dataset
+from pyanom.distributed import connect
+
+root = sys.argv[1]
+train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
+det = pyanom.create("patchcore", coreset_ratio=0.01).fit(train, progress=False)
+bank = det.memory_bank
+connect(None, num_cpus=2)
+for parts in (0, 1, 2, 4):
+    det.memory_bank = bank
+    if parts:
+        det.shard_memory_bank(parts)
+    start = time.perf_counter()
+    scores = det.predict(test).image_scores
+    seconds = time.perf_counter() - start
+    if not parts:
+        local = scores
+    print(json.dumps({"parts": parts, "predict_s": seconds, "images": len(test), "bank": len(bank),
+                      "max_rel_diff": float(((scores - local).abs() / local.abs()).max())}), flush=True)
+"""
+
 
 def run(script: str, *args: str) -> dict:
     out = subprocess.run([sys.executable, "-P", "-c", script, *args], capture_output=True, text=True, check=True)
@@ -105,6 +134,13 @@ def main(argv: list[str]) -> None:
             name = "local" if not workers else f"ray, {workers} worker(s)"
             print(f"| {name} | {r['fit_s']:.1f} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['shards']} |",
                   flush=True)
+    elif argv[:1] == ["bank"]:
+        out = subprocess.run([sys.executable, "-P", "-c", BANK, bottle], capture_output=True, text=True, check=True)
+        print("| memory bank | predict s | images | bank rows | max relative score difference |\n|---|---|---|---|---|")
+        for line in out.stdout.strip().splitlines():
+            r = json.loads(line)
+            where = "here" if not r["parts"] else f"{r['parts']} actor(s)"
+            print(f"| {where} | {r['predict_s']:.1f} | {r['images']} | {r['bank']} | {r['max_rel_diff']:.1e} |")
     else:
         raise SystemExit(__doc__)
 

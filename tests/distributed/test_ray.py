@@ -61,26 +61,30 @@ def local_bank(train):
     return det.memory_bank
 
 
-@pytest.mark.parametrize("k, parts", [(1, 3), (5, 2), (9, 4), (300, 3)])
-def test_sharded_knn_equals_single_process_knn(cluster, k, parts):
+@pytest.mark.parametrize("parts", [2, 3])
+def test_sharded_knn_equals_single_process_knn(cluster, parts):
     from pyanom.distributed.knn import ShardedMemoryBank
 
-    g = torch.Generator().manual_seed(k)
+    g = torch.Generator().manual_seed(parts)
     bank, queries = torch.randn(1000, 40, generator=g), torch.randn(77, 40, generator=g)
     bank[500] = bank[10]  # a duplicate across parts: ties go to the lower index
     queries[0] = bank[10]
-    dist, index = ShardedMemoryBank(bank, parts).knn(queries, k)
-    ref_dist, ref_index = knn_scores(queries, bank, k)
-    # The same distances to float32 rounding: each part's distance GEMM is blocked for its own
-    # shape, so the last bit may differ from the whole bank's; at distance 0 (the duplicate) the
-    # ||q||^2 - 2 q.b + ||b||^2 form leaves up to ~sqrt(eps) * ||q|| (0.003 here).
-    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-2)
-    # The same entries, except where distances tie to that rounding (a duplicate, or among 300
-    # of 1000 random points): entries clearly inside the k nearest are the same set.
-    for d, i, rd, ri in zip(dist, index, ref_dist, ref_index):
-        inside = rd < rd[-1] - 1e-4
-        assert set(i[d < rd[-1] - 1e-4].tolist()) == set(ri[inside].tolist())
-    assert index[0, :2].tolist() == [10, 500][:k]
+    sharded = ShardedMemoryBank(bank, parts)  # one set of actors (a process each) for every k
+    for k in (1, 5, 9, 300):
+        dist, index = sharded.knn(queries, k)
+        ref_dist, ref_index = knn_scores(queries, bank, k)
+        # The same distances to float32 rounding: each part's distance GEMM is blocked for its own
+        # shape, so the last bit may differ from the whole bank's; at distance 0 (the duplicate) the
+        # ||q||^2 - 2 q.b + ||b||^2 form leaves up to ~sqrt(eps) * ||q|| (0.003 here).
+        torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-2)
+        # The same entries, except where distances tie to that rounding (a duplicate, or among 300
+        # of 1000 random points): entries clearly inside the k nearest are the same set.
+        for d, i, rd, ri in zip(dist, index, ref_dist, ref_index):
+            inside = rd < rd[-1] - 1e-4
+            assert set(i[d < rd[-1] - 1e-4].tolist()) == set(ri[inside].tolist())
+        assert index[0, :2].tolist() == [10, 500][:k]
+    rows = torch.tensor([[999, 0], [500, 333]])
+    assert torch.equal(sharded[rows], bank[rows])  # rows fetched from the parts that hold them
 
 
 def test_fit_on_ray_equals_the_local_sharded_fit(cluster, train, local_bank):
@@ -193,6 +197,12 @@ def test_predict_on_ray_writes_parquet_as_it_goes(cluster, models, texture_set, 
     parts = sorted((out / "scores.parquet").glob("part-*.parquet"))
     assert len(parts) == 1 and not (out / "scores.csv").exists()  # 12 images: one chunk
     assert len(_rows(out / "scores.parquet")) == 12
+
+
+def test_bank_parts_is_refused_without_ray(models, texture_set, tmp_path, capsys):
+    argv = ["predict", str(models["patchcore"]), str(texture_set / "test"), "--out", str(tmp_path), "--bank-parts", "2"]
+    assert main(argv) == 2
+    assert "--bank-parts: give a number >= 0, together with --ray" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt, bank_parts", [("csv", 0), ("parquet", 2)])
