@@ -48,7 +48,9 @@ class ShardedMemoryBank:
     rounding: each part's distance GEMM is blocked for its own shape; equal distances are ordered
     by index), found in parallel without any one process holding the whole bank. Indexing with a
     tensor of entry indices fetches those rows (what PatchCore's reweighting reads). It can be
-    passed to Ray tasks, which then query the same actors."""
+    passed to Ray tasks, which then query the same actors. Built from a tensor, the parts also
+    stay in Ray's object store (an actor that dies is restarted from them); from_archive reads
+    them from the file instead."""
 
     def __init__(self, bank: torch.Tensor, parts: int, *, address: str | None = None, num_cpus: int | None = None):
         ray = connect(address, num_cpus=num_cpus)
