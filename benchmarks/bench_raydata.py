@@ -6,8 +6,8 @@ once per actor), on a fresh local cluster of 2 CPUs each, one after the other.
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_raydata.py [N_IMAGES] [SHARD_IMAGES]
 
 Reports, per engine: seconds to the first result and to the last (cluster start excluded), the
-summed RSS of the cluster's processes at the end, and a checksum of the final memory bank (equal: both give the same bank).
-Needs pandas besides Ray (Ray Data imports it).
+summed RSS of the cluster's processes when idle and at the end, and a checksum of the final
+memory bank (equal: both give the same bank). Needs pandas besides Ray (Ray Data imports it).
 """
 
 from __future__ import annotations
