@@ -224,12 +224,12 @@ class PatchCore(Detector):
         from pyanom.export.graph import DEFAULT_KNN_CHUNK
         from pyanom_plugins.patchcore.export import PatchCoreGraph
 
-        if not isinstance(self.memory_bank, torch.Tensor):
-            raise ValueError(f"{self.name}: its memory bank is held by Ray actors (shard_memory_bank); "
-                             "export the saved model file instead")
         if type(self)._score is not PatchCore._score:
             raise ValueError(f"{self.name} cannot be exported yet: its score adds a context memory "
                              "that the export graph does not reproduce")
+        if self.memory_bank is not None and not isinstance(self.memory_bank, torch.Tensor):
+            raise ValueError(f"{self.name}: its memory bank is held by Ray actors (shard_memory_bank); "
+                             "export the saved model file instead")
         return PatchCoreGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
