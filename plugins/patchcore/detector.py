@@ -221,16 +221,24 @@ class PatchCore(Detector):
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
     def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
-        from pyanom.export.graph import DEFAULT_KNN_CHUNK
         from pyanom_plugins.patchcore.export import PatchCoreGraph
 
-        if type(self)._score is not PatchCore._score:
-            raise ValueError(f"{self.name} cannot be exported yet: its score adds a context memory "
-                             "that the export graph does not reproduce")
+        self._check_exportable(PatchCore)
+        return PatchCoreGraph(self, knn_chunk)
+
+    def _check_exportable(self, exporter: type) -> None:
+        """Refuse what the export graph of class `exporter` would score differently: a subclass
+        that changes the scoring without its own hook, a bank held by Ray actors, and tiling."""
+        cls = type(self)
+        if cls._score is not exporter._score or cls._patch_features is not exporter._patch_features:
+            raise ValueError(f"{self.name} ({cls.__module__}.{cls.__qualname__}) cannot be exported: it changes "
+                             f"{exporter.__name__}'s scoring; override export_module to export it")
         if self.memory_bank is not None and not isinstance(self.memory_bank, torch.Tensor):
             raise ValueError(f"{self.name}: its memory bank is held by Ray actors (shard_memory_bank); "
                              "export the saved model file instead")
-        return PatchCoreGraph(self, knn_chunk or DEFAULT_KNN_CHUNK)
+        if self.config.tile_size is not None:
+            raise ValueError(f"{self.name}: a tiling model (tile_size={self.config.tile_size}) cannot be exported "
+                             "yet; fit it without tile_size to export it")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         bank = self.memory_bank  # one held by actors is gathered here to be saved
@@ -313,6 +321,14 @@ class SAPatchCore(PatchCore):
         dist, _ = knn_scores(self._take_contexts(), self.context_bank, 1)
         context_scores = dist[:, 0].reshape(len(images), -1).amax(dim=1)
         return image_scores + self.config.attention_weight * context_scores, maps
+
+    def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
+        from pyanom_plugins.patchcore.export import ChannelAttentionGraph, PatchCoreGraph
+
+        self._check_exportable(SAPatchCore)
+        if self.channel:
+            return ChannelAttentionGraph(self, knn_chunk)
+        return PatchCoreGraph(self, knn_chunk, self_attend=True)
 
     def _channel_scale(self, train) -> torch.Tensor:
         """Per-channel standard deviation of the attention input over (up to scale_images) normal

@@ -1,4 +1,4 @@
-"""PatchCore's inference as one traceable module, for pyanom.export."""
+"""PatchCore's and SA-PatchCore's inference as one traceable module each, for pyanom.export."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from pyanom.anomaly_map import upsample_scores
-from pyanom.export.graph import nearest_neighbour
-from pyanom.ops import knn_scores
+from pyanom.export.graph import DEFAULT_KNN_CHUNK, nearest_neighbour
+from pyanom.ops import knn_scores, reference
+from pyanom_plugins.patchcore.embedding import channel_context, patch_embedding
 
 
 class PatchCoreGraph(nn.Module):
@@ -16,16 +17,18 @@ class PatchCoreGraph(nn.Module):
 
     The reweighting needs the neighbours of the worst patch's nearest memory entry m* within the
     bank; they depend on the bank alone, so they are found once here for every entry (a [N, k]
-    index table) instead of by a bank x bank search inside the graph.
+    index table) instead of by a bank x bank search inside the graph. `self_attend`: SA-PatchCore's
+    spatial form (eq. 4 on the stride-16 map, by the plain-torch twin of pyanom.ops.self_attention).
     """
 
-    def __init__(self, detector, knn_chunk: int):
+    def __init__(self, detector, knn_chunk: int | None = None, *, self_attend: bool = False):
         super().__init__()
         cfg = detector.config
         self.backbone = detector.backbone
-        self.patch_features = detector._patch_features
+        self.layers = tuple(cfg.layers)
+        self.self_attend = self_attend
         self.blur_sigma = float(cfg.blur_sigma)
-        self.knn_chunk = int(knn_chunk)
+        self.knn_chunk = int(knn_chunk or DEFAULT_KNN_CHUNK)
         bank = detector.memory_bank.detach().float().contiguous()
         self.register_buffer("memory_bank", bank)
         self.register_buffer("bank_sq_norms", (bank * bank).sum(1))
@@ -35,16 +38,52 @@ class PatchCoreGraph(nn.Module):
             self.register_buffer("support", knn_scores(bank, bank, k)[1])
 
     def forward(self, images: torch.Tensor):
-        emb = self.patch_features(self.backbone.traceable(images))
+        return self.patchcore(self.backbone.traceable(images), images.shape[-2:])
+
+    def patchcore(self, features: dict[str, torch.Tensor], size) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image_scores [B], anomaly_maps [B, *size]) from one backbone pass."""
+        emb = patch_embedding(features, self.layers, self_attend=self.self_attend, attention=reference.self_attention)
         b, d, h, w = emb.shape
         queries = emb.permute(0, 2, 3, 1).reshape(-1, d)
         dist, nearest = nearest_neighbour(queries, self.memory_bank, self.bank_sq_norms, self.knn_chunk)
         patch_scores = dist.reshape(b, h * w)
         image_scores, worst = patch_scores.max(dim=1)
         if self.reweight:
-            rows = torch.arange(b, device=images.device) * (h * w) + worst
+            rows = torch.arange(b, device=queries.device) * (h * w) + worst
             test, m_star = queries[rows], nearest[rows]
             distance = torch.linalg.vector_norm(test[:, None, :] - self.memory_bank[self.support[m_star]], dim=-1)
             image_scores = image_scores * (1 - torch.softmax(distance, dim=1)[:, 0])
-        maps = upsample_scores(patch_scores.reshape(b, h, w), images.shape[-2:], self.blur_sigma)
+        maps = upsample_scores(patch_scores.reshape(b, h, w), size, self.blur_sigma)
         return image_scores, maps
+
+
+class ChannelAttentionGraph(PatchCoreGraph):
+    """SA-PatchCore with attention="channel": PatchCore's graph plus the context of the
+    attention layer (the plain-torch twin of pyanom.ops.channel_self_attention, with the fitted
+    per-channel scale and the temperature), its chunked 1-NN distance to the context memory (a
+    constant), and image score = PatchCore's + attention_weight x the largest context distance.
+
+    Besides the kNN tiles, the attention holds its logits, [B, C, L, L] for L positions of the
+    attention layer's map (192 x 64 x 64 per image at 256 px: under the backbone's widest map).
+    """
+
+    def __init__(self, detector, knn_chunk: int | None = None):
+        super().__init__(detector, knn_chunk)
+        cfg = detector.config
+        self.attention_layer = cfg.attention_layer
+        self.temperature = float(cfg.attention_temperature)
+        self.attention_weight = float(cfg.attention_weight)
+        contexts = detector.context_bank.detach().float().contiguous()
+        self.register_buffer("attention_scale", detector.attention_scale.detach().float())
+        self.register_buffer("context_bank", contexts)
+        self.register_buffer("context_sq_norms", (contexts * contexts).sum(1))
+
+    def forward(self, images: torch.Tensor):
+        features = self.backbone.traceable(images)
+        image_scores, maps = self.patchcore(features, images.shape[-2:])
+        context = channel_context(features[self.attention_layer], self.attention_scale, self.temperature,
+                                  attention=reference.channel_self_attention)
+        b, c = context.shape[:2]
+        rows = context.permute(0, 2, 3, 1).reshape(-1, c)
+        dist, _ = nearest_neighbour(rows, self.context_bank, self.context_sq_norms, self.knn_chunk)
+        return image_scores + self.attention_weight * dist.reshape(b, -1).amax(dim=1), maps

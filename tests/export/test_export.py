@@ -1,7 +1,8 @@
-"""pyanom.export: every bundled detector exported to ONNX (and PatchCore to OpenVINO IR) gives
-pyanom's own scores, maps and labels on bottle test images under onnxruntime and OpenVINO; the
-runtime reader and `pyanom predict DIR` run where torch cannot be imported; the PatchCore graph
-stays under its size and memory bounds; a detector without an export hook is refused."""
+"""pyanom.export: every bundled detector (SA-PatchCore in both attention forms) exported to ONNX
+(and PatchCore to OpenVINO IR) gives pyanom's own scores, maps and labels on bottle test images
+under onnxruntime and OpenVINO; the runtime reader and `pyanom predict DIR` run where torch cannot
+be imported; the PatchCore and SA-PatchCore graphs stay under their memory bounds; a detector
+without an export hook, or that the graph would score differently, is refused."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ SIZE = 64
 # Tiny fits: the graphs are what is tested, not how well the detectors learned.
 SETTINGS = {
     "patchcore": dict(image_size=PATCHCORE_SIZE, coreset_ratio=0.1),
+    "sa_patchcore": dict(image_size=PATCHCORE_SIZE, coreset_ratio=0.1),  # attention="channel"
+    "sa_patchcore spatial": dict(image_size=PATCHCORE_SIZE, coreset_ratio=0.1, attention="spatial"),
     "autoencoder": dict(image_size=SIZE, width=8, latent_dim=32, epochs=1, batch_size=8),
     "fanogan": dict(image_size=SIZE, gan_size=16, width=8, latent_dim=16, gan_epochs=1, encoder_epochs=1,
                     batch_size=8, n_critic=1),
@@ -65,8 +68,9 @@ def files(bottle):
             *by_type["contamination"][:2]]
 
 
-def fit(name: str, bottle: Path, **overrides):
-    det = pyanom.create(name, **{**SETTINGS[name], **overrides})
+def fit(key: str, bottle: Path, **overrides):
+    """The detector of SETTINGS[key] (key: its name, or its name and a variant) fitted on bottle."""
+    det = pyanom.create(key.split()[0], **{**SETTINGS[key], **overrides})
     size = det.image_size
     if det.supervision == "unsupervised":
         train = open_dataset(bottle, "train", image_size=size).subset(range(12))
@@ -82,7 +86,8 @@ def exported(request, bottle, files, tmp_path_factory):
     """(detector, pyanom's prediction on the files, its ONNX export folder)."""
     det = fit(request.param, bottle)
     expected = det.predict(open_images(*files, image_size=det.image_size))
-    folder = export(det, tmp_path_factory.mktemp(request.param) / "onnx", format="onnx", knn_chunk=KNN_CHUNK)
+    folder = export(det, tmp_path_factory.mktemp(request.param.replace(" ", "-")) / "onnx", format="onnx",
+                    knn_chunk=KNN_CHUNK)
     return det, expected, folder
 
 
@@ -144,30 +149,43 @@ def largest_intermediates(path: Path, images: np.ndarray) -> dict[str, int]:
     return {n: int(np.asarray(v).size) for n, v in zip(names, values)}
 
 
-def test_patchcore_graph_size_and_largest_tensor(patchcore_export, files):
-    det, _, folder = patchcore_export
+def assert_largest_tensor_bounded(det, folder: Path, knn_chunk: int):
+    """Stated bounds, per image: the backbone's widest activation (the 96-channel expansion at
+    half resolution, padded by one pixel: 6.4 MB at 256 px), one kNN tile of patches x knn_chunk,
+    or (SA-PatchCore's channel attention) its C x L x L logits over the L positions of the
+    stride-32 map, whichever is largest; never the (patches x bank) matrix, here larger than all."""
     s, width = det.image_size
     assert s == width  # the bound below is written for a square input
-    bank = det.memory_bank
     patches = (s // 8) ** 2
-    # Stated bounds, per image: the backbone's widest activation (the 96-channel expansion at
-    # half resolution, padded by one pixel: 6.4 MB at 256 px) or one kNN tile of patches x
-    # knn_chunk, whichever is larger; never the (patches x bank) matrix, here larger than both.
-    bound = max(96 * (s // 2 + 1) ** 2, patches * 256)
-    assert patches * len(bank) > bound
+    bound = max(96 * (s // 2 + 1) ** 2, patches * knn_chunk)
+    if getattr(det, "context_bank", None) is not None:
+        bound = max(bound, det.context_bank.shape[1] * ((s // 32) ** 2) ** 2)
+    assert patches * len(det.memory_bank) > bound
     batch = 2
     sizes = largest_intermediates(folder / "model.onnx", np.random.default_rng(0).random(
         (batch, 3, s, s), dtype=np.float32))
     name, largest = max(sizes.items(), key=lambda kv: kv[1])
     assert largest <= batch * bound, f"{name} holds {largest} elements"
+
+
+def test_patchcore_graph_size_and_largest_tensor(patchcore_export, files):
+    det, _, folder = patchcore_export
+    assert_largest_tensor_bounded(det, folder, 256)
     # The file: the memory bank (a constant of the graph), the neighbour table of eq. 7, and
     # the backbone's float32 weights and batch-norm statistics up to its stride-16 tap.
+    bank = det.memory_bank
     net = det.backbone.network
     used = [net._conv_stem, net._bn0, *net._blocks[:net._stage_ends[4]]]
     weights = sum(t.numel() for m in used for t in m.state_dict().values() if t.is_floating_point()) * 4
     table = len(bank) * det.config.num_neighbors * 8
     size = (folder / "model.onnx").stat().st_size
     assert bank.numel() * 4 < size <= bank.numel() * 4 + table + weights + 256 * 1024
+
+
+def test_sa_patchcore_graph_largest_tensor(bottle, tmp_path):
+    """Both memories whole (coreset ratios 1): neither search may hold a (rows x bank) matrix."""
+    det = fit("sa_patchcore", bottle, coreset_ratio=1.0, context_coreset_ratio=1.0)
+    assert_largest_tensor_bounded(det, export(det, tmp_path / "onnx", knn_chunk=256), 256)
 
 
 def test_runtime_and_cli_run_without_torch(patchcore_export, files, tmp_path):
@@ -251,11 +269,28 @@ def test_detector_without_export_hook_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_sa_patchcore_is_refused(bottle, tmp_path):
-    det = pyanom.create("sa_patchcore", image_size=PATCHCORE_SIZE)
+class _RescoredPatchCore(pyanom.create("patchcore").__class__):
+    """A third-party PatchCore that changes the score but not the export hook."""
+
+    name = "rescored"
+
+    def _score(self, images):
+        scores, maps = super()._score(images)
+        return 2 * scores, maps
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: _RescoredPatchCore(image_size=PATCHCORE_SIZE),
+     r"rescored \(.*_RescoredPatchCore\) cannot be exported: it changes PatchCore's scoring"),
+    (lambda: pyanom.create("sa_patchcore", image_size=PATCHCORE_SIZE, tile_size=64),
+     r"sa_patchcore: a tiling model \(tile_size=64\) cannot be exported yet"),
+], ids=["changed-score", "tiling"])
+def test_what_the_graph_would_score_differently_is_refused(make, message, tmp_path):
+    det = make()
     det.threshold = 1.0  # refused before anything is traced
-    with pytest.raises(ValueError, match="sa_patchcore cannot be exported yet"):
+    with pytest.raises(ValueError, match=message):
         export(det, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments(patchcore_export, tmp_path, capsys):
