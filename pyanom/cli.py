@@ -593,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve models over HTTP with an operator page (extra pyanom[serve])",
                        description="Serve fitted models over HTTP (extra pyanom[serve]). --max-pixels is lower here "
                                    "than for the other commands: a service decodes many uploads at once.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model files (named by file stem) or NAME=PATH")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files or folders written by `pyanom export` (named by file stem), or NAME=PATH")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (or set PYANOM_API_KEY)")
@@ -607,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 30)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"],
+                   help="runtime for exported model folders (default: onnxruntime for ONNX, openvino for OpenVINO)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", parents=[common], help="export a fitted model to ONNX or OpenVINO (runs without PyTorch)")

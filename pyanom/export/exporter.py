@@ -98,8 +98,8 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
     manifest = {
         "format": "pyanom-export", "format_version": FORMAT_VERSION, "pyanom_version": __version__,
         "model_format": format, "files": list(MODEL_FILES[format]), "opset": OPSET,
-        "detector": detector.name, "config": dataclasses.asdict(detector.config),
-        "threshold": detector.threshold, "image_size": [h, w], "resize": "PIL bilinear",
+        "detector": detector.name, "supervision": detector.supervision, "config": dataclasses.asdict(detector.config),
+        "fitted_on": detector.fitted_on, "threshold": detector.threshold, "image_size": [h, w], "resize": "PIL bilinear",
         "input": "images: float32 [B, 3, H, W] RGB in [0, 1]", "outputs": outputs, "knn_chunk": chunk,
         "decided_by": decided_by,
     }

@@ -67,12 +67,15 @@ class ExportedModel:
         fmt = manifest["model_format"]
         backend = backend or BACKENDS[fmt][0]
         if backend not in BACKENDS[fmt]:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS[fmt])} for a {fmt} export, got {backend!r}")
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS[fmt])} for {fmt} exports, got {backend!r}")
         for name in manifest["files"]:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} is missing: copy the whole exported folder")
         self.backend = backend
         self.name: str = manifest["detector"]
+        self.supervision: str | None = manifest.get("supervision")  # None in exports older than these two keys
+        self.fitted_on: dict | None = manifest.get("fitted_on")
+        self.config: dict = manifest["config"]  # the detector's hyper-parameters
         self.decided_by: str = manifest["decided_by"]
         self.threshold: float = manifest["threshold"]
         self.image_size: tuple[int, int] = tuple(manifest["image_size"])
@@ -80,7 +83,8 @@ class ExportedModel:
         self._run = (_onnxruntime if backend == "onnxruntime" else _openvino)(folder / manifest["files"][0], threads)
 
     def predict(self, images: np.ndarray, *, batch_size: int = 32) -> RuntimePrediction:
-        """Score float images [B, 3, H, W] in [0, 1] at the model's size, batch_size at a time."""
+        """Score float images [B, 3, H, W] in [0, 1] at the model's size, batch_size at a time
+        (any array numpy reads: a torch tensor too, which lets `pyanom serve` run the model)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
             raise ValueError(f"images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pyanom.data.transforms import Preprocess
+from pyanom.export.runtime import ExportedModel
 from pyanom.serve.batcher import MicroBatcher, QueueFull
 from pyanom.serve import ServeSettings
 from pyanom.serve.images import InputError, Limits, decode
@@ -35,7 +36,8 @@ _UPLOAD_TYPES = ("image/", "application/octet-stream")
 
 
 class ServedModel:
-    """A fitted detector with its input preprocessing and its micro-batcher."""
+    """A fitted detector (or an exported model, pyanom.export.ExportedModel, which answers the
+    same calls) with its input preprocessing and its micro-batcher."""
 
     def __init__(self, name: str, detector, settings: ServeSettings):
         self.name, self.detector = name, detector
@@ -57,11 +59,13 @@ class ServedModel:
 
     def info(self) -> dict:
         det = self.detector
+        exported = isinstance(det, ExportedModel)
         return {"name": self.name, "detector": det.name, "supervision": det.supervision,
-                "hyper_parameters": dataclasses.asdict(det.config), "threshold": det.threshold,
-                "input_size": list(self.preprocess.image_size), "fitted_on": getattr(det, "fitted_on", None),
-                "heatmap": self.has_heatmap,
-                "scored": {"images": self.batcher.images, "batches": self.batcher.batches}}
+                "hyper_parameters": det.config if exported else dataclasses.asdict(det.config),
+                "threshold": det.threshold, "input_size": list(self.preprocess.image_size),
+                "fitted_on": getattr(det, "fitted_on", None), "heatmap": self.has_heatmap,
+                "scored": {"images": self.batcher.images, "batches": self.batcher.batches},
+                "runtime": det.backend if exported else "pytorch"}
 
     def heatmap_png(self, image: torch.Tensor, anomaly_map: torch.Tensor) -> str:
         """The anomaly map over the image as a base64 PNG; red from 1.5x the threshold up, so one

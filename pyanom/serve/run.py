@@ -29,6 +29,25 @@ def model_names(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def load_models(paths: dict[str, Path], *, device: str = "cpu", runtime: str | None = None) -> dict:
+    """{name: fitted detector} from .pyanom files, or from folders written by `pyanom export`
+    (run by onnxruntime or OpenVINO, `runtime`: see pyanom.export.load)."""
+    from pyanom.export.runtime import is_exported, load
+
+    models = {}
+    for name, path in paths.items():
+        if is_exported(path):
+            models[name] = load(path, backend=runtime)
+            how = f"exported {models[name].manifest['model_format']} model run by {models[name].backend}"
+        else:
+            import pyanom
+
+            models[name] = pyanom.load(path, device=device)
+            how = "pyanom model"
+        print(f"loaded {name}: {models[name].name} ({how}) from {path}, threshold {models[name].threshold:.4g}")
+    return models
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -47,12 +66,7 @@ def serve(args) -> int:
     except ImportError as err:
         raise ImportError(f"`pyanom serve` needs the serve extra ({err}); "
                           "install it with: pip install 'pyanom[serve]'") from None
-    import pyanom
-
-    detectors = {}
-    for name, path in model_names(args.models).items():
-        detectors[name] = pyanom.load(path, device=args.device)
-        print(f"loaded {name}: {detectors[name].name} from {path}, threshold {detectors[name].threshold:.4g}")
+    detectors = load_models(model_names(args.models), device=args.device, runtime=args.runtime)
     api_key = args.api_key or os.environ.get("PYANOM_API_KEY") or None
     if api_key is None and not is_loopback(args.host):
         print(f"pyanom serve: warning: listening on {args.host} without an API key: anyone who can reach "
