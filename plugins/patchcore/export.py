@@ -57,10 +57,20 @@ class PatchCoreGraph(nn.Module):
         return image_scores, maps
 
 
+def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
+    """pyanom.ops.reference.channel_self_attention with the logits as a broadcast product
+    (v * v^T) instead of a matmul of inner size 1: the same floats, but no MatMul-Softmax-MatMul
+    chain, which openvino.convert_model fuses into a ScaledDotProductAttention of head size 1
+    whose CPU kernel gets these logits (up to ~1e4) wrong (OpenVINO 2026.4: scores off by 30 %)."""
+    b, c, h, w = x.shape
+    v = x.reshape(b, c, h * w, 1)
+    return (torch.softmax(v * v.transpose(2, 3), dim=-1) @ v).reshape(b, c, h, w)
+
+
 class ChannelAttentionGraph(PatchCoreGraph):
     """SA-PatchCore with attention="channel": PatchCore's graph plus the context of the
-    attention layer (the plain-torch twin of pyanom.ops.channel_self_attention, with the fitted
-    per-channel scale and the temperature), its chunked 1-NN distance to the context memory (a
+    attention layer (channel_self_attention above, with the fitted per-channel scale and the
+    temperature), its chunked 1-NN distance to the context memory (a
     constant), and image score = PatchCore's + attention_weight x the largest context distance.
 
     Besides the kNN tiles, the attention holds its logits, [B, C, L, L] for L positions of the
@@ -82,7 +92,7 @@ class ChannelAttentionGraph(PatchCoreGraph):
         features = self.backbone.traceable(images)
         image_scores, maps = self.patchcore(features, images.shape[-2:])
         context = channel_context(features[self.attention_layer], self.attention_scale, self.temperature,
-                                  attention=reference.channel_self_attention)
+                                  attention=channel_self_attention)
         b, c = context.shape[:2]
         rows = context.permute(0, 2, 3, 1).reshape(-1, c)
         dist, _ = nearest_neighbour(rows, self.context_bank, self.context_sq_norms, self.knn_chunk)

@@ -114,8 +114,10 @@ def test_export_matches_pyanom(exported, files, runtime):
     np.testing.assert_allclose(single.image_scores, expected.image_scores.numpy(), rtol=1e-4)
 
 
-def test_openvino_ir_matches_pyanom(bottle, files, tmp_path):
-    det = fit("patchcore", bottle)
+@pytest.mark.parametrize("key", ["patchcore", "sa_patchcore", "sa_patchcore spatial"])
+def test_openvino_ir_matches_pyanom(key, bottle, files, tmp_path):
+    """openvino.convert_model fuses patterns the ONNX runtimes leave alone (attention among them)."""
+    det = fit(key, bottle)
     expected = det.predict(open_images(*files, image_size=det.image_size))
     folder = export(det, tmp_path / "ir", format="openvino", knn_chunk=KNN_CHUNK)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "model.xml", "model.bin"])
