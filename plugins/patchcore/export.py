@@ -61,7 +61,7 @@ def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
     """pyanom.ops.reference.channel_self_attention with the logits as a broadcast product
     (v * v^T) instead of a matmul of inner size 1: the same floats, but no MatMul-Softmax-MatMul
     chain, which openvino.convert_model fuses into a ScaledDotProductAttention of head size 1
-    whose CPU kernel gets these logits (up to ~1e4) wrong (OpenVINO 2026.4: scores off by 30 %)."""
+    whose CPU kernel gets these logits (up to ~1e4) wrong (OpenVINO 2026.4: scores off by up to 73 %)."""
     b, c, h, w = x.shape
     v = x.reshape(b, c, h * w, 1)
     return (torch.softmax(v * v.transpose(2, 3), dim=-1) @ v).reshape(b, c, h, w)
