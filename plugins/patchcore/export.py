@@ -70,8 +70,8 @@ def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
 class ChannelAttentionGraph(PatchCoreGraph):
     """SA-PatchCore with attention="channel": PatchCore's graph plus the context of the
     attention layer (channel_self_attention above, with the fitted per-channel scale and the
-    temperature), its chunked 1-NN distance to the context memory (a
-    constant), and image score = PatchCore's + attention_weight x the largest context distance.
+    temperature), its chunked 1-NN distance to the context memory (a constant), and image
+    score = PatchCore's + attention_weight x the largest context distance.
 
     Besides the kNN tiles, the attention holds its logits, [B, C, L, L] for L positions of the
     attention layer's map (192 x 64 x 64 per image at 256 px: under the backbone's widest map).
