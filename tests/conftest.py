@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Makes `import torch` fail, as on a line PC without PyTorch.
+_NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+@pytest.fixture(scope="session")
+def without_torch():
+    """run(script) -> CompletedProcess: the script in a fresh interpreter where importing torch fails."""
+
+    def run(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-P", "-c", _NO_TORCH + script], capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run
 
 
 def data_root() -> Path:

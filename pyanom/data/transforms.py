@@ -2,6 +2,7 @@
 
 Images are resized with PIL's antialiased bilinear filter (it widens the kernel when shrinking,
 so a 900 px photo does not alias at 256 px); masks with nearest neighbour, so they stay binary.
+PyTorch is imported only where a tensor is made: `pyanom serve` runs exported models without it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 Size = Union[int, Tuple[int, int]]
@@ -74,16 +74,26 @@ def center_crop(img: Image.Image, size: Size) -> Image.Image:
     return img.crop((left, top, left + w, top + h))
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """An RGB or greyscale PIL image as float32 [C, H, W] in [0, 1]."""
+def to_array(img: Image.Image) -> np.ndarray:
+    """An RGB or greyscale PIL image as float32 [C, H, W] in [0, 1] (numpy: `pyanom serve` runs
+    exported models without PyTorch)."""
     values = np.asarray(img, dtype=np.uint8)
     if values.ndim == 2:
         values = values[:, :, None]
-    return torch.from_numpy(values.copy()).permute(2, 0, 1).float().div_(255.0)
+    return np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def to_tensor(img: Image.Image) -> "torch.Tensor":
+    """An RGB or greyscale PIL image as a float32 tensor [C, H, W] in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(to_array(img))
+
+
+def normalize(images: "torch.Tensor", mean: Sequence[float], std: Sequence[float]) -> "torch.Tensor":
     """(images - mean) / std per channel, for [C, H, W] or [B, C, H, W]; backbones call this, not the readers."""
+    import torch
+
     shape = (-1, 1, 1)
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).reshape(shape)
     std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).reshape(shape)
@@ -108,11 +118,15 @@ class Preprocess:
         """(height, width) of every output, or None where it is each image's own."""
         return self.crop_size or self.image_size
 
-    def image(self, img: Image.Image) -> torch.Tensor:
+    def image(self, img: Image.Image) -> "torch.Tensor":
         """An RGB image as float32 [3, H, W] in [0, 1] (not normalised)."""
         return to_tensor(self._geometry(self._resize(img)))
 
-    def mask(self, mask: np.ndarray | None, image_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    def array(self, img: Image.Image) -> np.ndarray:
+        """The same as :meth:`image`, as a numpy array."""
+        return to_array(self._geometry(self._resize(img)))
+
+    def mask(self, mask: np.ndarray | None, image_hw: tuple[int, int] | None = None) -> "torch.Tensor":
         """A bool mask [h, w] (or None: no defect pixels) as float32 [1, H, W] in {0, 1};
         image_hw: the source image's (height, width), which sizes an absent mask when
         output_size is None."""
@@ -120,6 +134,8 @@ class Preprocess:
             size = self.output_size or image_hw
             if size is None:
                 raise ValueError("an absent mask needs its image's size when images keep their own size")
+            import torch
+
             return torch.zeros((1, *size))
         img = Image.fromarray(mask.astype(np.uint8) * 255)
         return (to_tensor(self._geometry(self._resize(img, nearest=True))) > 0.5).float()

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Optional
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,17 +37,23 @@ _UPLOAD_TYPES = ("image/", "application/octet-stream")
 
 class ServedModel:
     """A fitted detector (or an exported model, pyanom.export.ExportedModel, which answers the
-    same calls) with its input preprocessing and its micro-batcher."""
+    same calls, on numpy arrays: then PyTorch is not needed) with its input preprocessing and its
+    micro-batcher."""
 
     def __init__(self, name: str, detector, settings: ServeSettings):
         self.name, self.detector = name, detector
+        self.exported = isinstance(detector, ExportedModel)
         self.preprocess = Preprocess(detector.image_size)
         self.batcher = MicroBatcher(self.score, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                     max_queue=settings.max_queue, name=name)
         self.has_heatmap: Optional[bool] = None  # known after warm-up
 
-    def score(self, images: torch.Tensor) -> list[tuple[float, bool, Optional[torch.Tensor]]]:
-        """One predict call for a batch; runs on the scoring thread."""
+    def score(self, images: np.ndarray) -> list[tuple[float, bool, Optional[np.ndarray]]]:
+        """One predict call for a batch [B, 3, H, W]; runs on the scoring thread."""
+        if not self.exported:
+            import torch
+
+            images = torch.from_numpy(images)
         pred = self.detector.predict(images, batch_size=len(images))
         maps = pred.anomaly_maps if pred.anomaly_maps is not None else [None] * len(images)
         return list(zip(pred.image_scores.tolist(), pred.labels.tolist(), maps))
@@ -55,11 +61,10 @@ class ServedModel:
     def warm_up(self) -> None:
         """Score one grey image so the first real request pays no first-call costs."""
         h, w = self.preprocess.image_size
-        self.has_heatmap = self.score(torch.full((1, 3, h, w), 0.5))[0][2] is not None
+        self.has_heatmap = self.score(np.full((1, 3, h, w), 0.5, np.float32))[0][2] is not None
 
     def info(self) -> dict:
-        det = self.detector
-        exported = isinstance(det, ExportedModel)
+        det, exported = self.detector, self.exported
         return {"name": self.name, "detector": det.name, "supervision": det.supervision,
                 "hyper_parameters": det.config if exported else dataclasses.asdict(det.config),
                 "threshold": det.threshold, "input_size": list(self.preprocess.image_size),
@@ -67,7 +72,7 @@ class ServedModel:
                 "scored": {"images": self.batcher.images, "batches": self.batcher.batches},
                 "runtime": det.backend if exported else "pytorch"}
 
-    def heatmap_png(self, image: torch.Tensor, anomaly_map: torch.Tensor) -> str:
+    def heatmap_png(self, image: np.ndarray, anomaly_map) -> str:
         """The anomaly map over the image as a base64 PNG; red from 1.5x the threshold up, so one
         colour means one score on every image of this model."""
         low = float(anomaly_map.min())

@@ -19,7 +19,7 @@ import collections
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-import torch
+import numpy as np
 
 
 class QueueFull(RuntimeError):
@@ -33,7 +33,7 @@ class QueueFull(RuntimeError):
 class MicroBatcher:
     """Collects single images into batches for ``score(batch [B,3,H,W]) -> list of B results``."""
 
-    def __init__(self, score: Callable[[torch.Tensor], list], *, max_batch: int = 8, max_wait_ms: float = 5.0,
+    def __init__(self, score: Callable[[np.ndarray], list], *, max_batch: int = 8, max_wait_ms: float = 5.0,
                  max_queue: int = 64, name: str = "model"):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch >= 1, max_queue >= 1 and max_wait_ms >= 0, got "
@@ -79,7 +79,7 @@ class MicroBatcher:
         if self._arrived is not None:
             self._arrived.set()  # a batch being formed re-reads how long to wait
 
-    async def submit(self, images: Sequence[torch.Tensor]) -> list:
+    async def submit(self, images: Sequence[np.ndarray]) -> list:
         """Results for these images (in order), scored together with whatever else is waiting."""
         if len(self._pending) + len(images) > self.max_queue:
             wait = (len(self._pending) + len(images)) * self._seconds_per_image
@@ -114,7 +114,7 @@ class MicroBatcher:
             self.batches, self.images = self.batches + 1, self.images + len(batch)
             start = loop.time()
             try:
-                results = await self.run_in_worker(self.score, torch.stack([image for image, _ in batch]))
+                results = await self.run_in_worker(self.score, np.stack([image for image, _ in batch]))
             except Exception as err:  # noqa: BLE001 - the error goes to every waiting request
                 for _, fut in batch:
                     if not fut.done():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pyanom.data.files import read_image
@@ -41,7 +41,7 @@ def check_bytes(data: bytes, name: str, limits: Limits) -> None:
         raise InputError(413, f"{name}: {len(data)} bytes is over the limit of {limits.max_bytes} bytes")
 
 
-def decode(data: bytes, name: str, preprocess: Preprocess, limits: Limits) -> torch.Tensor:
+def decode(data: bytes, name: str, preprocess: Preprocess, limits: Limits) -> np.ndarray:
     """The upload as the model's input [3, H, W] in [0, 1], exactly as `pyanom predict` reads a file."""
     check_bytes(data, name, limits)
     try:
@@ -66,4 +66,4 @@ def decode(data: bytes, name: str, preprocess: Preprocess, limits: Limits) -> to
         img = read_image(io.BytesIO(data))
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(400, f"{name}: truncated or corrupt image ({err})") from None
-    return preprocess.image(img)
+    return preprocess.array(img)

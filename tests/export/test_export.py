@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +38,6 @@ SETTINGS = {
     "siamese": dict(image_size=SIZE, epochs=1, batch_size=4),
 }
 KNN_CHUNK = 64  # several chunks for the tiny banks above
-
-# Makes `import torch` fail in a subprocess, as on a line PC without PyTorch.
-NO_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-"""
-
 
 @pytest.fixture(scope="module")
 def bottle(shared_data):
@@ -190,10 +177,10 @@ def test_sa_patchcore_graph_largest_tensor(bottle, tmp_path):
     assert_largest_tensor_bounded(det, export(det, tmp_path / "onnx", knn_chunk=256), 256)
 
 
-def test_runtime_and_cli_run_without_torch(patchcore_export, files, tmp_path):
+def test_runtime_and_cli_run_without_torch(patchcore_export, files, tmp_path, without_torch):
     det, _, folder = patchcore_export
     expected = det.predict(open_images(*files, image_size=det.image_size))
-    script = NO_TORCH + f"""
+    done = without_torch(f"""
 import json
 from pyanom.export.runtime import load
 pred = load({str(folder)!r}, threads=1).predict_files({[str(f) for f in files]!r})
@@ -201,8 +188,7 @@ from pyanom.cli import main
 code = main(["predict", {str(folder)!r}, *{[str(f) for f in files]!r}, "--out", {str(tmp_path / "out")!r}])
 assert "torch" not in sys.modules
 print(json.dumps({{"scores": pred.image_scores.tolist(), "labels": pred.labels.tolist(), "code": code}}))
-"""
-    done = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300)
+""")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 0
@@ -213,7 +199,7 @@ print(json.dumps({{"scores": pred.image_scores.tolist(), "labels": pred.labels.t
     assert [Path(r["path"]) for r in rows] == [Path(f) for f in files]
     assert len(list((tmp_path / "out" / "heatmaps").rglob("*.png"))) == len(files)
     # Without a runtime the error says what to install.
-    script = NO_TORCH + f"""
+    done = without_torch(f"""
 class _NoRuntime:
     def find_spec(self, name, path=None, target=None):
         if name == "onnxruntime":
@@ -221,8 +207,7 @@ class _NoRuntime:
 sys.meta_path.insert(0, _NoRuntime())
 from pyanom.cli import main
 sys.exit(main(["predict", {str(folder)!r}, {str(files[0])!r}, "--out", {str(tmp_path / "out2")!r}]))
-"""
-    done = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300)
+""")
     assert done.returncode == 2 and "pip install 'pyanom[onnx]'" in done.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -72,3 +73,26 @@ def test_serve_command_loads_an_exported_folder(exports, monkeypatch, capsys):
     assert isinstance(started["app"].state.models["line"].detector, ExportedModel)
     assert main(["serve", str(exports["openvino"]), "--runtime", "onnxruntime"]) == 2
     assert "backend must be one of openvino for openvino exports" in capsys.readouterr().err
+
+
+def test_an_exported_model_is_served_without_torch(exports, bottle_images, without_torch):
+    files = [str(p) for p in bottle_images]
+    expected = ExportedModel(exports["onnx"]).predict_files(files)
+    done = without_torch(f"""
+import json
+from pathlib import Path
+from fastapi.testclient import TestClient
+from pyanom.serve import ServeSettings, create_app
+from pyanom.serve.run import load_models
+models = load_models({{"line": Path({str(exports["onnx"])!r})}})
+with TestClient(create_app(models, ServeSettings())) as client:
+    answer = client.post("/v1/models/line/predict?heatmap=png",
+                         files=[("files", (f, open(f, "rb").read(), "image/png")) for f in {files!r}]).json()
+assert "torch" not in sys.modules
+print(json.dumps(answer["results"]))
+""")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose([r["image_score"] for r in results], expected.image_scores, rtol=1e-6)
+    assert [r["label"] == "defect" for r in results] == expected.labels.tolist()
+    assert all(r["heatmap_png"] for r in results)
