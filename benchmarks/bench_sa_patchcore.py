@@ -8,8 +8,8 @@ by median, and as the median of the per-round ratios. The parts of sa_patchcore'
 timed the same way: the backbone pass with the attention tap against PatchCore's, and the
 context search (attention and 1-NN to the context memory) on its own.
 
-    OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py [--rounds 9] [--rows channel spatial]
-        [--set context_coreset_ratio=1]
+    OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py [--rounds 9]
+        [--rows channel channel,context_coreset_ratio=1 spatial] [--set attention_weight=1]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def clock(fn, *args, **kwargs) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--rows", nargs="+", default=["channel", "spatial"], help="sa_patchcore attention rows")
+    parser.add_argument("--rows", nargs="+", default=["channel", "channel,context_coreset_ratio=1", "spatial"],
+                        help="sa_patchcore rows: attention, then any KEY=VALUE of that row, comma-separated")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="hyper-parameter (JSON value) of the channel row, repeatable")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PYANOM_DATA") or
@@ -49,8 +50,11 @@ def main() -> None:
     train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
     images = torch.stack([test[i]["image"] for i in range(32)])
     configs = {"patchcore": ("patchcore", {})}
-    configs.update({f"sa_patchcore {a}": ("sa_patchcore", {"attention": a, **(overrides if a == "channel" else {})})
-                    for a in args.rows})
+    for row in args.rows:  # "channel", "spatial" or e.g. "channel,context_coreset_ratio=1"
+        attention, *extra = row.split(",")
+        config = {"attention": attention, **(overrides if attention == "channel" else {})}
+        config.update({k: json.loads(v) for k, v in (e.split("=", 1) for e in extra)})
+        configs[f"sa_patchcore {row}"] = ("sa_patchcore", config)
     dets = {label: pyanom.create(name, coreset_ratio=0.01, **cfg).fit(train, progress=False)
             for label, (name, cfg) in configs.items()}
     sa = dets.get("sa_patchcore channel")

@@ -20,6 +20,7 @@ per-channel mean (or max) to the nearest training image's: is the global signal 
 
     python3 -P benchmarks/sa_patchcore_trials.py --ratio 0.01 pc:none:raw:0:0 pc:blocks.5:relustd:4:1
     python3 -P benchmarks/sa_patchcore_trials.py --descriptors
+    python3 -P benchmarks/sa_patchcore_trials.py --n-train 200 --use 54 --local-detail
 """
 
 from __future__ import annotations
@@ -118,13 +119,13 @@ def features(maps, split: str, variant: str) -> torch.Tensor:
 
 def variant_scores(maps, variant: str, ratio: float) -> torch.Tensor:
     if not variant.startswith("sa:"):
-        return patchcore_scores(features(maps, "train", variant), features(maps, "test", variant), ratio)
+        if (variant, ratio) not in maps:  # kept for the sa: variants of the same run
+            maps[variant, ratio] = patchcore_scores(features(maps, "train", variant), features(maps, "test", variant),
+                                                    ratio)
+        return maps[variant, ratio]
     _, tap, tau, weight, *more = variant.split(":")
     ctx, margin = (float(x) for x in (more + ["1", "-1"])[:2])
-    key = ("pc:none:raw:0:0", ratio)  # PatchCore's part, shared by every sa: variant of a run
-    if key not in maps:
-        maps[key] = patchcore_scores(features(maps, "train", key[0]), features(maps, "test", key[0]), ratio)
-    scores = maps[key]
+    scores = variant_scores(maps, "pc:none:raw:0:0", ratio)
     tap, _, pool = tap.partition("@")  # blocks.4@2: the stride-16 map average-pooled 2x2 first
 
     def tap_map(split):
@@ -152,6 +153,25 @@ def variant_scores(maps, variant: str, ratio: float) -> torch.Tensor:
     return scores + float(weight) * (context - floor).clamp_min(0)
 
 
+def local_detail(maps, ratio: float) -> None:
+    """Which local defects PatchCore misses: per defect its mask area, the largest patch score near
+    it (the 32x32 grid cells its mask touches, dilated by one) and its image score, against the
+    good test parts' scores. The patch scores are the plain 1-NN distances (no eq. 7)."""
+    train, test = (features(maps, split, "pc:none:raw:0:0") for split in ("train", "test"))
+    bank = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).contiguous()
+    memory = bank[greedy_coreset(bank, max(1, math.ceil(ratio * len(bank))), projection_dim=128, seed=0)]
+    queries = test.permute(0, 2, 3, 1).reshape(-1, test.shape[1]).contiguous()
+    patches = knn_scores(queries, memory, 1)[0][:, 0].reshape(len(test), *test.shape[-2:])
+    scores = patches.flatten(1).amax(1)
+    stride = maps["masks"].shape[-1] // test.shape[-1]
+    near = F.max_pool2d(F.max_pool2d(maps["masks"][:, None].float(), stride), 3, 1, 1)[:, 0] > 0
+    good = scores[[i for i, t in enumerate(maps["types"]) if t == "good"]]
+    rows = sorted((int(maps["masks"][i].sum()), float(patches[i][near[i]].max()), float(scores[i]))
+                  for i, t in enumerate(maps["types"]) if t == "local")
+    print(f"good parts: median {float(good.median()):.1f}, max {float(good.max()):.1f}; local defects "
+          "(mask px: near-defect max / image max): " + ", ".join(f"{a}: {n:.1f}/{m:.1f}" for a, n, m in rows))
+
+
 def descriptor_trials(all_maps) -> None:
     kinds = {"mean": lambda x: x.mean((2, 3)), "mean relu": lambda x: F.relu(x).mean((2, 3)),
              "max": lambda x: x.amax((2, 3))}
@@ -176,6 +196,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=60, help="training parts (the first n of the set)")
     parser.add_argument("--use", type=int, help="fit on only the first USE training parts of the set")
     parser.add_argument("--descriptors", action="store_true")
+    parser.add_argument("--local-detail", action="store_true", help="which local defects PatchCore misses")
     args = parser.parse_args()
     all_maps = [cached_maps(args.out, seed, args.n_train) for seed in args.seeds]
     if args.use:
@@ -183,6 +204,11 @@ def main() -> None:
             maps["train"] = {tap: m[:args.use] for tap, m in maps["train"].items()}
     if args.descriptors:
         return descriptor_trials(all_maps)
+    if args.local_detail:
+        for seed, maps in zip(args.seeds, all_maps):
+            print(f"seed {seed}, {len(maps['train']['blocks.2'])} training parts, ratio {args.ratio}: ", end="")
+            local_detail(maps, args.ratio)
+        return
     print(f"| variant (ratio {args.ratio}) | co-occurrence AUROC, seeds {args.seeds} | local AUROC |\n|---|---|---|")
     for variant in args.variants:
         rs = [aurocs(m, variant_scores(m, variant, args.ratio)) for m in all_maps]
