@@ -8,6 +8,7 @@ by median, and as the median of the per-round ratios. The parts of sa_patchcore'
 timed the same way: the backbone pass with the attention tap against PatchCore's, and the
 context search (attention and 1-NN to the context memory) on its own.
 
+    OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py --parts [--rounds 9]
     OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py [--rounds 9]
         [--rows channel channel,context_coreset_ratio=1 spatial] [--set attention_weight=1]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -35,6 +37,47 @@ def clock(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
+def parts(rounds: int) -> None:
+    """The parts of predict() at batch 32 without fitting: 32 random 256 px images, banks of random
+    rows of the sizes MVTec bottle gives at coreset ratio 0.01 (local 1926 x 152; contexts 188 parts
+    x 64, all or a tenth, x 192), interleaved rounds, min and median against PatchCore's part sum."""
+    from pyanom.features import create_backbone
+    from pyanom.anomaly_map import upsample_scores
+    from pyanom.ops import channel_self_attention
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(32, 3, 256, 256, generator=g)
+    plain = create_backbone("efficientnet_lite0", layers=("stride8", "stride16"))
+    tapped = create_backbone("efficientnet_lite0", layers=("stride8", "stride16", "blocks.5"))
+    local_bank, queries = torch.randn(1926, 152, generator=g), torch.randn(32 * 1024, 152, generator=g)
+    contexts = torch.rand(32, 192, 8, 8, generator=g) * 4
+    banks = {r: torch.rand(math.ceil(r * 188 * 64), 192, generator=g) for r in (0.1, 1.0)}
+    steps = {
+        "backbone, patchcore taps": lambda: [plain(c) for c in images.split(8)],
+        "backbone, + attention tap": lambda: [tapped(c) for c in images.split(8)],
+        "local 1-NN (1926 rows)": lambda: knn_scores(queries, local_bank, 1),
+        "map upsample + blur": lambda: upsample_scores(torch.rand(32, 32, 32, generator=g), (256, 256), 4.0),
+        "attention (32 x 192 x 8 x 8)": lambda: channel_self_attention(contexts),
+        **{f"context 1-NN ({len(b)} rows)": (lambda b=b: knn_scores(
+            contexts.permute(0, 2, 3, 1).reshape(-1, 192).contiguous(), b, 1)) for b in banks.values()},
+    }
+    times = {name: [] for name in steps}
+    with torch.inference_mode():
+        for step in steps.values():
+            step()
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times[name].append(clock(step))
+    base = ["backbone, patchcore taps", "local 1-NN (1926 rows)", "map upsample + blur"]
+    ref_min, ref_med = (sum(f(times[n]) for n in base) for f in (min, statistics.median))
+    print(f"rounds {rounds}, threads {torch.get_num_threads()}; share of PatchCore's parts "
+          f"({' + '.join(base)}: min {1e3 * ref_min:.0f} ms)")
+    print("| part | min ms | median ms | share by min | by median |\n|---|---|---|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {1e3 * min(ts):.1f} | {1e3 * statistics.median(ts):.1f} | {min(ts) / ref_min:.3f} "
+              f"| {statistics.median(ts) / ref_med:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
@@ -44,7 +87,10 @@ def main() -> None:
                         help="hyper-parameter (JSON value) of the channel row, repeatable")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PYANOM_DATA") or
                                                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--parts", action="store_true", help="time the parts only (no data, no fit)")
     args = parser.parse_args()
+    if args.parts:
+        return parts(args.rounds)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     root = args.data / "mvtec" / "bottle"
     train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
