@@ -11,12 +11,16 @@ builds its patch features from them and scores with PatchCore's own steps (greed
     TAU    factor on the attention input;  W  weight of the attention part in the distance
 
 "spatial" is eq. 4 on the max-pooled stride-16 map in place of its average (sa_patchcore
-attention="spatial"). sa:TAP:TAU:W[:CTX[:MARGIN]] is the detector's layout (TAP@2: the tap average-pooled 2x2 first): PatchCore's score plus W times the
-largest 1-NN distance of a context (plugins/patchcore/embedding.channel_context, scale from the first
-32 training maps) to a memory of the training contexts (a CTX coreset of them, default all); with
-MARGIN (a quantile, 0-1) only the part of that distance above the MARGIN quantile of the training
-parts' own (leave-one-part-out) context distances counts. --descriptors instead scores whole images by the distance of their
-per-channel mean (or max) to the nearest training image's: is the global signal there at all?
+attention="spatial"). sa:TAP:TAU:W[:CTX[:MARGIN]] is the detector's layout: PatchCore's score plus
+W times the largest 1-NN distance of a context (plugins/patchcore/embedding.channel_context, scale
+from the first 32 training maps) to a memory of the training contexts (a CTX coreset of them,
+default all); with MARGIN (a quantile, 0-1) only the excess over that quantile of the training
+parts' own (leave-one-part-out) context distances counts. TAP@2: the tap average-pooled 2x2 first.
+
+--descriptors instead scores whole images by the distance of their per-channel mean (or max) to
+the nearest training image's: is the global signal there at all? --local-detail: which local
+defects PatchCore misses. --n-train N: sets with N training parts (their first 60 and their test
+parts are the same whatever N); --use K fits on the first K of them.
 
     python3 -P benchmarks/sa_patchcore_trials.py --ratio 0.01 pc:none:raw:0:0 pc:blocks.5:relustd:4:1
     python3 -P benchmarks/sa_patchcore_trials.py --descriptors

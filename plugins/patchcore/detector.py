@@ -93,7 +93,7 @@ class SAPatchCoreConfig(PatchCoreConfig):
     attention_layer: str = "blocks.5"  # EfficientNet-Lite0's stride-32 stage (192 channels)
     attention_temperature: float = 4.0
     attention_weight: float = 2.0
-    context_coreset_ratio: float = 0.1  # of the h*w contexts per image: a tenth of the search, same AUROC
+    context_coreset_ratio: float = 0.1  # a tenth of the search for 0.005-0.016 co-occurrence AUROC
     context_margin: float = 0.9  # a good part's context adds nothing, so its noise does not hide local defects
 
     def __post_init__(self):
