@@ -83,7 +83,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
     attention "channel": the authors' released code (per-channel softmax(x_i x_j) over positions)
     on `attention_layer`, rectified, standardised per channel on the training images and scaled
     by `attention_temperature`, with a memory of its own (a `context_coreset_ratio` coreset); its
-    1-NN distance, times `attention_weight`, is added to PatchCore's image score.
+    1-NN distance beyond `context_margin` (that quantile of the training parts' own distances,
+    each part left out of the memory), times `attention_weight`, is added to PatchCore's image score.
     "spatial": eq. 4 as printed (softmax(X X^T / sqrt(C)) X) in place of the stride-16 features.
     """
 
@@ -92,7 +93,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
     attention_layer: str = "blocks.5"  # EfficientNet-Lite0's stride-32 stage (192 channels)
     attention_temperature: float = 4.0
     attention_weight: float = 2.0
-    context_coreset_ratio: float = 1.0  # h*w contexts per image at stride 32: few enough to keep all
+    context_coreset_ratio: float = 0.1  # a tenth of the search for 0.005-0.016 co-occurrence AUROC
+    context_margin: float = 0.9  # a good part's context adds nothing, so its noise does not hide local defects
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,6 +108,8 @@ class SAPatchCoreConfig(PatchCoreConfig):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.context_coreset_ratio <= 1:
             raise ValueError(f"context_coreset_ratio must be in (0, 1], got {self.context_coreset_ratio}")
+        if not 0 <= self.context_margin <= 1:
+            raise ValueError(f"context_margin must be a quantile in [0, 1], got {self.context_margin}")
 
 
 class PatchCore(Detector):
@@ -257,8 +261,9 @@ class SAPatchCore(PatchCore):
     attention="channel": the attended map (the context) gets its own memory (`context_bank`,
     a greedy coreset of the training contexts at `context_coreset_ratio`) and its own 1-NN
     distance; the image score is PatchCore's plus attention_weight times the largest context
-    distance, and the anomaly map is PatchCore's: the context is much the same for every patch
-    of an image, so it tells whether the part is wrong, not where.
+    distance beyond `context_floor` (what good parts reach), and the anomaly map is PatchCore's:
+    the context is much the same for every patch of an image, so it tells whether the part is
+    wrong, not where.
     """
 
     name = "sa_patchcore"
@@ -269,6 +274,7 @@ class SAPatchCore(PatchCore):
         super().__init__(config, **kwargs)
         self.attention_scale: torch.Tensor | None = None
         self.context_bank: torch.Tensor | None = None
+        self.context_floor: torch.Tensor | None = None  # [] context distance that good parts reach
         self._contexts: list[torch.Tensor] = []  # of the backbone passes since the last reset
 
     @property
@@ -307,9 +313,23 @@ class SAPatchCore(PatchCore):
         self._contexts = []
         super()._fit(train, progress)
         rows = self._take_contexts()
-        k = max(1, math.ceil(self.config.context_coreset_ratio * len(rows)))
-        chosen = greedy_coreset(rows, k, projection_dim=self.config.projection_dim, seed=self.config.seed)
+        owner = torch.arange(len(rows), device=rows.device) // (len(rows) // len(train))
+        chosen = torch.arange(len(rows), device=rows.device)
+        if self.config.context_coreset_ratio < 1:
+            k = max(1, math.ceil(self.config.context_coreset_ratio * len(rows)))
+            chosen = greedy_coreset(rows, k, projection_dim=self.config.projection_dim, seed=self.config.seed)
         self.context_bank = rows[chosen].contiguous()
+        self.context_floor = self._context_floor(rows, owner, owner[chosen])
+
+    def _context_floor(self, rows, owner, bank_owner) -> torch.Tensor:
+        """The context_margin quantile of the training parts' context distances, each part's to the
+        memory without its own contexts (what a good test part reaches); zero from one part."""
+        others = [bank_owner != i for i in range(int(owner[-1]) + 1)]
+        if not all(bool(o.any()) for o in others):
+            return rows.new_zeros(())
+        dist = torch.stack([knn_scores(rows[owner == i], self.context_bank[o], 1)[0][:, 0].amax()
+                            for i, o in enumerate(others)])
+        return torch.quantile(dist, self.config.context_margin)
 
     def _score(self, images: torch.Tensor):
         if not self.channel:
@@ -319,8 +339,8 @@ class SAPatchCore(PatchCore):
         self._contexts = []
         image_scores, maps = super()._score(images)
         dist, _ = knn_scores(self._take_contexts(), self.context_bank, 1)
-        context_scores = dist[:, 0].reshape(len(images), -1).amax(dim=1)
-        return image_scores + self.config.attention_weight * context_scores, maps
+        beyond = (dist[:, 0].reshape(len(images), -1).amax(dim=1) - self.context_floor).clamp_min(0)
+        return image_scores + self.config.attention_weight * beyond, maps
 
     def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
         from pyanom_plugins.patchcore.export import ChannelAttentionGraph, PatchCoreGraph
@@ -347,7 +367,8 @@ class SAPatchCore(PatchCore):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().state_tensors()
         if self.channel:
-            tensors.update(attention_scale=self.attention_scale, context_bank=self.context_bank)
+            tensors.update(attention_scale=self.attention_scale, context_bank=self.context_bank,
+                           context_floor=self.context_floor)
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -355,3 +376,6 @@ class SAPatchCore(PatchCore):
         if self.channel:
             self.attention_scale = tensors["attention_scale"].to(self.device, torch.float32)
             self.context_bank = tensors["context_bank"].to(self.device, torch.float32).contiguous()
+            floor = tensors.get("context_floor")  # models saved before the margin had none
+            self.context_floor = torch.zeros(()) if floor is None else floor.to(torch.float32)
+            self.context_floor = self.context_floor.to(self.device)
