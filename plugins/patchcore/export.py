@@ -71,7 +71,8 @@ class ChannelAttentionGraph(PatchCoreGraph):
     """SA-PatchCore with attention="channel": PatchCore's graph plus the context of the
     attention layer (channel_self_attention above, with the fitted per-channel scale and the
     temperature), its chunked 1-NN distance to the context memory (a constant), and image
-    score = PatchCore's + attention_weight x the largest context distance.
+    score = PatchCore's + attention_weight x the largest context distance beyond the fitted
+    context_floor.
 
     Besides the kNN tiles, the attention holds its logits, [B, C, L, L] for L positions of the
     attention layer's map (192 x 64 x 64 per image at 256 px: under the backbone's widest map).
@@ -87,6 +88,7 @@ class ChannelAttentionGraph(PatchCoreGraph):
         self.register_buffer("attention_scale", detector.attention_scale.detach().float())
         self.register_buffer("context_bank", contexts)
         self.register_buffer("context_sq_norms", (contexts * contexts).sum(1))
+        self.register_buffer("context_floor", detector.context_floor.detach().float().reshape(()))
 
     def forward(self, images: torch.Tensor):
         features = self.backbone.traceable(images)
@@ -96,4 +98,5 @@ class ChannelAttentionGraph(PatchCoreGraph):
         b, c = context.shape[:2]
         rows = context.permute(0, 2, 3, 1).reshape(-1, c)
         dist, _ = nearest_neighbour(rows, self.context_bank, self.context_sq_norms, self.knn_chunk)
-        return image_scores + self.attention_weight * dist.reshape(b, -1).amax(dim=1), maps
+        beyond = (dist.reshape(b, -1).amax(dim=1) - self.context_floor).clamp(min=0)
+        return image_scores + self.attention_weight * beyond, maps
