@@ -631,19 +631,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_version(args) -> int:
+    import pyanom
+
+    print(json.dumps(pyanom.build_info(), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        import pyanom
-
-        print(json.dumps(pyanom.build_info(), indent=2))
-        return 0
-    if args.command is None:
+        args.command, args.func = "--version", _print_version
+    elif args.command is None:
         parser.print_help()
         return 2
     try:
-        if args.max_pixels is not None:
+        if getattr(args, "max_pixels", None) is not None:
             from pyanom.data.files import set_max_pixels
 
             set_max_pixels(args.max_pixels)
@@ -652,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyanom {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one clear line
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         known = isinstance(exc, (ValueError, OSError, ImportError, RuntimeError, TypeError, KeyError))
         hint = "" if known else f" ({type(exc).__name__}; run with --debug for the traceback)"

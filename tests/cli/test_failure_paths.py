@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,9 @@ from pyanom.cli import main
 FIT_FAST = ["--set", "image_size=64", "--set", "coreset_ratio=0.05"]
 
 
-def run(*argv, cwd=None):
+def run(*argv, cwd=None, env=None):
     done = subprocess.run([sys.executable, "-P", "-m", "pyanom.cli", *map(str, argv)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, env=None if env is None else {**os.environ, **env})
     return done.returncode, done.stdout, done.stderr
 
 
@@ -300,6 +301,13 @@ def test_version_separates_compiled_from_usable_cuda():
     assert "cuda" not in info and {"cuda_compiled", "cuda_usable", "backends_compiled"} <= set(info)
     assert info["cuda_usable"] == (info["cuda_compiled"] and torch.cuda.is_available())
     assert ("cuda" in info["backends"]) == info["cuda_usable"]
+
+
+def test_a_bad_instruction_set_override_is_one_line_naming_the_variable():
+    for argv in (("--version",), ("list",)):
+        code, stdout, err = run(*argv, env={"PYANOM_CPU_ISA": "sse9"})
+        assert code == 2 and "Traceback" not in err, err
+        assert "PYANOM_CPU_ISA must be auto, generic, avx2 or avx512, got 'sse9'" in err
 
 
 def test_cli_outputs_are_ignored_by_git():
