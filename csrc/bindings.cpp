@@ -4,10 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "channel_self_attention.h"
+#include "attention.h"
+#include "channel_attention.h"
 #include "common.h"
+#include "concentrated.h"
+#include "coreset.h"
 #include "cpu_isa.h"
-#include "kernels.h"
+#include "knn.h"
 
 namespace py = pybind11;
 using namespace pyanom;
@@ -42,87 +45,80 @@ PYBIND11_MODULE(PYANOM_MODULE, m) {
         "Number of usable CUDA devices (0 when no driver or GPU is present).");
 #endif
 
-  // ---- greedy_coreset ----
-  m.def("greedy_coreset_workspace_bytes", &greedy_coreset_workspace_bytes, py::arg("n"),
-        py::arg("d"), py::arg("k"), py::arg("dtype"));
-  m.def("greedy_coreset_cpu", &greedy_coreset_cpu, py::arg("points"), py::arg("n"), py::arg("d"),
-        py::arg("k"), py::arg("start"), py::arg("out"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+  // One block per op, named by its stem (pyanom/ops/<stem>.py launches them through
+  // pyanom.ops._backend.launch): <stem>_cpu and <stem>_cuda take the buffers' addresses and sizes
+  // and end with the dtype name (then, on CUDA, the stream); <stem>_workspace_bytes_<device> the
+  // same sizes and the dtype name.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  // ---- coreset: greedy_coreset ----
+  m.def("coreset_workspace_bytes_cpu", &coreset_workspace_bytes_cpu, py::arg("n"), py::arg("d"),
+        py::arg("k"), py::arg("dtype"));
+  m.def("coreset_cpu", &coreset_cpu, py::arg("points"), py::arg("n"), py::arg("d"), py::arg("k"),
+        py::arg("start"), py::arg("out"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("dtype"), nogil);
 #ifdef PYANOM_WITH_CUDA
-  m.def("greedy_coreset_cuda_workspace_bytes", &greedy_coreset_cuda_workspace_bytes, py::arg("n"),
-        py::arg("d"), py::arg("k"), py::arg("dtype"));
-  m.def("greedy_coreset_cuda", &greedy_coreset_cuda, py::arg("points"), py::arg("n"), py::arg("d"),
-        py::arg("k"), py::arg("start"), py::arg("out"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("dtype"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
+  m.def("coreset_workspace_bytes_cuda", &coreset_workspace_bytes_cuda, py::arg("n"), py::arg("d"),
+        py::arg("k"), py::arg("dtype"));
+  m.def("coreset_cuda", &coreset_cuda, py::arg("points"), py::arg("n"), py::arg("d"), py::arg("k"),
+        py::arg("start"), py::arg("out"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("dtype"), py::arg("stream"), nogil);
 #endif
 
-  // ---- knn_scores ----
-  m.def("knn_scores_workspace_bytes", &knn_scores_workspace_bytes, py::arg("q"), py::arg("n"),
-        py::arg("d"), py::arg("k"), py::arg("dtype"), py::arg("chunk_size"));
-  m.def("knn_scores_cpu", &knn_scores_cpu, py::arg("queries"), py::arg("bank"),
-        py::arg("distances"), py::arg("indices"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("q"), py::arg("n"), py::arg("d"), py::arg("k"),
-        py::arg("dtype"), py::arg("chunk_size"), py::call_guard<py::gil_scoped_release>());
+  // ---- knn: knn_scores ----
+  m.def("knn_workspace_bytes_cpu", &knn_workspace_bytes_cpu, py::arg("q"), py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("chunk_size"), py::arg("dtype"));
+  m.def("knn_cpu", &knn_cpu, py::arg("queries"), py::arg("bank"), py::arg("distances"),
+        py::arg("indices"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("q"),
+        py::arg("n"), py::arg("d"), py::arg("k"), py::arg("chunk_size"), py::arg("dtype"), nogil);
 #ifdef PYANOM_WITH_CUDA
-  m.def("knn_scores_cuda_workspace_bytes", &knn_scores_cuda_workspace_bytes, py::arg("q"),
-        py::arg("n"), py::arg("d"), py::arg("k"), py::arg("dtype"), py::arg("chunk_size"));
-  m.def("knn_scores_cuda", &knn_scores_cuda, py::arg("queries"), py::arg("bank"),
-        py::arg("distances"), py::arg("indices"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("q"), py::arg("n"), py::arg("d"), py::arg("k"),
-        py::arg("dtype"), py::arg("chunk_size"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
+  m.def("knn_workspace_bytes_cuda", &knn_workspace_bytes_cuda, py::arg("q"), py::arg("n"),
+        py::arg("d"), py::arg("k"), py::arg("chunk_size"), py::arg("dtype"));
+  m.def("knn_cuda", &knn_cuda, py::arg("queries"), py::arg("bank"), py::arg("distances"),
+        py::arg("indices"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("q"),
+        py::arg("n"), py::arg("d"), py::arg("k"), py::arg("chunk_size"), py::arg("dtype"),
+        py::arg("stream"), nogil);
 #endif
 
-  // ---- self_attention ----
-  m.def("self_attention_workspace_bytes", &self_attention_workspace_bytes, py::arg("batch"),
-        py::arg("channels"), py::arg("positions"), py::arg("full_limit"), py::arg("dtype"),
-        "Bytes of workspace self_attention_cpu needs for these sizes (OpenMP threads included).");
-  m.def("self_attention_cpu", &self_attention_cpu, py::arg("x"), py::arg("out"),
-        py::arg("workspace"), py::arg("workspace_bytes"), py::arg("batch"), py::arg("channels"),
-        py::arg("positions"), py::arg("full_limit"), py::arg("dtype"),
-        py::call_guard<py::gil_scoped_release>(),
-        "softmax(X X^T / sqrt(C)) X over the positions of each contiguous [C, L] map.");
+  // ---- attention: self_attention ----
+  m.def("attention_workspace_bytes_cpu", &attention_workspace_bytes_cpu, py::arg("batch"),
+        py::arg("channels"), py::arg("positions"), py::arg("full_limit"), py::arg("dtype"));
+  m.def("attention_cpu", &attention_cpu, py::arg("x"), py::arg("out"), py::arg("workspace"),
+        py::arg("workspace_bytes"), py::arg("batch"), py::arg("channels"), py::arg("positions"),
+        py::arg("full_limit"), py::arg("dtype"), nogil);
 #ifdef PYANOM_WITH_CUDA
-  m.def("self_attention_cuda", &self_attention_cuda, py::arg("x"), py::arg("out"),
+  m.def("attention_cuda", &attention_cuda, py::arg("x"), py::arg("out"), py::arg("batch"),
+        py::arg("channels"), py::arg("positions"), py::arg("dtype"), py::arg("stream"), nogil);
+#endif
+
+  // ---- channel_attention: channel_self_attention ----
+  m.def("channel_attention_cpu", &channel_attention_cpu, py::arg("x"), py::arg("out"),
+        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"), nogil);
+#ifdef PYANOM_WITH_CUDA
+  m.def("channel_attention_cuda", &channel_attention_cuda, py::arg("x"), py::arg("out"),
         py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
-        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
-        "The same on CUDA buffers, launched on the given stream (cudaStream_t address).");
+        py::arg("stream"), nogil);
 #endif
 
-  // ---- channel_self_attention ----
-  m.def("channel_self_attention_cpu", &channel_self_attention_cpu, py::arg("x"), py::arg("out"),
-        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
-        py::call_guard<py::gil_scoped_release>(),
-        "Per channel of each contiguous [C, L] map: softmax_j(x_i x_j) weighted mean of x_j.");
-#ifdef PYANOM_WITH_CUDA
-  m.def("channel_self_attention_cuda", &channel_self_attention_cuda, py::arg("x"), py::arg("out"),
-        py::arg("batch"), py::arg("channels"), py::arg("positions"), py::arg("dtype"),
-        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
-        "The same on CUDA buffers, launched on the given stream (cudaStream_t address).");
-#endif
-
-  // ---- concentrated_loss ----
-  m.def("concentrated_loss_workspace_bytes", &concentrated_loss_workspace_bytes, py::arg("batch"),
-        py::arg("pixels"), "Bytes of float64 workspace the forward pass needs.");
-  m.def("concentrated_loss_forward_cpu", &concentrated_loss_forward_cpu, py::arg("logits"),
-        py::arg("target"), py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"),
-        py::arg("eps"), py::arg("loss"), py::arg("sums"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
-  m.def("concentrated_loss_backward_cpu", &concentrated_loss_backward_cpu, py::arg("grad_loss"),
+  // ---- concentrated: concentrated_loss (forward and backward) ----
+  for (const char* name : {"concentrated_workspace_bytes_cpu", "concentrated_workspace_bytes_cuda"})
+    m.def(name, &concentrated_workspace_bytes, py::arg("batch"), py::arg("pixels"), py::arg("dtype"));
+  m.def("concentrated_cpu", &concentrated_cpu, py::arg("logits"), py::arg("target"),
+        py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"), py::arg("eps"),
+        py::arg("loss"), py::arg("sums"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("dtype"), nogil);
+  m.def("concentrated_backward_cpu", &concentrated_backward_cpu, py::arg("grad_loss"),
         py::arg("logits"), py::arg("target"), py::arg("sums"), py::arg("batch"), py::arg("pixels"),
         py::arg("gamma"), py::arg("lam"), py::arg("eps"), py::arg("detach_factor"),
-        py::arg("grad_logits"), py::arg("dtype"), py::call_guard<py::gil_scoped_release>());
+        py::arg("grad_logits"), py::arg("dtype"), nogil);
 #ifdef PYANOM_WITH_CUDA
-  m.def("concentrated_loss_forward_cuda", &concentrated_loss_forward_cuda, py::arg("logits"),
-        py::arg("target"), py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"),
-        py::arg("eps"), py::arg("loss"), py::arg("sums"), py::arg("workspace"),
-        py::arg("workspace_bytes"), py::arg("dtype"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("concentrated_loss_backward_cuda", &concentrated_loss_backward_cuda, py::arg("grad_loss"),
+  m.def("concentrated_cuda", &concentrated_cuda, py::arg("logits"), py::arg("target"),
+        py::arg("batch"), py::arg("pixels"), py::arg("gamma"), py::arg("lam"), py::arg("eps"),
+        py::arg("loss"), py::arg("sums"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("dtype"), py::arg("stream"), nogil);
+  m.def("concentrated_backward_cuda", &concentrated_backward_cuda, py::arg("grad_loss"),
         py::arg("logits"), py::arg("target"), py::arg("sums"), py::arg("batch"), py::arg("pixels"),
         py::arg("gamma"), py::arg("lam"), py::arg("eps"), py::arg("detach_factor"),
-        py::arg("grad_logits"), py::arg("dtype"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("grad_logits"), py::arg("dtype"), py::arg("stream"), nogil);
 #endif
 }

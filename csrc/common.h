@@ -19,6 +19,12 @@ inline T* as_ptr(std::uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+#ifdef PYANOM_WITH_CUDA
+// Device queries (csrc/cuda/device.cu) that do not fail on a machine without a GPU or driver.
+int cuda_device_count();
+int cuda_runtime_version();
+#endif
+
 enum class DType { Float32, Float64 };
 
 inline DType parse_dtype(const std::string& name) {

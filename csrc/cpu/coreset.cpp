@@ -40,8 +40,7 @@
 #include <type_traits>
 
 #include "common.h"
-#include "coreset_rules.h"
-#include "kernels.h"
+#include "coreset.h"
 
 namespace pyanom {
 namespace {
@@ -615,7 +614,7 @@ class Greedy {
 
 }  // namespace
 
-int64_t greedy_coreset_workspace_bytes(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
+int64_t coreset_workspace_bytes_cpu(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");
   return dispatch_float(dtype, [&](auto zero) {
@@ -623,9 +622,9 @@ int64_t greedy_coreset_workspace_bytes(int64_t n, int64_t d, int64_t k, const st
   });
 }
 
-void greedy_coreset_cpu(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                        std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                        const std::string& dtype) {
+void coreset_cpu(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
+                 std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
+                 const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(n <= std::numeric_limits<int32_t>::max(), "greedy_coreset: N must be below 2^31");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");

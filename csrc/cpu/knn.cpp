@@ -20,7 +20,7 @@
 #endif
 
 #include "common.h"
-#include "kernels.h"
+#include "knn.h"
 #include "topk_heap.h"
 
 namespace pyanom {
@@ -406,18 +406,17 @@ int threads_for(int64_t q, int64_t n, int64_t d) {
 
 }  // namespace
 
-int64_t knn_scores_workspace_bytes(int64_t q, int64_t n, int64_t d, int64_t k,
-                                   const std::string& dtype, int64_t chunk_size) {
+int64_t knn_workspace_bytes_cpu(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk_size,
+                                const std::string& dtype) {
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
     return make_plan<T>(q, n, d, k, chunk_size, threads_for(q, n, d)).bytes;
   });
 }
 
-void knn_scores_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
-                    std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes,
-                    int64_t q, int64_t n, int64_t d, int64_t k, const std::string& dtype,
-                    int64_t chunk_size) {
+void knn_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
+             std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes, int64_t q,
+             int64_t n, int64_t d, int64_t k, int64_t chunk_size, const std::string& dtype) {
   PYANOM_CHECK(q > 0 && n > 0 && d > 0, "knn_scores: queries and bank must be non-empty");
   PYANOM_CHECK(k >= 1 && k <= n, "knn_scores: k must lie in [1, number of bank rows]");
   PYANOM_CHECK(chunk_size >= 1, "knn_scores: chunk_size must be >= 1");
@@ -426,7 +425,7 @@ void knn_scores_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t 
     const KnnPlan p = make_plan<T>(q, n, d, k, chunk_size, threads_for(q, n, d));
     PYANOM_CHECK(workspace_bytes >= p.bytes,
                  "knn_scores: workspace of " + std::to_string(workspace_bytes) + " bytes, " +
-                     std::to_string(p.bytes) + " needed (query knn_scores_workspace_bytes)");
+                     std::to_string(p.bytes) + " needed (query knn_workspace_bytes_cpu)");
     knn_cpu_impl<T>(as_ptr<const T>(queries), as_ptr<const T>(bank), as_ptr<T>(distances),
                     as_ptr<int64_t>(indices), as_ptr<char>(workspace), q, n, d, k, p);
   });

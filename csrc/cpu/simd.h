@@ -1,6 +1,7 @@
-// SIMD vectors through GCC vector extensions, and exp(x) for x <= ~0 (softmax arguments after the
-// max is subtracted): a zmm register with AVX-512, else a ymm register, which the compiler splits
-// on narrower targets. For kernels private to one translation unit.
+// SIMD vectors through GCC vector extensions, fma, and exp(x) for x <= ~0 (softmax arguments after
+// the max is subtracted): a zmm register with AVX-512, else a ymm register (AVX2), which the
+// compiler splits on narrower targets. Such vectors pass differently between targets (hence
+// -Wpsabi off): for kernels private to one translation unit, which both attention kernels are.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -12,7 +13,7 @@
 namespace pyanom {
 namespace simd {
 
-#pragma GCC diagnostic push
+// Left off to the end of the including file: the warning is reported where the vectors are used.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #if defined(__AVX512F__)
 constexpr int kBytes = 64;
@@ -34,20 +35,27 @@ struct Vec<float> {
   using V = vf32;
   using VI = vi32;
   static constexpr int W = kBytes / 4;
-  static V splat(float x) { return x - V{}; }
+  static V splat(float x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
+  static V fma(V a, V b, V c) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_ps(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
   static V exp(V x) {
     const V lo = splat(-87.33654f);
     V z = x < lo ? lo : x;
-    const V round = splat(12582912.0f);  // 1.5 * 2^23
+    const V round = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
     V n = (z * 1.44269504088896341f + round) - round;
     V r = (z - n * 0.693359375f) - n * -2.12194440e-4f;
-    V p = splat(1.9875691500e-4f);  // Cephes expf minimax coefficients
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = (p * r) * r + r + 1.0f;
+    V p = splat(1.9875691500e-4f);  // Cephes expf minimax coefficients (about 1 ulp)
+    p = fma(p, r, splat(1.3981999507e-3f));
+    p = fma(p, r, splat(8.3334519073e-3f));
+    p = fma(p, r, splat(4.1665795894e-2f));
+    p = fma(p, r, splat(1.6666665459e-1f));
+    p = fma(p, r, splat(5.0000001201e-1f));
+    p = fma(p * r, r, r) + 1.0f;
     VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
     V scale;
     std::memcpy(&scale, &bits, sizeof scale);
@@ -61,18 +69,25 @@ struct Vec<double> {
   using VI = vi64;
   static constexpr int W = kBytes / 8;
   static V splat(double x) { return x - V{}; }
+  static V fma(V a, V b, V c) {
+#if defined(__AVX512F__)
+    return _mm512_fmadd_pd(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
   static V exp(V x) {
     const V lo = splat(-708.3964185322641);
     V z = x < lo ? lo : x;
     const V round = splat(6755399441055744.0);  // 1.5 * 2^52
     V n = (z * 1.4426950408889634 + round) - round;
     V r = (z - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    V p = splat(1.0 / 6227020800.0);  // Taylor to degree 13: truncation below 1e-17
-    double term = 6227020800.0;
-    for (int k = 12; k >= 0; --k) {
-      term /= (k + 1);
-      p = p * r + 1.0 / term;
-    }
+    // Taylor to degree 13: truncation below 1e-17 relative.
+    static constexpr double inv_fact[14] = {
+        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+        1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+    V p = splat(inv_fact[13]);
+    for (int k = 12; k >= 0; --k) p = fma(p, r, splat(inv_fact[k]));
     VI bits = (__builtin_convertvector(n, VI) + 1023) << 52;
     V scale;
     std::memcpy(&scale, &bits, sizeof scale);
@@ -80,17 +95,33 @@ struct Vec<double> {
   }
 };
 
-// The first n lanes from p (0 < n <= lanes), zeros after; never reads past p[n - 1].
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V, typename T>
+inline void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// The first n lanes from p (n <= lanes), zeros after; never reads past p[n - 1].
 template <typename V, typename T>
 inline V load_first(const T* p, int n) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
+  else
+    return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p);
+#else
   constexpr int lanes = int(sizeof(V) / sizeof(T));
+  if (n == lanes) return load<V>(p);
   V v = {};
-  if (n == lanes) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    for (int i = 0; i < n; ++i) v[i] = p[i];
-  }
+  for (int i = 0; i < n; ++i) v[i] = p[i];
   return v;
+#endif
 }
 
 // The first n lanes of v to p (0 < n <= lanes).
@@ -98,12 +129,11 @@ template <typename V, typename T>
 inline void store_first(T* p, V v, int n) {
   constexpr int lanes = int(sizeof(V) / sizeof(T));
   if (n == lanes) {
-    std::memcpy(p, &v, sizeof v);
+    store(p, v);
   } else {
     for (int i = 0; i < n; ++i) p[i] = v[i];
   }
 }
-#pragma GCC diagnostic pop
 
 }  // namespace simd
 }  // namespace pyanom

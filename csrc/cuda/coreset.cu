@@ -24,9 +24,8 @@
 #include <limits>
 
 #include "common.h"
-#include "coreset_rules.h"
+#include "coreset.h"
 #include "cuda/cuda_check.cuh"
-#include "kernels.h"
 
 namespace cg = cooperative_groups;
 
@@ -214,20 +213,20 @@ void launch(const T* pts, int64_t n, int64_t d, int64_t k, int64_t start, int64_
 
 }  // namespace
 
-int64_t greedy_coreset_cuda_workspace_bytes(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
+int64_t coreset_workspace_bytes_cuda(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");
   return Layout(n, d, k, parse_dtype(dtype) == DType::Float32 ? 4 : 8).total;
 }
 
-void greedy_coreset_cuda(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                         std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                         const std::string& dtype, std::uintptr_t stream) {
+void coreset_cuda(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
+                  std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
+                  const std::string& dtype, std::uintptr_t stream) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(n <= std::numeric_limits<int>::max(), "greedy_coreset: N must be below 2^31");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");
   PYANOM_CHECK(start >= 0 && start < n, "greedy_coreset: start must be in [0, N)");
-  PYANOM_CHECK(workspace_bytes >= greedy_coreset_cuda_workspace_bytes(n, d, k, dtype),
+  PYANOM_CHECK(workspace_bytes >= coreset_workspace_bytes_cuda(n, d, k, dtype),
                "greedy_coreset: workspace too small");
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);

@@ -1,7 +1,7 @@
 // Device queries that must not fail on a machine without a GPU or driver.
 #include <cuda_runtime.h>
 
-#include "kernels.h"
+#include "common.h"
 
 namespace pyanom {
 

@@ -1,8 +1,19 @@
-"""Choosing between the native kernels and the pure-PyTorch path for one call."""
+"""The one pattern every op follows: backend choice, the torch.library op, and the kernel launch.
+
+Each op has one stem (coreset, knn, attention, channel_attention, concentrated) naming
+csrc/<stem>.h, csrc/cpu/<stem>.cpp, csrc/cuda/<stem>.cu, pyanom/ops/<stem>.py and
+tests/ops/test_<stem>.py. Its public function checks the arguments once and calls
+torch.ops.pyanom.<stem>, whose last argument is the backend. define() gives that op the torch
+twin from pyanom.ops.reference as its default kernel (any device, and installations without
+the compiled module), and registers a native kernel for the "cpu" and "cuda" dispatch keys
+where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls those.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -12,6 +23,8 @@ BACKENDS = ("auto", "native", "torch")
 # The CUDA kernels compile but have not yet been run on a GPU: until they pass the ops suite
 # there, "auto" keeps CUDA tensors on the torch path (explicit "native" still reaches them).
 AUTO_NATIVE_DEVICES = ("cpu",)
+# The dtypes the kernels take, and the names they take them by.
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def native_available(device: torch.device) -> bool:
@@ -26,20 +39,14 @@ def native_available(device: torch.device) -> bool:
     return False
 
 
-def check(backend: str, op: str) -> str:
-    """The backend argument, validated before a custom op is entered (so the error names it)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 def resolve(backend: str, device: torch.device, op: str) -> str:
-    """Return "native" or "torch" for `op` on `device`.
+    """Return "native" or "torch" for `op` on `device`; the one check of the backend argument.
 
-    "auto" means native when built for the device (and trusted there, AUTO_NATIVE_DEVICES), torch otherwise; the environment
-    variable PYANOM_BACKEND (native|torch) overrides "auto" but never an explicit choice.
+    "auto" means native when built for the device (and trusted there, AUTO_NATIVE_DEVICES), torch
+    otherwise; the environment variable PYANOM_BACKEND (native|torch) overrides "auto" but never
+    an explicit choice.
     """
-    if check(backend, op) == "auto":
+    if backend == "auto":
         env = os.environ.get("PYANOM_BACKEND", "").strip().lower()
         if env in ("native", "torch"):
             backend = env
@@ -48,6 +55,8 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         else:
             auto_ok = device.type in AUTO_NATIVE_DEVICES
             return "native" if auto_ok and native_available(device) else "torch"
+    elif backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "native" and not native_available(device):
         from pyanom._build import build_info
 
@@ -55,3 +64,142 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         why = info.get("native_error") or f"this build has backends {info['backends_compiled']}"
         raise RuntimeError(f"{op}: no native kernel for device {device} ({why})")
     return backend
+
+
+def for_grad(backend: str, op: str, **tensors: torch.Tensor) -> str:
+    """The backend for an op whose native kernels have no backward pass: when an input needs a
+    gradient, "auto" becomes "torch" (the twin's gradient) and "native" raises."""
+    needing = [name for name, t in tensors.items() if t.requires_grad]
+    if not (needing and torch.is_grad_enabled()):
+        return backend
+    if backend == "native":
+        raise ValueError(f"{op}: backend='native' has no backward pass, but {needing[0]} requires "
+                         "grad; use backend='auto' or 'torch', or torch.no_grad()")
+    return "torch" if backend == "auto" else backend
+
+
+def twin_vjp(twin: Callable, args: tuple, grad_output: torch.Tensor,
+             needs_input_grad: tuple) -> list:
+    """The twin's vector-Jacobian product at args (recomputed under autograd): the backward of
+    an op's torch path. None for arguments that need no gradient."""
+    wanted = [i for i, a in enumerate(args) if needs_input_grad[i] and isinstance(a, torch.Tensor)]
+    with torch.enable_grad():
+        leaves = [a.detach().requires_grad_() if i in wanted else a for i, a in enumerate(args)]
+        out = twin(*leaves)
+        grads = torch.autograd.grad(out, [leaves[i] for i in wanted], grad_output)
+    result = [None] * len(args)
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
+
+
+def dtype_name(x: torch.Tensor) -> str:
+    return DTYPE_NAMES[x.dtype]
+
+
+def _current(device: torch.device):
+    """The context in which a kernel sizes its grid for `device` and launches on its stream."""
+    return torch.cuda.device(device) if device.type == "cuda" else _NoDevice()
+
+
+class _NoDevice:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def workspace(kernel: str, like: torch.Tensor, *sizes) -> torch.Tensor:
+    """The uint8 scratch _C.<kernel>_workspace_bytes_<device>(*sizes, dtype) asks for, on like's
+    device (allocated by torch's caching allocator: kernels allocate nothing)."""
+    c = native_module()
+    with _current(like.device):
+        nbytes = getattr(c, f"{kernel}_workspace_bytes_{like.device.type}")(*sizes, dtype_name(like))
+    return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+
+
+def launch(kernel: str, like: torch.Tensor, *args) -> None:
+    """_C.<kernel>_cpu(*args, dtype) or _C.<kernel>_cuda(*args, dtype, stream), with like's
+    dtype, on the current stream of like's device (so CUDA graphs and side streams work)."""
+    c = native_module()
+    device = like.device
+    with _current(device):
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device).cuda_stream
+            getattr(c, f"{kernel}_cuda")(*args, dtype_name(like), stream)
+        else:
+            getattr(c, f"{kernel}_cpu")(*args, dtype_name(like))
+
+
+@dataclass
+class Op:
+    """One op: its public name (for messages), its torch twin and its native launcher, both
+    taking the op's arguments without the backend. Looked up at each call, so tests can spy."""
+
+    stem: str
+    name: str
+    twin: Callable | None
+    native: Callable
+
+
+OPS: dict[str, Op] = {}
+
+
+def _twin_backward(twin: Callable):
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*(a for a in inputs if isinstance(a, torch.Tensor)))
+        ctx.inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+
+    def backward(ctx, grad):
+        tensors = iter(ctx.saved_tensors)
+        args = [next(tensors) if a is None else a for a in ctx.inputs][:-1]  # without the backend
+        return (*twin_vjp(twin, tuple(args), grad, ctx.needs_input_grad), None)
+
+    return backward, setup_context
+
+
+def device_of(args) -> torch.device:
+    return next(a.device for a in args if isinstance(a, torch.Tensor))
+
+
+def define(stem: str, name: str, schema: str, *, twin: Callable | None, native: Callable,
+           fake: Callable, backward: Callable | None = None, setup_context: Callable | None = None,
+           twin_gradient: Callable | None = None):
+    """Register torch.ops.pyanom.<stem> with `schema` (the backend last) and return it.
+
+    Its default kernel, for every device, is the twin (and the error for backend="native" where
+    no native kernel exists). Where the compiled module has _C.<stem>_<device>, that device's
+    dispatch key gets a kernel that runs `native` unless the backend resolves to torch.
+    twin=None makes a native-only op (a native backward pass: its forward picked the backend).
+    Gradients: `backward` and `setup_context` as torch.library takes them, or, for ops whose
+    native kernels have none (see for_grad), `twin_gradient`: the differentiable definition
+    whose vector-Jacobian product is the op's backward.
+    """
+    if twin_gradient is not None:
+        backward, setup_context = _twin_backward(twin_gradient)
+    op = OPS[stem] = Op(stem, name, twin, native)
+
+    def twin_kernel(*args):
+        *args, backend = args
+        device = device_of(args)
+        if op.twin is None or resolve(backend, device, name) == "native":
+            raise RuntimeError(f"{name}: no native kernel for device {device} in this build")
+        return op.twin(*args)
+
+    def native_kernel(*args):
+        *args, backend = args
+        if resolve(backend, device_of(args), name) == "native":
+            return op.native(*args)
+        return op.twin(*args)
+
+    library_op = torch.library.custom_op(f"pyanom::{stem}", twin_kernel, mutates_args=(),
+                                         schema=schema)
+    c = native_module()
+    for device in ("cpu", "cuda"):
+        if c is not None and hasattr(c, f"{stem}_{device}"):
+            library_op.register_kernel(device, native_kernel)
+    library_op.register_fake(fake)
+    if backward is not None:
+        library_op.register_autograd(backward, setup_context=setup_context)
+    return library_op

@@ -21,8 +21,13 @@ def tensor(name: str, x, *, ndim: int | tuple[int, ...], dtypes=FLOATS, finite: 
         raise TypeError(f"{name} must have dtype {want}, got {str(x.dtype).replace('torch.', '')}")
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    # Data-dependent, so skipped while torch.compile traces; eager calls always check.
-    if finite and x.numel() and not torch.compiler.is_compiling():
+    return finite_values(name, x) if finite else x
+
+
+def finite_values(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise unless every value of x is finite. Data-dependent, so skipped while torch.compile
+    traces; eager calls always check (ops whose kernel finds NaN/Inf itself defer it there)."""
+    if x.numel() and not torch.compiler.is_compiling():
         low, high = torch.aminmax(x)  # NaN propagates; ~20x cheaper than isfinite().all()
         if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise ValueError(f"{name} contains NaN or Inf")

@@ -1,15 +1,10 @@
-"""Parameter-free self-attention over the positions of feature maps (SA-PatchCore, eq. 4)."""
+"""self_attention: parameter-free self-attention over the positions of feature maps (SA-PatchCore, eq. 4)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
-from pyanom._build import native_module
-from pyanom.ops import _checks
-from pyanom.ops._backend import check, resolve
+from pyanom.ops import _backend, _checks, reference
 
 # The CPU kernel holds the whole score matrix of maps up to this many positions (64 MiB in
 # float32 at 4096): it is symmetric, so only half of it is computed. Longer maps go
@@ -30,53 +25,28 @@ def self_attention(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     # NaN and Inf are rejected inside the op: the CPU kernel finds them while packing x,
     # which spares a separate pass over the whole input.
     _checks.tensor("x", x, ndim=4, finite=False)
-    check(backend, "self_attention")
-    if x.requires_grad and torch.is_grad_enabled():
-        if backend == "native":
-            raise ValueError("self_attention: backend='native' has no backward pass, but x "
-                             "requires grad; use backend='auto' or 'torch', or torch.no_grad()")
-        return _torch_attention(_finite(x))
-    return torch.ops.pyanom.self_attention(x, backend)
+    return torch.ops.pyanom.attention(x, _backend.for_grad(backend, "self_attention", x=x))
 
 
-@torch.library.custom_op("pyanom::self_attention", mutates_args=())
-def _self_attention_op(x: torch.Tensor, backend: str) -> torch.Tensor:
-    if resolve(backend, x.device, "self_attention") == "torch":
-        return _torch_attention(_finite(x))
-    return _native_attention(x)
+def _twin(x: torch.Tensor) -> torch.Tensor:
+    return reference.self_attention(_checks.finite_values("x", x))
 
 
-@_self_attention_op.register_fake
-def _(x: torch.Tensor, backend: str) -> torch.Tensor:
-    return x.new_empty(x.shape)
-
-
-def _finite(x: torch.Tensor) -> torch.Tensor:
-    return _checks.tensor("x", x, ndim=4)
-
-
-def _torch_attention(x: torch.Tensor) -> torch.Tensor:
-    """One attention head of dimension C over the L = H*W positions."""
-    b, c, h, w = x.shape
-    tokens = x.reshape(b, c, h * w).transpose(1, 2).unsqueeze(1)  # [B, 1, L, C]
-    out = F.scaled_dot_product_attention(tokens, tokens, tokens, scale=1.0 / math.sqrt(c))
-    return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w).contiguous()
-
-
-def _native_attention(x: torch.Tensor) -> torch.Tensor:
-    c_mod = native_module()
+def _native(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dtype = str(x.dtype).removeprefix("torch.")
+    out = torch.empty_like(x)
     if x.device.type == "cuda":
-        _finite(x)
-        with torch.cuda.device(x.device):
-            stream = torch.cuda.current_stream().cuda_stream
-            c_mod.self_attention_cuda(x.data_ptr(), out.data_ptr(), b, c, h * w, dtype, stream)
+        _checks.finite_values("x", x)
+        _backend.launch("attention", x, x.data_ptr(), out.data_ptr(), b, c, h * w)
         return out
-    size = c_mod.self_attention_workspace_bytes(b, c, h * w, FULL_SCORES_MAX_POSITIONS, dtype)
-    workspace = torch.empty(size, dtype=torch.uint8)
-    c_mod.self_attention_cpu(x.data_ptr(), out.data_ptr(), workspace.data_ptr(), size, b, c,
-                             h * w, FULL_SCORES_MAX_POSITIONS, dtype)
+    limit = FULL_SCORES_MAX_POSITIONS
+    scratch = _backend.workspace("attention", x, b, c, h * w, limit)
+    _backend.launch("attention", x, x.data_ptr(), out.data_ptr(), scratch.data_ptr(),
+                    scratch.numel(), b, c, h * w, limit)
     return out
+
+
+_backend.define("attention", "self_attention", "(Tensor x, str backend) -> Tensor",
+                twin=_twin, native=_native, fake=lambda x, backend: x.new_empty(x.shape),
+                twin_gradient=reference.self_attention)

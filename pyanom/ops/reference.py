@@ -1,6 +1,8 @@
-"""Pure-PyTorch definitions of every kernel: the fallback's ground truth and the test oracle.
+"""The torch twins of the kernels: each op's torch backend (and its only path where no compiled
+module is installed), and what the tests compare the native kernels against.
 
-These are written for clarity, not speed. Inputs are assumed checked by the public ops.
+Written for clarity first; knn_scores and self_attention also bound their memory as the kernels
+do, since they serve as the fallback. Inputs are assumed checked by the public ops.
 """
 
 from __future__ import annotations
@@ -66,27 +68,75 @@ def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128,
     return greedy_select(points, k, first)
 
 
-def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int,
+               chunk_size: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest Euclidean distances [Q, k] (ascending) from each query to the bank, and
-    their bank indices [Q, k] (int64). Ties go to the lowest index.
+    their bank indices [Q, k] (int64), ties to the lowest index.
 
-    Distances are exact (float64 differences) and returned in the inputs' dtype. This
-    oracle holds the whole Q x N matrix; the real op never does.
+    Tiles of at most chunk_size values of ||b||^2 - 2 q.b (one addmm each) are reduced with
+    topk; ||q||^2, constant along a row, is added to the survivors only. So no Q x N matrix is
+    held, at the expansion's precision (see pyanom.ops.knn).
     """
-    dist = torch.cdist(queries.double(), bank.double(), compute_mode="donot_use_mm_for_euclid_dist")
-    values, index = torch.sort(dist, dim=1, stable=True)
-    return values[:, :k].to(queries.dtype), index[:, :k]
+    q, n = queries.shape[0], bank.shape[0]
+    cols = min(n, max(1, chunk_size // min(q, 128)))
+    rows = min(q, max(1, chunk_size // cols))
+    bank_sq = bank.pow(2).sum(1)
+    query_sq = queries.pow(2).sum(1, keepdim=True)
+    tile = queries.new_empty(rows * cols)
+    distances = queries.new_empty(q, k)
+    indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
+    for r0 in range(0, q, rows):
+        block, block_sq = queries[r0:r0 + rows], query_sq[r0:r0 + rows]
+        best_d = best_i = None
+        for c0 in range(0, n, cols):
+            part = tile[:block.shape[0] * min(cols, n - c0)].view(block.shape[0], -1)
+            torch.addmm(bank_sq[c0:c0 + cols], block, bank[c0:c0 + cols].T, alpha=-2, out=part)
+            cand_d, cand_i = _smallest(part, min(k, part.shape[1]))
+            cand_d, cand_i = _in_order(cand_d.add_(block_sq).clamp_min_(0), cand_i + c0)
+            if best_d is None:
+                best_d, best_i = cand_d, cand_i
+            else:  # both in (distance, index) order, every kept index below every candidate's
+                best_d, order = torch.cat([best_d, cand_d], 1).sort(dim=1, stable=True)
+                best_i = torch.cat([best_i, cand_i], 1).gather(1, order)
+                best_d, best_i = best_d[:, :k], best_i[:, :k]
+        distances[r0:r0 + rows] = best_d.sqrt()
+        indices[r0:r0 + rows] = best_i
+    return distances, indices
+
+
+def _smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest of each row and their columns, in no particular order. Where the k-th
+    and (k+1)-th tie, topk's choice among them is arbitrary: those rows are sorted stably."""
+    if k == values.shape[1]:
+        return values.clone(), torch.arange(k, device=values.device).expand_as(values).clone()
+    top, cols = values.topk(k + 1, dim=1, largest=False, sorted=True)
+    boundary_tie = top[:, k - 1] == top[:, k]
+    top, cols = top[:, :k], cols[:, :k]
+    if bool(boundary_tie.any()):
+        tied = boundary_tie.nonzero().squeeze(1)
+        v, c = values[tied].sort(dim=1, stable=True)
+        top[tied], cols[tied] = v[:, :k], c[:, :k]
+    return top, cols
+
+
+def _in_order(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows sorted by (value, index): by index, then stably by value."""
+    index, order = index.sort(dim=1)
+    values, order = values.gather(1, order).sort(dim=1, stable=True)
+    return values, index.gather(1, order)
 
 
 def self_attention(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free self-attention over the H*W positions of each map (SA-PatchCore, eq. 4).
 
-    With X the map as [H*W, C]: softmax(X X^T / sqrt(C)) X, returned as [B, C, H, W].
+    With X the map as [H*W, C]: softmax(X X^T / sqrt(C)) X, returned as a contiguous
+    [B, C, H, W]: one attention head of dimension C, which scaled_dot_product_attention
+    evaluates without holding the L x L weights where it can.
     """
     b, c, h, w = x.shape
-    tokens = x.reshape(b, c, h * w).transpose(1, 2)  # [B, L, C]
-    weights = torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(c), dim=-1)
-    return (weights @ tokens).transpose(1, 2).reshape(b, c, h, w)
+    tokens = x.reshape(b, c, h * w).transpose(1, 2).unsqueeze(1)  # [B, 1, L, C]
+    out = F.scaled_dot_product_attention(tokens, tokens, tokens, scale=1.0 / math.sqrt(c))
+    return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w).contiguous()
 
 
 def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +147,7 @@ def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     v = x.reshape(b, c, h * w, 1)
     weights = torch.softmax(v @ v.transpose(2, 3), dim=-1)  # [B, C, L, L]
-    return (weights @ v).reshape(b, c, h, w)
+    return (weights @ v).reshape(b, c, h, w).contiguous()
 
 
 def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 0.5,

@@ -1,12 +1,10 @@
-"""greedy_coreset: the native kernel (pruned) must select exactly what the reference loop selects."""
+"""greedy_coreset (stem coreset): the native kernel (pruned) must select exactly what the reference loop selects."""
 
 import pytest
 import torch
 
-from pyanom.ops import coreset as coreset_module
+from pyanom._build import native_module
 from pyanom.ops import greedy_coreset, reference
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def clustered(n, d, clusters, spread, gen, dtype=torch.float32):
@@ -120,41 +118,29 @@ def test_bad_input(args, kwargs, error, match, backend):
 
 
 def test_kernel_rechecks_its_arguments():
-    c = coreset_module.native_module()
+    c = native_module()
     with pytest.raises(ValueError, match="k must be in"):
-        c.greedy_coreset_workspace_bytes(3, 2, 4, "float32")
+        c.coreset_workspace_bytes_cpu(3, 2, 4, "float32")
     x = torch.ones(3, 2)
     out = torch.empty(2, dtype=torch.int64)
-    size = c.greedy_coreset_workspace_bytes(3, 2, 2, "float32")
+    size = c.coreset_workspace_bytes_cpu(3, 2, 2, "float32")
     ws = torch.empty(size, dtype=torch.uint8)
     with pytest.raises(ValueError, match="start must be in"):
-        c.greedy_coreset_cpu(x.data_ptr(), 3, 2, 2, 3, out.data_ptr(), ws.data_ptr(), size, "float32")
+        c.coreset_cpu(x.data_ptr(), 3, 2, 2, 3, out.data_ptr(), ws.data_ptr(), size, "float32")
     with pytest.raises(ValueError, match="workspace too small"):
-        c.greedy_coreset_cpu(x.data_ptr(), 3, 2, 2, 0, out.data_ptr(), ws.data_ptr(), size - 1, "float32")
+        c.coreset_cpu(x.data_ptr(), 3, 2, 2, 0, out.data_ptr(), ws.data_ptr(), size - 1, "float32")
 
 
-def _count_torch_loops(monkeypatch):
+def test_both_paths_select_the_reference(monkeypatch):
+    """The torch path is the twin's loop; the native one never runs it (which path runs for
+    which backend and environment: tests/ops/test_backend.py)."""
+    x = torch.randn(50, 4)
+    want = reference.greedy_coreset(x, 10)
     calls = []
     real = reference.greedy_select
     monkeypatch.setattr(reference, "greedy_select", lambda *a: calls.append(1) or real(*a))
-    return calls
-
-
-def test_backend_selection(monkeypatch):
-    x = torch.randn(50, 4)
-    calls = _count_torch_loops(monkeypatch)
-    want = reference.greedy_coreset(x, 10)
-    calls.clear()
-    assert torch.equal(greedy_coreset(x, 10), want) and not calls  # auto: native on the CPU
+    assert torch.equal(greedy_coreset(x, 10, backend="native"), want) and not calls
     assert torch.equal(greedy_coreset(x, 10, backend="torch"), want) and len(calls) == 1
-    monkeypatch.setenv("PYANOM_BACKEND", "torch")
-    assert torch.equal(greedy_coreset(x, 10), want) and len(calls) == 2
-    assert torch.equal(greedy_coreset(x, 10, backend="native"), want) and len(calls) == 2
-    monkeypatch.setenv("PYANOM_BACKEND", "native")
-    assert torch.equal(greedy_coreset(x, 10, backend="torch"), want) and len(calls) == 3
-    monkeypatch.setenv("PYANOM_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="PYANOM_BACKEND"):
-        greedy_coreset(x, 10)
 
 
 @pytest.mark.parametrize("backend", ["torch", "native"])
@@ -173,7 +159,7 @@ def test_torch_compile_fullgraph(backend):
                          backend="aot_eager")(small).tolist() == [0, 1, 2, 3, 4]
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("name, x, k", CASES, ids=[c[0] for c in CASES])
 def test_cuda_equals_reference(name, x, k):
     # Same device for both, so that both project with the same (CUDA) matmul.
@@ -183,7 +169,7 @@ def test_cuda_equals_reference(name, x, k):
     assert torch.equal(got, want)
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("args, kwargs, error, match", BAD, ids=[b[3] for b in BAD])
 def test_cuda_bad_input(args, kwargs, error, match):
     args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
@@ -191,7 +177,7 @@ def test_cuda_bad_input(args, kwargs, error, match):
         greedy_coreset(*args, **{"backend": "native", **kwargs})
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_runs_on_the_current_stream():
     x = torch.randn(5000, 64, device="cuda")
     want = greedy_coreset(x, 300, backend="native")

@@ -1,12 +1,12 @@
 // Concentrated loss on the CPU: one pass over the pixels forward (per-image sums), one pass
-// backward (closed-form gradient from those sums, see concentrated_loss_image in kernels.h).
+// backward (closed-form gradient from those sums, see concentrated_loss_image in concentrated.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "common.h"
-#include "kernels.h"
+#include "concentrated.h"
 
 namespace pyanom {
 namespace {
@@ -174,19 +174,21 @@ void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gam
   PYANOM_CHECK(std::isfinite(eps) && eps > 0, "concentrated_loss: eps must be > 0, got " + std::to_string(eps));
 }
 
-std::size_t concentrated_loss_workspace_bytes(std::int64_t batch, std::int64_t pixels) {
+std::size_t concentrated_workspace_bytes(std::int64_t batch, std::int64_t pixels,
+                                         const std::string& dtype) {
   PYANOM_CHECK(batch >= 1 && pixels >= 1, "concentrated_loss: batch and pixels must be >= 1");
+  parse_dtype(dtype);  // the sums are float64 whatever the dtype, but only a valid one is asked
   return static_cast<std::size_t>(batch * concentrated_loss_blocks_per_image(pixels) *
                                   kConcentratedLossSums) * sizeof(double);
 }
 
-void concentrated_loss_forward_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                                   std::int64_t pixels, double gamma, double lam, double eps,
-                                   std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                                   std::size_t workspace_bytes, const std::string& dtype) {
+void concentrated_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
+                      std::int64_t pixels, double gamma, double lam, double eps,
+                      std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
+                      std::size_t workspace_bytes, const std::string& dtype) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
-  PYANOM_CHECK(workspace_bytes >= concentrated_loss_workspace_bytes(batch, pixels),
-               "concentrated_loss: workspace too small (see concentrated_loss_workspace_bytes)");
+  PYANOM_CHECK(workspace_bytes >= concentrated_workspace_bytes(batch, pixels, dtype),
+               "concentrated_loss: workspace too small (see concentrated_workspace_bytes)");
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     forward(as_ptr<const T>(logits), as_ptr<const T>(target), batch, pixels, gamma, lam, eps,
@@ -194,11 +196,11 @@ void concentrated_loss_forward_cpu(std::uintptr_t logits, std::uintptr_t target,
   });
 }
 
-void concentrated_loss_backward_cpu(std::uintptr_t grad_loss, std::uintptr_t logits,
-                                    std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                                    std::int64_t pixels, double gamma, double lam, double eps,
-                                    bool detach_factor, std::uintptr_t grad_logits,
-                                    const std::string& dtype) {
+void concentrated_backward_cpu(std::uintptr_t grad_loss, std::uintptr_t logits,
+                               std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
+                               std::int64_t pixels, double gamma, double lam, double eps,
+                               bool detach_factor, std::uintptr_t grad_logits,
+                               const std::string& dtype) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);

@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <string>
 
-#include "channel_self_attention.h"
+#include "channel_attention.h"
 #include "common.h"
 #include "cuda/cuda_check.cuh"
 
@@ -89,9 +89,9 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void channel_self_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                                 std::int64_t channels, std::int64_t positions,
-                                 const std::string& dtype, std::uintptr_t stream) {
+void channel_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
+                            std::int64_t channels, std::int64_t positions,
+                            const std::string& dtype, std::uintptr_t stream) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "channel_self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out, "channel_self_attention: null buffer address");

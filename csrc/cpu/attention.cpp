@@ -26,136 +26,23 @@
 #include <limits>
 #include <utility>
 
+#include "attention.h"
 #include "common.h"
-#include "kernels.h"
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "cpu/simd.h"
 
 namespace pyanom {
 namespace {
 
-// SIMD vectors through GCC vector extensions: a zmm register with AVX-512, else a ymm register
-// (AVX2, e.g. PYANOM_CPU_ARCH=x86-64-v3), which the compiler splits on narrower targets. Those
-// warn that such vectors pass differently between targets: harmless for functions private to
-// this file.
-#pragma GCC diagnostic ignored "-Wpsabi"
 #if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
 constexpr int kQueryVectors = 4;  // 6 x 4 accumulators of the 32 zmm registers
 #else
-constexpr int kVectorBytes = 32;
 constexpr int kQueryVectors = 2;  // 6 x 2 accumulators of the 16 ymm registers
 #endif
-typedef float vf32 __attribute__((vector_size(kVectorBytes)));
-typedef double vf64 __attribute__((vector_size(kVectorBytes)));
-typedef int32_t vi32 __attribute__((vector_size(kVectorBytes)));
-typedef int64_t vi64 __attribute__((vector_size(kVectorBytes)));
-
 template <typename T>
-struct Simd;
-
-template <>
-struct Simd<float> {
-  using V = vf32;
-  using VI = vi32;
-  static constexpr int W = kVectorBytes / 4;
-  static V splat(float x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
-  static V fma(V a, V b, V c) {
-#if defined(__AVX512F__)
-    return _mm512_fmadd_ps(a, b, c);
-#else
-    return a * b + c;
-#endif
-  }
-  // exp(x) for x <= ~0 (arguments of the softmax after the max is subtracted): Cephes expf
-  // polynomial on x - n ln2, |.| <= ln2/2 (about 1 ulp); exact 0 below the normal range.
-  static V exp(V x) {
-    const V lo = splat(-87.33654f);
-    V z = x < lo ? lo : x;
-    const V magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
-    V n = (z * 1.44269504088896341f + magic) - magic;
-    V r = z - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    V p = splat(1.9875691500e-4f);
-    p = fma(p, r, splat(1.3981999507e-3f));
-    p = fma(p, r, splat(8.3334519073e-3f));
-    p = fma(p, r, splat(4.1665795894e-2f));
-    p = fma(p, r, splat(1.6666665459e-1f));
-    p = fma(p, r, splat(5.0000001201e-1f));
-    p = fma(p * r, r, r) + 1.0f;
-    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    V y = p * scale;
-    return x < lo ? V{} : y;
-  }
-};
-
-template <>
-struct Simd<double> {
-  using V = vf64;
-  using VI = vi64;
-  static constexpr int W = kVectorBytes / 8;
-  static V splat(double x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
-  static V fma(V a, V b, V c) {
-#if defined(__AVX512F__)
-    return _mm512_fmadd_pd(a, b, c);
-#else
-    return a * b + c;
-#endif
-  }
-  // exp(x) for x <= ~0: Taylor polynomial of degree 13 on x - n ln2 (|.| <= ln2/2, truncation
-  // below 1e-17 relative); exact 0 below the normal range.
-  static V exp(V x) {
-    const V lo = splat(-708.3964185322641);
-    V z = x < lo ? lo : x;
-    const V magic = splat(6755399441055744.0);  // 1.5 * 2^52
-    V n = (z * 1.4426950408889634 + magic) - magic;
-    V r = z - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    static constexpr double inv_fact[14] = {
-        1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
-        1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
-    V p = splat(inv_fact[13]);
-    for (int k = 12; k >= 0; --k) p = fma(p, r, splat(inv_fact[k]));
-    VI bits = (__builtin_convertvector(n, VI) + 1023) << 52;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    V y = p * scale;
-    return x < lo ? V{} : y;
-  }
-};
-
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// The first n lanes from p (n <= lanes), zeros after; never reads past p[n - 1].
-template <typename V, typename T>
-inline V load_first(const T* p, int n) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4)
-    return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
-  else
-    return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p);
-#else
-  constexpr int lanes = int(sizeof(V) / sizeof(T));
-  if (n == lanes) return load<V>(p);
-  V v = {};
-  for (int i = 0; i < n; ++i) v[i] = p[i];
-  return v;
-#endif
-}
-
-template <typename V, typename T>
-inline void store(T* p, V v) {
-  std::memcpy(p, &v, sizeof v);
-}
+using Simd = simd::Vec<T>;
+using simd::load;
+using simd::load_first;
+using simd::store;
 
 template <typename T>
 struct Plan {
@@ -448,9 +335,9 @@ void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const P
 
 }  // namespace
 
-std::int64_t self_attention_workspace_bytes(std::int64_t batch, std::int64_t channels,
-                                            std::int64_t positions, std::int64_t full_limit,
-                                            const std::string& dtype) {
+std::int64_t attention_workspace_bytes_cpu(std::int64_t batch, std::int64_t channels,
+                                           std::int64_t positions, std::int64_t full_limit,
+                                           const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");
   return dispatch_float(dtype, [&](auto zero) {
@@ -459,9 +346,9 @@ std::int64_t self_attention_workspace_bytes(std::int64_t batch, std::int64_t cha
   });
 }
 
-void self_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
-                        std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
-                        std::int64_t positions, std::int64_t full_limit, const std::string& dtype) {
+void attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
+                   std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
+                   std::int64_t positions, std::int64_t full_limit, const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out && workspace, "self_attention: null buffer address");

@@ -22,7 +22,7 @@
 
 #include "common.h"
 #include "cuda/cuda_check.cuh"
-#include "kernels.h"
+#include "attention.h"
 
 namespace pyanom {
 namespace {
@@ -234,9 +234,9 @@ void launch(const T* x, T* out, std::int64_t batch, std::int64_t channels,
 
 }  // namespace
 
-void self_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                         std::int64_t channels, std::int64_t positions, const std::string& dtype,
-                         std::uintptr_t stream) {
+void attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
+                    std::int64_t channels, std::int64_t positions, const std::string& dtype,
+                    std::uintptr_t stream) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out, "self_attention: null buffer address");

@@ -16,14 +16,12 @@
 #include <algorithm>
 #include <cmath>
 
-#include "channel_self_attention.h"
+#include "channel_attention.h"
 #include "common.h"
 #include "cpu/simd.h"
 
 namespace pyanom {
 namespace {
-
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 constexpr int kQueryVectors = 4;
 // One OpenMP thread per this many exponentials, at most the OpenMP maximum.
@@ -87,9 +85,9 @@ void run(const T* x, T* out, std::int64_t channels, std::int64_t L) {
 
 }  // namespace
 
-void channel_self_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                                std::int64_t channels, std::int64_t positions,
-                                const std::string& dtype) {
+void channel_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
+                           std::int64_t channels, std::int64_t positions,
+                           const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "channel_self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out, "channel_self_attention: null buffer address");

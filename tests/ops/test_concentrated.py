@@ -1,4 +1,4 @@
-"""concentrated_loss: fused native kernels against autograd through the reference."""
+"""concentrated_loss (stem concentrated): fused native kernels against autograd through the reference."""
 
 import pytest
 import torch
@@ -6,8 +6,6 @@ import torch
 from pyanom._build import native_module
 from pyanom.ops import concentrated_loss, reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
 
 # [B, H, W], [B, 1, H, W], B = 1, 1x1 images, odd sizes, channels, and images of more than
 # one kernel block (8192 pixels) so that the partial sums of several blocks are combined.
@@ -62,7 +60,6 @@ def assert_matches(logits, target, **kw):
     torch.testing.assert_close(grad.double(), want_grad, rtol=tol, atol=tol * max(scale, 1e-12))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("detach_factor", [True, False])
@@ -71,7 +68,6 @@ def test_matches_reference(shape, dtype, detach_factor, device):
     assert_matches(logits, target, detach_factor=detach_factor)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", ["soft", "zeros", "ones"])
 @pytest.mark.parametrize("detach_factor", [True, False])
@@ -80,7 +76,6 @@ def test_targets(kind, dtype, detach_factor, device):
     assert_matches(logits, target, detach_factor=detach_factor)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("gamma,lam", [(0.0, 0.95), (0.5, 0.0), (0.5, 1.0), (2.0, 0.5), (0.0, 0.0)])
 @pytest.mark.parametrize("detach_factor", [True, False])
 def test_hyper_parameters(gamma, lam, detach_factor, device):
@@ -88,7 +83,6 @@ def test_hyper_parameters(gamma, lam, detach_factor, device):
     assert_matches(logits, target, gamma=gamma, lam=lam, detach_factor=detach_factor, eps=1e-4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("detach_factor", [True, False])
 def test_perfect_prediction(dtype, detach_factor, device):
@@ -101,7 +95,6 @@ def test_perfect_prediction(dtype, detach_factor, device):
     assert_matches(logits, target, detach_factor=detach_factor)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("detach_factor", [True, False])
 def test_extreme_logits(dtype, detach_factor, device):
@@ -115,7 +108,6 @@ def test_extreme_logits(dtype, detach_factor, device):
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck(device):
     # Only detach_factor=False is the true derivative of the loss (True drops the factor's part).
     logits, target = make((2, 3, 4), torch.float64, device, target="soft", scale=1.0)
@@ -125,7 +117,6 @@ def test_gradcheck(device):
             (logits.requires_grad_(),))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_non_contiguous(backend, device):
     logits, target = make((3, 14, 2, 9), torch.float32, device)
@@ -139,7 +130,6 @@ def test_non_contiguous(backend, device):
     torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-5 * want_grad.abs().max().item())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_mask_targets_and_no_target_gradient(backend, device):
     logits, target = make((2, 6, 5), torch.float32, device)
@@ -152,7 +142,6 @@ def test_mask_targets_and_no_target_gradient(backend, device):
     assert z.grad is not None and target.grad is None
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_deterministic(device):
     # Partial sums are added in a fixed order: the same bits on every call.
     logits, target = make((4, 150, 160), torch.float32, device)
@@ -186,7 +175,6 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["native", "torch"])
 @pytest.mark.parametrize("case", range(len(BAD)))
 def test_bad_inputs(case, backend, device):
@@ -199,31 +187,18 @@ def test_bad_inputs(case, backend, device):
 def test_kernel_rechecks_sizes():
     c = native_module()
     with pytest.raises(ValueError, match="batch"):
-        c.concentrated_loss_workspace_bytes(0, 5)
+        c.concentrated_workspace_bytes_cpu(0, 5, "float32")
     logits, target = make((1, 3), torch.float32)
     out = torch.empty(()), torch.empty(1, 4, dtype=torch.float64), torch.empty(4, dtype=torch.float64)
     ptrs = (logits.data_ptr(), target.data_ptr())
     with pytest.raises(ValueError, match="workspace too small"):
-        c.concentrated_loss_forward_cpu(*ptrs, 1, 3, 0.5, 0.95, 1e-6, out[0].data_ptr(),
+        c.concentrated_cpu(*ptrs, 1, 3, 0.5, 0.95, 1e-6, out[0].data_ptr(),
                                         out[1].data_ptr(), out[2].data_ptr(), 8, "float32")
     with pytest.raises(ValueError, match="dtype"):
-        c.concentrated_loss_forward_cpu(*ptrs, 1, 3, 0.5, 0.95, 1e-6, out[0].data_ptr(),
+        c.concentrated_cpu(*ptrs, 1, 3, 0.5, 0.95, 1e-6, out[0].data_ptr(),
                                         out[1].data_ptr(), out[2].data_ptr(), 32, "int32")
 
 
-def test_backend_selection(monkeypatch):
-    logits, target = make((2, 5, 5), torch.float32)
-    z = logits.requires_grad_()
-    assert "concentrated_loss" in concentrated_loss(z, target).grad_fn.name()
-    assert "concentrated_loss" not in concentrated_loss(z, target, backend="torch").grad_fn.name()
-    monkeypatch.setenv("PYANOM_BACKEND", "torch")
-    assert "concentrated_loss" not in concentrated_loss(z, target).grad_fn.name()
-    assert "concentrated_loss" in concentrated_loss(z, target, backend="native").grad_fn.name()
-    with pytest.raises(ValueError, match="backend must be one of"):
-        concentrated_loss(z, target, backend="fast")
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile(device):
     # fullgraph: the op and its backward are traced through register_fake / register_autograd.
     logits, target = make((2, 1, 10, 12), torch.float32, device)
@@ -244,7 +219,6 @@ def test_torch_compile(device):
     torch.testing.assert_close(got[1], want[1])
 
 
-@needs_cuda
 @pytest.mark.cuda
 def test_cuda_device_mismatch_and_stream():
     logits, target = make((3, 40, 30), torch.float32, "cuda")

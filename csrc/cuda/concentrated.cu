@@ -1,5 +1,5 @@
 // Concentrated loss on CUDA: one pass over the pixels forward, one pass backward, as on the
-// CPU (see concentrated_loss_image in kernels.h for the closed-form gradient).
+// CPU (see concentrated_loss_image in concentrated.h for the closed-form gradient).
 // Forward: each thread block sums one block of kConcentratedLossBlock pixels of one image
 // into the workspace; one small block then adds those partial sums per image in a fixed
 // order and averages the image losses, so the result is deterministic.
@@ -10,7 +10,7 @@
 
 #include "common.h"
 #include "cuda/cuda_check.cuh"
-#include "kernels.h"
+#include "concentrated.h"
 
 namespace pyanom {
 namespace {
@@ -145,14 +145,14 @@ unsigned int grid_size(std::int64_t batch, std::int64_t pixels) {
 
 }  // namespace
 
-void concentrated_loss_forward_cuda(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                                    std::int64_t pixels, double gamma, double lam, double eps,
-                                    std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                                    std::size_t workspace_bytes, const std::string& dtype,
-                                    std::uintptr_t stream) {
+void concentrated_cuda(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
+                       std::int64_t pixels, double gamma, double lam, double eps,
+                       std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
+                       std::size_t workspace_bytes, const std::string& dtype,
+                       std::uintptr_t stream) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
-  PYANOM_CHECK(workspace_bytes >= concentrated_loss_workspace_bytes(batch, pixels),
-               "concentrated_loss: workspace too small (see concentrated_loss_workspace_bytes)");
+  PYANOM_CHECK(workspace_bytes >= concentrated_workspace_bytes(batch, pixels, dtype),
+               "concentrated_loss: workspace too small (see concentrated_workspace_bytes)");
   const unsigned int grid = grid_size(batch, pixels);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_float(dtype, [&](auto zero) {
@@ -166,11 +166,11 @@ void concentrated_loss_forward_cuda(std::uintptr_t logits, std::uintptr_t target
   });
 }
 
-void concentrated_loss_backward_cuda(std::uintptr_t grad_loss, std::uintptr_t logits,
-                                     std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                                     std::int64_t pixels, double gamma, double lam, double eps,
-                                     bool detach_factor, std::uintptr_t grad_logits,
-                                     const std::string& dtype, std::uintptr_t stream) {
+void concentrated_backward_cuda(std::uintptr_t grad_loss, std::uintptr_t logits,
+                                std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
+                                std::int64_t pixels, double gamma, double lam, double eps,
+                                bool detach_factor, std::uintptr_t grad_logits,
+                                const std::string& dtype, std::uintptr_t stream) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   const unsigned int grid = grid_size(batch, pixels);
   auto s = reinterpret_cast<cudaStream_t>(stream);

@@ -11,11 +11,10 @@ import math
 
 import torch
 
-from pyanom._build import native_module
 from pyanom.ops import _backend, _checks, reference
 
 _TARGET_DTYPES = (torch.float32, torch.float64, torch.bool, torch.uint8)
-_SUMS = 4  # per image: sum(p y), sum(p), sum(y), sum(pixel BCE); see csrc/kernels.h
+_SUMS = 4  # per image: sum(p y), sum(p), sum(y), sum(pixel BCE); see csrc/concentrated.h
 
 
 def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 0.5,
@@ -47,7 +46,7 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     if target.shape != logits.shape:
         raise ValueError(f"target must have the shape of logits {tuple(logits.shape)}, "
                          f"got {tuple(target.shape)}")
-    device = _checks.same_device(logits=logits, target=target)
+    _checks.same_device(logits=logits, target=target)
     gamma = _checks.number("gamma", gamma, low=0.0)
     lam = _checks.number("lam", lam, low=0.0, high=1.0)
     eps = _checks.number("eps", eps)
@@ -55,14 +54,10 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
         raise ValueError(f"eps must be > 0, got {eps}")
     if not isinstance(detach_factor, bool):
         raise TypeError(f"detach_factor must be a bool, got {type(detach_factor).__name__}")
-    use_native = _backend.resolve(backend, device, "concentrated_loss") == "native"
     if not torch.compiler.is_compiling():  # data-dependent, so skipped while tracing
         _check_values(logits, target)
     target = target.detach().to(logits.dtype)
-    if use_native:
-        return _native(logits, target, gamma, lam, eps, detach_factor)[0]
-    return reference.concentrated_loss(logits, target, gamma=gamma, lam=lam, eps=eps,
-                                       detach_factor=detach_factor)
+    return torch.ops.pyanom.concentrated(logits, target, gamma, lam, eps, detach_factor, backend)[0]
 
 
 def _check_values(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -79,72 +74,72 @@ def _check_values(logits: torch.Tensor, target: torch.Tensor) -> None:
                          " (divide 0/255 masks by 255)")
 
 
-def _launch(kernel: str, device: torch.device, *args) -> None:
-    """Call _C.<kernel>_cpu, or _C.<kernel>_cuda on the device's current stream."""
-    c = native_module()
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            getattr(c, kernel + "_cuda")(*args, torch.cuda.current_stream(device).cuda_stream)
-    else:
-        getattr(c, kernel + "_cpu")(*args)
+def _twin(logits, target, gamma, lam, eps, detach_factor):
+    """(loss, zeros): the sums serve only the native backward; the twin's is autograd's."""
+    loss = reference.concentrated_loss(logits, target, gamma=gamma, lam=lam, eps=eps,
+                                       detach_factor=detach_factor)
+    return loss, logits.new_zeros((logits.shape[0], _SUMS), dtype=torch.float64)
 
 
-def _dtype_name(x: torch.Tensor) -> str:
-    return str(x.dtype).replace("torch.", "")
-
-
-@torch.library.custom_op("pyanom::concentrated_loss", mutates_args=())
-def _native(logits: torch.Tensor, target: torch.Tensor, gamma: float, lam: float, eps: float,
-            detach_factor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _native(logits, target, gamma, lam, eps, detach_factor):
     """(loss, per-image sums [B, 4] float64) from the fused forward kernel."""
     logits, target = logits.contiguous(), target.contiguous()
     batch = logits.shape[0]
     pixels = logits.numel() // batch
     loss = logits.new_empty(())
     sums = logits.new_empty((batch, _SUMS), dtype=torch.float64)
-    nbytes = native_module().concentrated_loss_workspace_bytes(batch, pixels)
-    workspace = logits.new_empty((nbytes // 8,), dtype=torch.float64)
-    _launch("concentrated_loss_forward", logits.device, logits.data_ptr(), target.data_ptr(),
-            batch, pixels, gamma, lam, eps, loss.data_ptr(), sums.data_ptr(),
-            workspace.data_ptr(), nbytes, _dtype_name(logits))
+    scratch = _backend.workspace("concentrated", logits, batch, pixels)
+    _backend.launch("concentrated", logits, logits.data_ptr(), target.data_ptr(), batch, pixels,
+                    gamma, lam, eps, loss.data_ptr(), sums.data_ptr(), scratch.data_ptr(),
+                    scratch.numel())
     return loss, sums
 
 
-@_native.register_fake
-def _(logits, target, gamma, lam, eps, detach_factor):
-    return logits.new_empty(()), logits.new_empty((logits.shape[0], _SUMS), dtype=torch.float64)
-
-
-@torch.library.custom_op("pyanom::concentrated_loss_backward", mutates_args=())
-def _native_backward(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-                     sums: torch.Tensor, gamma: float, lam: float, eps: float,
-                     detach_factor: bool) -> torch.Tensor:
+def _native_backward(grad_loss, logits, target, sums, gamma, lam, eps, detach_factor):
     """d loss / d logits from the fused backward kernel (one pass over the pixels)."""
     grad_loss, logits, target, sums = (t.contiguous() for t in (grad_loss, logits, target, sums))
     batch = logits.shape[0]
     grad_logits = torch.empty_like(logits)
-    _launch("concentrated_loss_backward", logits.device, grad_loss.data_ptr(), logits.data_ptr(),
-            target.data_ptr(), sums.data_ptr(), batch, logits.numel() // batch,
-            gamma, lam, eps, detach_factor, grad_logits.data_ptr(), _dtype_name(logits))
+    _backend.launch("concentrated_backward", logits, grad_loss.data_ptr(), logits.data_ptr(),
+                    target.data_ptr(), sums.data_ptr(), batch, logits.numel() // batch,
+                    gamma, lam, eps, detach_factor, grad_logits.data_ptr())
     return grad_logits
 
 
-@_native_backward.register_fake
-def _(grad_loss, logits, target, sums, gamma, lam, eps, detach_factor):
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
 def _setup_context(ctx, inputs, output):
-    logits, target, gamma, lam, eps, detach_factor = inputs
+    logits, target, gamma, lam, eps, detach_factor, backend = inputs
     ctx.save_for_backward(logits, target, output[1])
     ctx.params = (gamma, lam, eps, detach_factor)
+    ctx.native = _backend.resolve(backend, logits.device, "concentrated_loss") == "native"
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_loss, grad_sums):
     logits, target, sums = ctx.saved_tensors
-    grad_logits = _native_backward(grad_loss, logits, target, sums, *ctx.params)
-    return grad_logits, None, None, None, None, None
+    if ctx.native:
+        grad_logits = torch.ops.pyanom.concentrated_backward(grad_loss, logits, target, sums,
+                                                             *ctx.params, "native")
+    else:
+        gamma, lam, eps, detach_factor = ctx.params
+        twin = lambda z: reference.concentrated_loss(z, target, gamma=gamma, lam=lam, eps=eps,  # noqa: E731
+                                                     detach_factor=detach_factor)
+        grad_logits = _backend.twin_vjp(twin, (logits,), grad_loss, (True,))[0]
+    return grad_logits, None, None, None, None, None, None
 
 
-_native.register_autograd(_backward, setup_context=_setup_context)
+_backend.define(
+    "concentrated_backward", "concentrated_loss",
+    "(Tensor grad_loss, Tensor logits, Tensor target, Tensor sums, float gamma, float lam, "
+    "float eps, bool detach_factor, str backend) -> Tensor",
+    twin=None, native=_native_backward,
+    fake=lambda grad_loss, logits, *rest: torch.empty_like(logits,
+                                                           memory_format=torch.contiguous_format))
+
+_backend.define(
+    "concentrated", "concentrated_loss",
+    "(Tensor logits, Tensor target, float gamma, float lam, float eps, bool detach_factor, "
+    "str backend) -> (Tensor, Tensor)",
+    twin=_twin, native=_native,
+    fake=lambda logits, target, gamma, lam, eps, detach_factor, backend: (
+        logits.new_empty(()), logits.new_empty((logits.shape[0], _SUMS), dtype=torch.float64)),
+    backward=_backward, setup_context=_setup_context)
