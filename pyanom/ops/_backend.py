@@ -11,6 +11,7 @@ where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls tho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -99,15 +100,7 @@ def dtype_name(x: torch.Tensor) -> str:
 
 def _current(device: torch.device):
     """The context in which a kernel sizes its grid for `device` and launches on its stream."""
-    return torch.cuda.device(device) if device.type == "cuda" else _NoDevice()
-
-
-class _NoDevice:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def workspace(kernel: str, like: torch.Tensor, *sizes) -> torch.Tensor:

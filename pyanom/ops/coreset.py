@@ -29,27 +29,19 @@ def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128,
     return torch.ops.pyanom.coreset(features, k, projection_dim, seed, start, backend)
 
 
-def _prepare(features, k, projection_dim, seed, start):
-    """(k >= N: every index; else None), the projected points and the first center: the part
-    both backends share."""
-    n = features.shape[0]
-    if k >= n:
-        return torch.arange(n, dtype=torch.int64, device=features.device), None, None
-    first = reference.coreset_start(n, seed) if start < 0 else start
-    return None, reference.random_projection(features, projection_dim, seed), first
-
-
 def _twin(features, k, projection_dim, seed, start):
-    everything, points, first = _prepare(features, k, projection_dim, seed, start)
-    return everything if points is None else reference.greedy_select(points, k, first)
+    return reference.greedy_coreset(features, k, projection_dim=projection_dim, seed=seed,
+                                    start=None if start < 0 else start)
 
 
 def _native(features, k, projection_dim, seed, start):
-    everything, points, first = _prepare(features, k, projection_dim, seed, start)
-    if points is None:
-        return everything
-    points = points.contiguous()
-    n, d = points.shape
+    """The twin's projection and first center, then the pruned kernel for the greedy loop."""
+    n = features.shape[0]
+    if k >= n:
+        return torch.arange(n, dtype=torch.int64, device=features.device)
+    first = reference.coreset_start(n, seed) if start < 0 else start
+    points = reference.random_projection(features, projection_dim, seed).contiguous()
+    d = points.shape[1]
     out = torch.empty(k, dtype=torch.int64, device=points.device)
     scratch = _backend.workspace("coreset", points, n, d, k)
     _backend.launch("coreset", points, points.data_ptr(), n, d, k, first, out.data_ptr(),
