@@ -23,10 +23,6 @@ def channel_self_attention(x: torch.Tensor, *, backend: str = "auto") -> torch.T
         x, _backend.for_grad(backend, "channel_self_attention", x=x))
 
 
-def _twin(x: torch.Tensor) -> torch.Tensor:
-    return reference.channel_self_attention(_checks.finite_values("x", x))
-
-
 def _native(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.contiguous()
@@ -38,5 +34,6 @@ def _native(x: torch.Tensor) -> torch.Tensor:
 
 
 _backend.define("channel_attention", "channel_self_attention", "(Tensor x, str backend) -> Tensor",
-                twin=_twin, native=_native, fake=lambda x, backend: x.new_empty(x.shape),
+                twin=lambda x: reference.channel_self_attention(_checks.finite_values("x", x)),
+                native=_native, fake=lambda x, backend: x.new_empty(x.shape),
                 twin_gradient=reference.channel_self_attention)
