@@ -168,19 +168,21 @@ def _count_predict_calls(app):
     return calls
 
 
+async def _post_together(url: str, images: list[bytes]) -> list:
+    """One request per image, all sent at once."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        return await asyncio.gather(*[
+            client.post("/v1/models/bottle/predict", content=data, headers={"content-type": "image/png"})
+            for data in images])
+
+
 def test_requests_arriving_together_are_scored_in_one_predict_call(bottle_model, bottle_images, live):
     app = _app(bottle_model, max_batch=6, max_wait_ms=2000)
     images = [p.read_bytes() for p in bottle_images[:6]]
 
-    async def six_clients(url):
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await asyncio.gather(*[
-                client.post("/v1/models/bottle/predict", content=data, headers={"content-type": "image/png"})
-                for data in images])
-
     with live(app) as url:
         calls = _count_predict_calls(app)
-        responses = asyncio.run(six_clients(url))
+        responses = asyncio.run(_post_together(url, images))
         scored = httpx.get(url + "/v1/models").json()[0]["scored"]
     assert [r.status_code for r in responses] == [200] * 6
     assert calls == [6], f"six requests sent together were scored in batches of {calls}"
@@ -202,15 +204,9 @@ def test_a_batch_waits_for_images_still_being_decoded(bottle_model, bottle_image
     monkeypatch.setattr(served, "decode", lambda *a: (time.sleep(0.2 * next(order)), decode(*a))[1])
     images = [p.read_bytes() for p in bottle_images[:6]]
 
-    async def six_clients(url):
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await asyncio.gather(*[
-                client.post("/v1/models/bottle/predict", content=data, headers={"content-type": "image/png"})
-                for data in images])
-
     with live(app) as url:
         calls = _count_predict_calls(app)
-        responses = asyncio.run(six_clients(url))
+        responses = asyncio.run(_post_together(url, images))
     assert [r.status_code for r in responses] == [200] * 6
     assert calls == [6], f"six requests decoded one after another were scored in batches of {calls}"
 
