@@ -74,7 +74,7 @@ def rescore(model: Path, data: Path, change: dict) -> dict:
     variant.load_state_tensors(fitted.state_tensors())
     variant.threshold = fitted.threshold
     test = open_dataset(data, "test", image_size=fitted.image_size)
-    pred = variant.predict(test)
+    pred = variant.predict(test, map_size="model")  # at image_size, as test.masks()
     return evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
 
 

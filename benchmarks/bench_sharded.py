@@ -81,7 +81,7 @@ if workers:
 start = time.perf_counter()
 det.fit(train, progress=False)
 fit_s = time.perf_counter() - start
-pred = det.predict(test)
+pred = det.predict(test, map_size="model")  # at image_size, as test.masks()
 r = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
 print(json.dumps({"workers": workers, "fit_s": fit_s, "image_auroc": r["image_auroc"],
                   "pixel_auroc": r["pixel_auroc"], "shards": len(det.memory_plan.shards)}))

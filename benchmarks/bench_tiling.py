@@ -40,7 +40,7 @@ start = time.perf_counter()
 det.fit(train, progress=False)
 fit_s = time.perf_counter() - start
 start = time.perf_counter()
-pred = det.predict(test, batch_size=1)
+pred = det.predict(test, batch_size=1, map_size="model")  # as test.masks()
 ms = 1000 * (time.perf_counter() - start) / len(test)
 report = evaluate(test.labels, pred.image_scores, test.masks(), pred.anomaly_maps, test.defect_types)
 print(json.dumps({"fit_s": fit_s, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -34,7 +34,7 @@ for seed in [int(s) for s in sys.argv[1:]]:
         det = pyanom.create(name, **cfg, seed=seed).fit(train, progress=False)
         out.append(f"{name} auroc {metrics.image_auroc(test.labels, det.predict(test).image_scores):.3f}")
     det = pyanom.create("segdec", **S.SHORT, seed=seed).fit(ttrain, progress=False)
-    p = det.predict(ttest)
+    p = det.predict(ttest, map_size="model")
     out.append(f"segdec ap {metrics.average_precision(ttest.labels, p.image_scores):.3f} "
                f"pixel_auroc {metrics.pixel_auroc(ttest.masks(), p.anomaly_maps):.3f}")
     print(", ".join(out), f"({time.time()-t:.0f} s)", flush=True)

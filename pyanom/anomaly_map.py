@@ -35,3 +35,32 @@ def upsample_scores(patch_scores: torch.Tensor, size: int | tuple[int, int], sig
     """Patch scores [B, h, w] -> anomaly maps [B, H, W]: bilinear upsampling, then Gaussian blur."""
     maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
     return gaussian_blur(maps.squeeze(1), sigma)
+
+
+def at_sizes(maps: torch.Tensor, sizes) -> list[torch.Tensor]:
+    """Maps [B, h, w] at the detector's size -> one map per image at its own (height, width)
+    (sizes: one per map, None keeps that map as it is): bilinear, antialiased where it shrinks.
+    Consecutive maps of one size are resized in one call; a map already at its size is not copied."""
+    out: list[torch.Tensor] = []
+    i = 0
+    while i < len(maps):
+        j = i + 1
+        while j < len(maps) and sizes[j] == sizes[i]:
+            j += 1
+        run, size = maps[i:j], sizes[i]
+        if size is not None and tuple(size) != tuple(run.shape[-2:]):
+            shrink = size[0] < run.shape[-2] or size[1] < run.shape[-1]
+            run = F.interpolate(run.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False,
+                                antialias=shrink).squeeze(1)
+        out += list(run)
+        i = j
+    return out
+
+
+def join_maps(parts) -> torch.Tensor | list[torch.Tensor]:
+    """The maps of consecutive parts (each a tensor [B, H, W] or a list of maps [H, W]) as one
+    [N, H, W] tensor when they share a size, else as the list of maps (images of different sizes)."""
+    single = [m for part in parts for m in part]
+    if len({tuple(m.shape) for m in single}) == 1:
+        return torch.stack(single)
+    return single

@@ -247,7 +247,7 @@ def cmd_evaluate(args) -> int:
         heatmaps = (OutputFolder(args.heatmaps, "--heatmaps").start(names), names)
     _note_conversions([s.image for s in test.samples], det.image_size)
     start = time.perf_counter()
-    pred = det.predict(test)
+    pred = det.predict(test, map_size="model")  # pixel metrics at the model's size, as the masks are
     elapsed = time.perf_counter() - start
     report = evaluate(test.labels, pred.image_scores,
                       masks=test.masks() if pred.anomaly_maps is not None else None,
@@ -266,7 +266,7 @@ def cmd_evaluate(args) -> int:
             tmp.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if heatmaps:
-        _write_heatmaps(*heatmaps, test, pred, det)
+        _write_heatmaps(*heatmaps, test.at_size(None), pred, det)
     if getattr(args, "report", None):  # the demo calls cmd_evaluate without it
         from pyanom.report import write_report
 
@@ -275,18 +275,20 @@ def cmd_evaluate(args) -> int:
 
 
 def _write_heatmaps(folder, names, dataset, pred, det) -> None:
-    """One overlay per image, named after its path under the input root (see output_name)."""
-    from pyanom.visualize import save_overlay
+    """One overlay per image, named after its path under the input root (see output_name), at
+    the image's own size: dataset gives the images as stored, pred the maps at the model's size
+    (resized here one at a time, so a run's maps are never all held at full resolution)."""
+    from pyanom.visualize import resize_map, save_overlay
 
     if pred.anomaly_maps is None:
         print(f"{det.name} gives no anomaly maps: no heatmaps written to {folder.path}")
         return
-    vmin = float(pred.anomaly_maps.min())
+    vmin = min(float(m.min()) for m in pred.anomaly_maps)
     vmax = max(float(det.threshold), vmin + 1e-6) * 1.5  # one scale for all images of a model
     for i, name in enumerate(names):
         item = dataset[i]
         mask = item.get("mask")
-        save_overlay(folder.file(name), item["image"], pred.anomaly_maps[i],
+        save_overlay(folder.file(name), item["image"], resize_map(pred.anomaly_maps[i], item["image"].shape[-2:]),
                      vmin=vmin, vmax=vmax, mask=mask[0] if mask is not None and mask.any() else None)
     print(f"wrote {len(names)} heatmaps to {folder.path}")
 
@@ -319,28 +321,23 @@ def _score_readable(paths: list, predict, concatenate) -> tuple[dict, list, obje
     return errors, good, concatenate(parts) if parts else None
 
 
-def _concatenate(parts):
-    """One Prediction from the Predictions of consecutive chunks."""
-    import torch
-
-    from pyanom import Prediction
-
-    maps = None if parts[0].anomaly_maps is None else torch.cat([p.anomaly_maps for p in parts])
-    return Prediction(torch.cat([p.image_scores for p in parts]), maps, torch.cat([p.labels for p in parts]),
-                      parts[0].decided_by)
-
-
 class _ExportedImages:
-    """Image files as an exported model's runtime reads them, indexed like an ImageList (heatmaps)."""
+    """Image files at their own size without torch, indexed like an ImageList (heatmaps of an
+    exported model)."""
 
-    def __init__(self, model, paths):
-        self.model, self.paths = model, paths
+    def __init__(self, paths):
+        self.paths = paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.model.read([self.paths[i]])[0], "path": str(self.paths[i])}
+        import numpy as np
+
+        from pyanom.data.files import read_image
+
+        pixels = np.asarray(read_image(self.paths[i]), np.float32).transpose(2, 0, 1) / np.float32(255)
+        return {"image": pixels, "path": str(self.paths[i])}
 
 
 def cmd_predict(args) -> int:
@@ -357,6 +354,7 @@ def cmd_predict(args) -> int:
         det = load(args.model, backend=args.runtime)
     else:
         import pyanom
+        from pyanom import Prediction
         from pyanom.data import ImageList
 
         det = pyanom.load(args.model, device=_device(args.device))
@@ -372,8 +370,9 @@ def cmd_predict(args) -> int:
         errors, good, pred = _score_readable(paths, lambda chunk: det.predict(det.read(chunk)), det.concatenate)
     else:
         errors, good, pred = _score_readable(
-            paths, lambda chunk: det.predict(ImageList(chunk, image_size=det.image_size, validate=False)),
-            _concatenate)
+            paths, lambda chunk: det.predict(ImageList(chunk, image_size=det.image_size, validate=False),
+                                             map_size="model"),  # resized per heatmap, as it is written
+            Prediction.concatenate)
     if good and not exported:
         _note_conversions(good, det.image_size)
     with_maps = pred is not None and pred.anomaly_maps is not None
@@ -394,8 +393,7 @@ def cmd_predict(args) -> int:
     print(f"wrote {out.path / 'scores.csv'} ({len(good)} images scored, {flagged} flagged{decided})")
     if pred is not None:
         heatmaps = OutputFolder(out.path / "heatmaps")
-        images = (_ExportedImages(det, good) if exported
-                  else ImageList(good, image_size=det.image_size, validate=False))
+        images = _ExportedImages(good) if exported else ImageList(good, image_size=None, validate=False)
         _write_heatmaps(heatmaps, [names[p] for p in good], images, pred, det)
     if errors:
         print(f"pyanom predict: {len(errors)} of {len(paths)} images could not be read "

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Iterator, Optional
 import torch
 
 from pyanom.allocator import retain_freed_memory
-from pyanom.data.batches import iterate_images
+from pyanom.anomaly_map import at_sizes, join_maps
+from pyanom.data.batches import iterate_images, iterate_sized
 from pyanom.data.transforms import pair
 from pyanom.io import save_archive
 
@@ -25,7 +26,9 @@ class Prediction:
     """What a detector says about a batch of images.
 
     image_scores: [B] float, higher = more anomalous.
-    anomaly_maps: [B, H, W] float at the input resolution, or None for detectors without one.
+    anomaly_maps: [B, H, W] float, or None for detectors without one; by default each at its
+        input image's own (height, width) (see `Detector.predict`), and a list of [H_i, W_i]
+        maps where the inputs differ in size.
     labels: [B] bool, defect = True: image_scores >= threshold unless the detector decides
         otherwise (`Detector._decide`; e.g. by the label of the nearest training image).
     decided_by: how the labels were decided: "threshold" (image_scores >= threshold) or a
@@ -38,6 +41,13 @@ class Prediction:
     labels: torch.Tensor
     decided_by: str = "threshold"
 
+    @classmethod
+    def concatenate(cls, parts: list["Prediction"]) -> "Prediction":
+        """One Prediction from the Predictions of consecutive chunks of images."""
+        maps = None if parts[0].anomaly_maps is None else join_maps([p.anomaly_maps for p in parts])
+        return cls(torch.cat([p.image_scores for p in parts]), maps, torch.cat([p.labels for p in parts]),
+                   parts[0].decided_by)
+
 
 class Detector(abc.ABC):
     """Base class of every detector plugin.
@@ -48,8 +58,9 @@ class Detector(abc.ABC):
     than its score overrides `_decide`. A detector that trains networks fits through
     `pyanom.training`. Images reaching a detector are float [B, 3, H, W] in [0, 1] with
     (H, W) = detector.image_size (config.image_size: an int for a square or [height, width], checked
-    by `pyanom.data.transforms.checked_image_size`), and anomaly maps come back at the size of the
-    images given; normalisation is the backbone's business.
+    by `pyanom.data.transforms.checked_image_size`), and `_score` returns anomaly maps at the size of
+    the images given; `predict` resizes them back to each input image's own size once for all
+    detectors. Normalisation is the backbone's business.
     """
 
     name: ClassVar[str]
@@ -145,20 +156,33 @@ class Detector(abc.ABC):
                           "threshold_images": len(validation), "threshold_defective": int(validation.labels.sum())}
         return self
 
-    def predict(self, images, *, batch_size: int = 32) -> Prediction:
-        """Score a tensor [B, 3, S, S] in [0, 1] or an InspectionSet."""
+    def predict(self, images, *, batch_size: int = 32, map_size: str = "input") -> Prediction:
+        """Score a tensor [B, 3, H, W] in [0, 1] or a data set (InspectionSet, ImageList).
+
+        map_size "input": each anomaly map at its image's own (height, width) as stored in its
+        file, resized bilinearly from the size the detector scored at (a tensor's images are
+        their own input: nothing is resized; under a data set's crop the map covers the crop).
+        "model": at the size the detector scored at, which `InspectionSet.masks()` has: what
+        pixel metrics compare, without the cost of full-resolution maps.
+        """
         if not self.fitted:
             raise RuntimeError(f"{self.name}: call fit() or pyanom.load() before predict()")
+        if map_size not in ("input", "model"):
+            raise ValueError(f"map_size must be 'input' or 'model', got {map_size!r}")
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+            batches = ((images[i:i + batch_size], None) for i in range(0, len(images), batch_size))
         else:
-            batches = iterate_images(images, batch_size)
-        parts = [self._score_batch(batch, decide=True) for batch in batches]
-        scores = torch.cat([s for s, _, _ in parts])
-        maps = None if parts[0][1] is None else torch.cat([m for _, m, _ in parts])
-        return Prediction(scores, maps, torch.cat([labels for _, _, labels in parts]), self.decided_by)
+            batches = iterate_sized(images, batch_size)
+        scores, maps, labels = [], [], []
+        for batch, sizes in batches:
+            s, m, decided = self._score_batch(batch, decide=True)
+            scores.append(s)
+            labels.append(decided)
+            if m is not None:
+                maps.append(at_sizes(m, sizes) if sizes is not None and map_size == "input" else m)
+        return Prediction(torch.cat(scores), join_maps(maps) if maps else None, torch.cat(labels), self.decided_by)
 
     def save(self, path: str | Path) -> Path:
         """Write name, hyper-parameters, threshold and learned tensors to one archive (pyanom.io:

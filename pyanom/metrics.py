@@ -91,7 +91,8 @@ def _pixel_inputs(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     m = _binary(masks, "masks", 3)
     a = _scores(maps, "maps", 3)
     if m.shape != a.shape:
-        raise ValueError(f"masks and maps differ in shape: {m.shape} vs {a.shape}")
+        raise ValueError(f"masks and maps differ in shape: {m.shape} vs {a.shape} (Detector.predict(..., "
+                         "map_size='model') gives maps at the size InspectionSet.masks() has)")
     return m, a
 
 

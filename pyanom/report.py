@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pyanom.outputs import atomic_path
-from pyanom.visualize import overlay
+from pyanom.visualize import overlay, resize_map
 
 __all__ = ["write_report"]
 
@@ -76,7 +76,8 @@ def write_report(out_dir, dataset, pred, detector, metrics: dict, *, title: str 
                     + "</tr>")
 
     maps = pred.anomaly_maps
-    scale = None if maps is None else (float(maps.min()), max(1.5 * threshold, float(maps.min()) + 1e-6))
+    low = None if maps is None else min(float(m.min()) for m in maps)
+    scale = None if maps is None else (low, max(1.5 * threshold, low + 1e-6))
     defect_idx = np.flatnonzero(labels)[np.argsort(scores[labels], kind="stable")][:worst]
     good_idx = np.flatnonzero(~labels)[np.argsort(-scores[~labels], kind="stable")][:worst]
 
@@ -113,7 +114,7 @@ def _picture(item: dict, maps, i: int, scale) -> str:
         rgb = np.rint(item["image"].numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
     else:
         mask = item.get("mask")
-        rgb = overlay(item["image"], maps[i], vmin=scale[0], vmax=scale[1],
+        rgb = overlay(item["image"], resize_map(maps[i], item["image"].shape[-2:]), vmin=scale[0], vmax=scale[1],
                       mask=mask[0] if mask is not None and mask.any() else None)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")

@@ -72,6 +72,17 @@ def colorize(anomaly_map, *, vmin: float | None = None, vmax: float | None = Non
     return COLORMAPS[colormap][np.rint(scaled * 255).astype(np.intp)]
 
 
+def resize_map(anomaly_map, size: tuple[int, int]) -> np.ndarray:
+    """An anomaly map [h, w] as float32 [H, W] at size (height, width), bilinear (PIL's, which
+    widens its kernel when shrinking): a map at a model's size drawn over the image as stored.
+    `Detector.predict` returns such maps itself; this is for maps kept at the model's size
+    (the command line keeps them so, for memory) and for exported models' numpy maps."""
+    a = np.ascontiguousarray(_numpy(anomaly_map, "anomaly_map"), dtype=np.float32)
+    if a.shape == tuple(size):
+        return a
+    return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
 def overlay(image, anomaly_map, *, vmin: float | None = None, vmax: float | None = None,
             alpha: float = 0.5, mask=None, colormap: str = "jet",
             contour_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
@@ -93,7 +104,7 @@ def overlay(image, anomaly_map, *, vmin: float | None = None, vmax: float | None
     heat = colorize(anomaly_map, vmin=vmin, vmax=vmax, colormap=colormap)
     if heat.shape[:2] != img.shape[1:]:
         raise ValueError(f"anomaly_map is {heat.shape[:2]} but the image is {img.shape[1:]}; "
-                         "resize the map to the image first")
+                         "resize the map to the image first (pyanom.visualize.resize_map)")
     rgb = np.broadcast_to(np.clip(img, 0, 1).transpose(1, 2, 0), heat.shape)
     out = np.rint(((1 - alpha) * rgb + alpha * heat) * 255).astype(np.uint8)
     if mask is not None:

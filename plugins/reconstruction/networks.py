@@ -10,12 +10,14 @@ import math
 import torch
 from torch import nn
 
-from pyanom.data.transforms import pair
+from pyanom.data.transforms import checked_image_size, pair
 
 
 def check_power_of_two(name: str, value, smallest: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < smallest or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= {smallest}, got {value!r}")
+    """A square network's side: one int, a power of two >= smallest (the nearest valid in the error)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be one int (the networks are square), got {value!r}")
+    checked_image_size(value, minimum=smallest, power_of_two=True, name=name)
 
 
 def down_trunk(size: int, bottom: int, width: int, widest: int, norm: bool) -> tuple[nn.Sequential, int]:

@@ -25,7 +25,7 @@ class InspectionSet(Dataset):
 
     image [3, H, W] float in [0, 1] RGB (not normalised: the backbone does that),
     mask [1, H, W] float in {0, 1} (zeros without annotation), label int (0 good, 1 defect),
-    defect_type str ("good" for normal images), path str.
+    defect_type str ("good" for normal images), path str, source_hw (see Preprocess.source_hw).
 
     Every image and mask is checked when the set is built (validate=True), so a bad file
     fails here, naming the file, and not in the middle of a fit.
@@ -65,13 +65,15 @@ class InspectionSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        image = self.preprocess.image(read_image(s.image))
+        img = read_image(s.image)
+        image = self.preprocess.image(img)
         return {
             "image": image,
             "mask": self.preprocess.mask(read_mask(s.mask) if s.mask is not None else None, image.shape[-2:]),
             "label": s.label,
             "defect_type": s.defect_type,
             "path": str(s.image),
+            "source_hw": self.preprocess.source_hw(img),
         }
 
     def subset(self, indices: Iterable[int]) -> InspectionSet:
@@ -116,6 +118,12 @@ class InspectionSet(Dataset):
             rest, held = self.samples[1:], self.samples[:1]
         return self._with(rest), self._with(held)
 
+    def at_size(self, image_size: Size | None) -> InspectionSet:
+        """The same samples resized to image_size instead (None: each at its own size, e.g. to
+        draw heatmaps over the images as stored), without a crop."""
+        return InspectionSet(self.samples, image_size=image_size, root=self.root, layout=self.layout,
+                             split=self.split, validate=False)
+
     def _with(self, samples: Sequence[Sample]) -> InspectionSet:
         return InspectionSet(samples, image_size=self.image_size, crop_size=self.crop_size, root=self.root,
                              layout=self.layout, split=self.split, validate=False)
@@ -130,7 +138,8 @@ class InspectionSet(Dataset):
 
 
 class ImageList(Dataset):
-    """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path)."""
+    """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path,
+    source_hw: see Preprocess.source_hw)."""
 
     def __init__(self, paths: Sequence[Path], *, image_size: Size | None = 256, crop_size: Size | None = None,
                  validate: bool = True):
@@ -146,7 +155,8 @@ class ImageList(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
-        return {"image": self.preprocess.image(read_image(path)), "path": str(path)}
+        img = read_image(path)
+        return {"image": self.preprocess.image(img), "path": str(path), "source_hw": self.preprocess.source_hw(img)}
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str | None = None,

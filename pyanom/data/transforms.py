@@ -140,6 +140,11 @@ class Preprocess:
         img = Image.fromarray(mask.astype(np.uint8) * 255)
         return (to_tensor(self._geometry(self._resize(img, nearest=True))) > 0.5).float()
 
+    def source_hw(self, img: Image.Image) -> tuple[int, int] | None:
+        """(height, width) of an image as read, which `Detector.predict` returns its anomaly map
+        at; None under a crop (the map covers the crop only, so it stays at the crop's size)."""
+        return None if self.crop_size else (img.height, img.width)
+
     def _resize(self, img: Image.Image, *, nearest: bool = False) -> Image.Image:
         return img if self.image_size is None else resize(img, self.image_size, nearest=nearest)
 

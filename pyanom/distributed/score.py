@@ -53,7 +53,7 @@ def _score_chunk(model: str, paths: list[str], bank=None) -> list[list]:
         except (ValueError, OSError) as err:
             rows[path] = [path, None, None, None, str(err)]
     if readable:
-        pred = det.predict(ImageList(readable, image_size=det.image_size, validate=False))
+        pred = det.predict(ImageList(readable, image_size=det.image_size, validate=False), map_size="model")
         for i, path in enumerate(readable):
             rows[path] = [path, float(pred.image_scores[i]), int(pred.labels[i]), pred.decided_by, None]
     return [rows[p] for p in paths]

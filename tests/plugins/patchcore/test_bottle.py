@@ -28,7 +28,7 @@ def bottle(shared_data):
 def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc, aupro):
     train, test = bottle
     det = pyanom.create(name, coreset_ratio=ratio).fit(train, progress=False)
-    pred = det.predict(test)
+    pred = det.predict(test, map_size="model")  # at 256 px, as test.masks()
     report = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
     print(f"\n{name} ratio {ratio}: " + ", ".join(f"{k} {report[k]:.4f}" for k in
                                                   ("image_auroc", "pixel_auroc", "aupro", "ap", "f1_max")))
@@ -46,7 +46,7 @@ def test_sharded_fit_matches_the_exact_fit(bottle):
     for mode in ("exact", "sharded"):
         det = pyanom.create("patchcore", coreset_ratio=0.01, coreset_mode=mode, shard_images=40).fit(train, progress=False)
         assert det.memory_plan.mode == mode
-        pred = det.predict(test)
+        pred = det.predict(test, map_size="model")
         reports[mode] = evaluate(test.labels, pred.image_scores, masks=test.masks(), maps=pred.anomaly_maps)
     print("\n" + "; ".join(f"{m}: image {r['image_auroc']:.4f}, pixel {r['pixel_auroc']:.4f}" for m, r in reports.items()))
     for key in ("image_auroc", "pixel_auroc"):

@@ -61,7 +61,7 @@ FLOORS = {"autoencoder": 0.75, "fanogan": 0.90}
 
 @pytest.mark.parametrize("name", ["autoencoder", "fanogan"])
 def test_defects_score_higher_than_good_bottles(fitted, test_set, name):
-    pred = fitted[name].predict(test_set)
+    pred = fitted[name].predict(test_set, map_size="model")
     assert pred.image_scores.shape == (len(test_set),)
     assert pred.anomaly_maps.shape == (len(test_set), SIZE, SIZE)
     auroc = image_auroc(test_set.labels, pred.image_scores)

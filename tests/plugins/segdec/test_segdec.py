@@ -51,7 +51,7 @@ def fitted(tile):
 
 def test_short_schedule_finds_defects(fitted, tile):
     test = tile[1]
-    pred = fitted.predict(test)
+    pred = fitted.predict(test, map_size="model")  # at SIZE, as test.masks()
     assert pred.image_scores.shape == (len(test),) and pred.anomaly_maps.shape == (len(test), SIZE, SIZE)
     assert 0 <= float(pred.anomaly_maps.min()) and float(pred.anomaly_maps.max()) <= 1
     # Training seeds 0-5 (seed 0 is the one tested): image AP 0.737-0.852 at a defect rate of 0.265,
