@@ -40,7 +40,7 @@ def run(variant: str, train, test, masks, args) -> dict:
     start = time.perf_counter()
     det.fit(train, seed=args.seed, progress=not args.quiet)  # the threshold hold-out follows the split seed
     fit_s = time.perf_counter() - start
-    pred = det.predict(test)
+    pred = det.predict(test, map_size="model")  # at image_size, as the masks
     report = metrics.evaluate(test.labels, pred.image_scores, masks=masks, maps=pred.anomaly_maps,
                               defect_types=test.defect_types)
     return {"variant": variant, **VARIANTS[variant], "image_ap": report["ap"],
@@ -51,11 +51,16 @@ def run(variant: str, train, test, masks, args) -> dict:
             "history": det.history}
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    sides = tuple(int(v) for v in text.split(","))
+    return sides[0] if len(sides) == 1 else sides
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA / "magnetic_tile"),
                    help="magnetic tile folder (default: $PYANOM_DATA or ../shared/data beside the repo)")
-    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--image-size", type=_size, default=96, help="a side (square) or HEIGHT,WIDTH (default 96)")
     p.add_argument("--seg-epochs", type=int, default=48)
     p.add_argument("--dec-epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
