@@ -73,7 +73,7 @@ def test_a_tiny_defect_is_found_with_tiles_and_missed_at_256_px(parts):
                                                                     test_fraction=0.5), progress=False)
     test256 = open_dataset(parts, "test")
     pred256 = plain.predict(test256)
-    assert pred256.anomaly_maps.shape == (len(test), 256, 256)
+    assert pred256.anomaly_maps.shape == (len(test), SIDE, SIDE)  # scored at 256 px, returned at the part's size
     assert found(pred256, test256) == (False, False)
 
 
