@@ -70,7 +70,8 @@ class InProcess:
             if bodies is None:
                 batch_images = self.tensors[idx]
             else:
-                batch_images = torch.stack([decode(bodies[i], "bench", self.preprocess, LIMITS) for i in idx])
+                decoded = [decode(bodies[i], "bench", self.preprocess, LIMITS) for i in idx]
+                batch_images = torch.from_numpy(np.stack(decoded))
             self.det.predict(batch_images, batch_size=batch)
             done += batch
         return done / (time.perf_counter() - start)
