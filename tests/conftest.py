@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,35 @@ def texture_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("texture")
     make_inspection_set(root, kind="texture", n_train=24, n_test_good=6, n_test_defect=6, size=128, seed=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def readme_detector_examples() -> list[str]:
+    """The Python blocks of the README's "Write your own detector", so the docs are what the tests run."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Write your own detector"):]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """install(module, source, entry_points): a throwaway plugin package, a module plus a
+    *.dist-info whose entry_points.txt registers `entry_points` ({name: "module:Class"})."""
+    installed = []
+
+    def install(module: str, source: str, entry_points: dict[str, str]) -> None:
+        site = tmp_path / f"site-{module}"
+        site.mkdir()
+        (site / f"{module}.py").write_text(source)
+        info = site / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text("[pyanom.detectors]\n" + lines)
+        monkeypatch.syspath_prepend(str(site))
+        importlib.invalidate_caches()
+        installed.append(module)
+
+    yield install
+    for module in installed:
+        sys.modules.pop(module, None)

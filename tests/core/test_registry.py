@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,31 +10,12 @@ import pyanom
 from pyanom import registry
 from pyanom.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def readme_example() -> str:
-    """The custom-detector example from the README, so the docs are what the test runs."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Write your own detector"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
 
 @pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install a throwaway plugin package: a module plus a *.dist-info with entry_points.txt."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "my_detector.py").write_text(readme_example())
-    info = site / "my_detector-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-detector\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[pyanom.detectors]\nmean_colour = my_detector:MeanColour\nbroken = my_detector_missing:Nope\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    yield
-    sys.modules.pop("my_detector", None)
+def third_party(install_plugin, readme_detector_examples):
+    """The README's MeanColour as a third-party plugin, beside one whose module is missing."""
+    install_plugin("my_detector", readme_detector_examples[0],
+                   {"mean_colour": "my_detector:MeanColour", "broken": "my_detector_missing:Nope"})
 
 
 def test_bundled_detectors_are_registered():

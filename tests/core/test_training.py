@@ -4,10 +4,8 @@ trained detector: the training set decoded once, resuming to the bit (also after
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,30 +23,11 @@ from pyanom.data import InspectionSet, open_dataset
 from pyanom.io import ArchiveError, load_archive
 from pyanom.training import ShuffledBatches, Stage, StratifiedBatches, Trainer, decode_once
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def readme_trained_example() -> str:
-    """The second example of the README's "Write your own detector": a detector that trains."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Write your own detector"):]
-    return re.findall(r"```python\n(.*?)```", section, re.S)[1]
-
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(install_plugin, readme_detector_examples):
     """The README's TinyAutoencoder installed as a third-party plugin `tiny_autoencoder`."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "my_trained.py").write_text(readme_trained_example())
-    info = site / "my_trained-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-trained\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[pyanom.detectors]\ntiny_autoencoder = my_trained:TinyAutoencoder\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    yield
-    sys.modules.pop("my_trained", None)
+    install_plugin("my_trained", readme_detector_examples[1], {"tiny_autoencoder": "my_trained:TinyAutoencoder"})
 
 
 @pytest.fixture
