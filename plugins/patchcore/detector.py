@@ -14,7 +14,7 @@ from pyanom.anomaly_map import upsample_scores
 from pyanom.data.transforms import checked_image_size, pair
 from pyanom.data import iterate_images
 from pyanom.detector import Detector
-from pyanom.features import create_backbone
+from pyanom.features import PRECISIONS, create_backbone
 from pyanom.memory_bank import MODES, build_memory_bank
 from pyanom.ops import greedy_coreset, knn_scores
 from pyanom.tiling import checked_tiling
@@ -31,6 +31,9 @@ class PatchCoreConfig:
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = None  # file or URL; None = the backbone's default pretrained weights
     layers: tuple = ("stride8", "stride16")
+    # The backbone's arithmetic: "bfloat16" is ~1.8x faster on CPUs with AVX512-BF16 or AMX, at
+    # equal AUROC on bottle and magnetic tile (benchmarks/RESULTS.md), slower on CPUs without.
+    precision: str = "float32"
     image_size: int | tuple | None = 256  # int (square) or [height, width]; None (tiling only): each image's own
     coreset_ratio: float = 0.1
     projection_dim: int = 128
@@ -57,6 +60,8 @@ class PatchCoreConfig:
             raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.image_size is not None:
             self.image_size = checked_image_size(self.image_size, minimum=32)
         self.tile_size, self.tile_overlap = checked_tiling(self.tile_size, self.tile_overlap)
@@ -131,7 +136,8 @@ class PatchCore(Detector):
     def backbone(self):
         if self._backbone is None:
             self._backbone = create_backbone(self.config.backbone, layers=tuple(self.config.layers),
-                                             weights=self.config.weights, device=self.device)
+                                             weights=self.config.weights, device=self.device,
+                                             precision=self.config.precision)
         return self._backbone
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -232,7 +238,8 @@ class PatchCore(Detector):
 
     def _check_exportable(self, exporter: type) -> None:
         """Refuse what the export graph of class `exporter` would score differently: a subclass
-        that changes the scoring without its own hook, a bank held by Ray actors, and tiling."""
+        that changes the scoring without its own hook, a bank held by Ray actors, tiling and a
+        bfloat16 backbone (onnxruntime's CPU kernels have no bfloat16 convolutions)."""
         cls = type(self)
         if cls._score is not exporter._score or cls._patch_features is not exporter._patch_features:
             raise ValueError(f"{self.name} ({cls.__module__}.{cls.__qualname__}) cannot be exported: it changes "
@@ -243,6 +250,9 @@ class PatchCore(Detector):
         if self.config.tile_size is not None:
             raise ValueError(f"{self.name}: a tiling model (tile_size={self.config.tile_size}) cannot be exported "
                              "yet; fit it without tile_size to export it")
+        if self.config.precision != "float32":
+            raise ValueError(f"{self.name}: a model fitted with precision={self.config.precision!r} cannot be "
+                             "exported; exported graphs compute in float32: fit it with precision='float32'")
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         bank = self.memory_bank  # one held by actors is gathered here to be saved
@@ -285,8 +295,8 @@ class SAPatchCore(PatchCore):
     def backbone(self):
         if self._backbone is None:
             layers = tuple(self.config.layers) + ((self.config.attention_layer,) if self.channel else ())
-            self._backbone = create_backbone(self.config.backbone, layers=layers,
-                                             weights=self.config.weights, device=self.device)
+            self._backbone = create_backbone(self.config.backbone, layers=layers, weights=self.config.weights,
+                                             device=self.device, precision=self.config.precision)
         return self._backbone
 
     def _patch_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyanom.features import create_backbone
+from pyanom.features import create_network, efficientnet_lite
 from pyanom.features.vgg import VGG16Features
 
 EMBEDDING_DIM = 512
@@ -68,10 +68,8 @@ class EfficientNetLite0Trunk(Trunk):
     Its ImageNet classifier is dropped."""
 
     def __init__(self, weights=None, pretrained: bool = True):
-        backbone = create_backbone("efficientnet_lite0", layers="stride8",
-                                   weights=weights if pretrained else False)
-        super().__init__(backbone.mean.flatten().tolist(), backbone.std.flatten().tolist())
-        network = backbone.network
+        super().__init__(list(efficientnet_lite.MEAN), list(efficientnet_lite.STD))
+        network = create_network("efficientnet_lite0", weights if pretrained else False)
         del network._fc
         self.network = network.requires_grad_(True)
         self.channels = {"stem": network._bn0.num_features, **network.channels,

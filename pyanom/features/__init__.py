@@ -1,5 +1,5 @@
 """Pretrained backbones that turn images into feature maps: `create_backbone(name, layers, weights)`."""
 
-from pyanom.features.backbone import Backbone, create_backbone, list_backbones
+from pyanom.features.backbone import PRECISIONS, Backbone, create_backbone, create_network, list_backbones
 
-__all__ = ["Backbone", "create_backbone", "list_backbones"]
+__all__ = ["PRECISIONS", "Backbone", "create_backbone", "create_network", "list_backbones"]

