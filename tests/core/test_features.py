@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -343,3 +344,14 @@ def test_bfloat16_precision(backbones):
     assert half.classify(images).dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, got 'float16'"):
         create_backbone(weights=False, precision="float16")
+
+
+def test_bfloat16_warns_where_the_cpu_emulates_it(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning, match="without AVX512-BF16 or AMX is emulated"):
+        create_backbone(weights=False, precision="bfloat16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_backbone(weights=False, precision="bfloat16")
