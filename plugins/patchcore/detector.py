@@ -31,8 +31,8 @@ class PatchCoreConfig:
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = None  # file or URL; None = the backbone's default pretrained weights
     layers: tuple = ("stride8", "stride16")
-    # The backbone's arithmetic: "bfloat16" is ~1.8x faster on CPUs with AVX512-BF16 or AMX, at
-    # equal AUROC on bottle and magnetic tile (benchmarks/RESULTS.md), slower on CPUs without.
+    # The backbone's arithmetic: "bfloat16" makes predict ~1.4x faster on CPUs with AVX512-BF16 or
+    # AMX, at equal AUROC on bottle and magnetic tile (benchmarks/RESULTS.md); slower on CPUs without.
     precision: str = "float32"
     image_size: int | tuple | None = 256  # int (square) or [height, width]; None (tiling only): each image's own
     coreset_ratio: float = 0.1

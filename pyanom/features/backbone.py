@@ -92,7 +92,7 @@ class Backbone(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.name = name
-        self.network = fold_batchnorm(network.eval()).to(PRECISIONS[precision])
+        self.network = fold_batchnorm(network.eval()).to(PRECISIONS[precision], memory_format=self.memory_format)
         known = list(network.aliases) + list(network.channels)
         unknown = [layer for layer in layers if layer not in known]
         if unknown or not layers or len(set(layers)) != len(layers):
@@ -106,10 +106,10 @@ class Backbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    # Layout of the images entering the network: channels_last runs the convolutions faster on
-    # CPU than the contiguous layout, with the same results to float rounding (measured in
-    # benchmarks/RESULTS.md, export section). The weights keep their layout, so state_dict()
-    # stays contiguous.
+    # Layout of the images entering the network and of its weights: channels_last runs the
+    # convolutions faster on CPU than the contiguous layout, with the same results to float
+    # rounding (benchmarks/RESULTS.md, export section); weights already in it spare oneDNN a
+    # reordered copy of each one per call.
     memory_format = torch.channels_last
 
     @property

@@ -48,31 +48,50 @@ class SameConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, padding=0, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def same_padding(self, size) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) for an input of spatial size (height, width)."""
         pads = []
-        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
+        for n, k, s, d in zip(size, self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom, left, right = self.same_padding(x.shape[-2:])
         if top != bottom or left != right:
             x, top, left = _pad(x, top, bottom, left, right), 0, 0
-        return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        return self.padded_forward(x, (top, left))
+
+    def padded_forward(self, x: torch.Tensor, padding=(0, 0)) -> torch.Tensor:
+        """The convolution of an input that already carries its "same" padding."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+def _fast_pad(x: torch.Tensor) -> bool:
+    """Whether `_pad` may write a channels_last buffer itself (F.pad's generic path is 2x slower
+    there, measured); not under tracing, which exports F.pad."""
+    return (x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
+def _zero_border(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    h, w = x.shape[-2] - top - bottom, x.shape[-1] - left - right
+    x[:, :, :top].zero_()
+    x[:, :, top + h:].zero_()
+    x[:, :, :, :left].zero_()
+    x[:, :, :, left + w:].zero_()
+    return x
 
 
 def _pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Zero padding; for a channels_last input, written straight into a channels_last buffer
-    (F.pad's generic path is 2x slower there, measured). F.pad otherwise, and under tracing."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not x.is_contiguous(memory_format=torch.channels_last):
+    """Zero padding (F.pad where `_fast_pad` says no)."""
+    if not _fast_pad(x):
         return F.pad(x, (left, right, top, bottom))
     n, c, h, w = x.shape
     out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
-    out[:, :, :top].zero_()
-    out[:, :, top + h:].zero_()
-    out[:, :, :, :left].zero_()
-    out[:, :, :, left + w:].zero_()
     out[:, :, top:top + h, left:left + w] = x
-    return out
+    return _zero_border(out, top, bottom, left, right)
 
 
 class MBConvBlock(nn.Module):
@@ -95,10 +114,23 @@ class MBConvBlock(nn.Module):
         # fewer passes over activations that outgrow the caches at 256 px.
         y = x
         if hasattr(self, "_expand_conv"):
+            pads = self._depthwise_conv.same_padding(x.shape[-2:])
+            if (pads[0] != pads[1] or pads[2] != pads[3]) and self._pad_before_expanding(x):
+                # Odd "same" padding: pad the narrow input instead of the 6x wider expansion (the 1x1
+                # conv maps each pixel alone), then zero the border the expansion wrote there.
+                y = F.relu6(self._bn0(self._expand_conv(_pad(x, *pads))), inplace=True)
+                y = self._depthwise_conv.padded_forward(_zero_border(y, *pads))
+                y = self._bn2(self._project_conv(F.relu6(self._bn1(y), inplace=True)))
+                return y.add_(x) if self.residual else y
             y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
         y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y.add_(x) if self.residual else y
+
+    def _pad_before_expanding(self, x: torch.Tensor) -> bool:
+        """Inference only: a training BatchNorm would count the border in its statistics, and
+        autograd would refuse the in-place zeroing."""
+        return not self.training and not torch.is_grad_enabled() and _fast_pad(x)
 
     def conv_bn_pairs(self):
         """(conv, BatchNorm) attribute names, each BatchNorm right after its convolution."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pyanom.features import Backbone, create_backbone, create_network, list_backbones
+from pyanom.features.efficientnet_lite import MBConvBlock
 
 ODD = (45, 67)  # an input size no stride divides; shared so each conv shape is set up once
 LITE0_STAGES = {  # blocks.i: (channels, stride)
@@ -355,3 +356,22 @@ def test_bfloat16_warns_where_the_cpu_emulates_it(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_backbone(weights=False, precision="bfloat16")
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [(33, 34), (16, 16), (7, 12)])
+def test_odd_same_padding_paths_agree(kernel, size):
+    """A stride-2 block pads its narrow input before expanding it when it may (inference,
+    channels_last); with autograd on, or a contiguous input, it pads the expansion: same output."""
+    torch.manual_seed(0)
+    block = randomise_batchnorm(MBConvBlock(16, 24, kernel, 2, 6)).eval()
+    x = torch.rand(2, 16, *size)
+    with torch.no_grad():
+        early = block(x.contiguous(memory_format=torch.channels_last))
+        contiguous = block(x)
+    late = block(x.contiguous(memory_format=torch.channels_last).requires_grad_(True))
+    pads = block._depthwise_conv.same_padding(size)
+    assert pads[0] != pads[1] or pads[2] != pads[3]  # an odd split: the case in question
+    torch.testing.assert_close(early, late.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(contiguous, late.detach(), rtol=1e-5, atol=1e-5)
+    late.sum().backward()  # the training path stays differentiable
