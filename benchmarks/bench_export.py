@@ -8,12 +8,14 @@ on the whole test set; last, per detector, the fastest path at batch 32 against 
         [--detectors patchcore sa_patchcore] [--model NAME=M.pyanom ...] [--json out.json]
     python3 -P benchmarks/bench_export.py --quick   # smoke test: small fits, 1 round; times meaningless
     python3 -P benchmarks/bench_export.py --backbone   # the backbone alone: what each speed-up gives
+    python3 -P benchmarks/bench_export.py --parts [--model patchcore=M.pyanom]   # where predict's time goes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,9 +68,12 @@ def main() -> None:
                         help="smoke test: 20 training images, 8-image batches, 1 round, every 4th test image alone")
     parser.add_argument("--backbone", action="store_true",
                         help="time only the backbone: BatchNorm kept or folded, float32 or bfloat16")
+    parser.add_argument("--parts", action="store_true", help="time the parts of PatchCore's float32 predict")
     args = parser.parse_args()
     if args.backbone:
         return backbone_variants(args.threads, args.rounds)
+    if args.parts:
+        return predict_parts(args)
     if args.quick:
         args.rounds, args.batch1_images = 1, 2
     models = dict(spec.split("=", 1) for spec in args.model)
@@ -184,34 +189,140 @@ def fit(name: str, precision: str, bottle: Path, work: Path, args, res: dict):
     return det, det.save(work / f"{name}-{precision}.pyanom")
 
 
+def interleaved(variants: dict, rounds: int, images: int) -> dict[str, list[float]]:
+    """ms per image of each callable, over `rounds` rounds that run every variant in turn."""
+    times = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / images * 1000)
+    return times
+
+
 def backbone_variants(threads: int, rounds: int) -> None:
     """EfficientNet-Lite0 to its stride-16 tap on 32 random 256 px images, 8 at a time (as
-    PatchCore runs it), channels_last input: the network as its weights file has it (BatchNorm
-    kept), pyanom's Backbone (BatchNorm folded) in float32 and in bfloat16; interleaved rounds."""
+    PatchCore runs it), channels_last input, interleaved rounds: the network as its weights file
+    has it (BatchNorm kept); pyanom's Backbone (BatchNorm folded), and the same without each of
+    its other speed-ups (its own padding, padding before the expansion), or with channels_last
+    weights (not taken);
+    in bfloat16; and two alternatives not taken: two single-thread workers on 4-image chunks,
+    and TorchScript (trace, freeze, optimize_for_inference)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from pyanom.allocator import retain_freed_memory
-    from pyanom.features import create_backbone, create_network
+    from pyanom.features import create_backbone, create_network, efficientnet_lite
 
     retain_freed_memory()  # as Detector.predict does
     torch.set_num_threads(threads)
     x = torch.rand(32, 3, 256, 256)
-    unfolded = create_network("efficientnet_lite0").eval()
-    variants = {"BatchNorm kept": create_backbone(), "folded": create_backbone(),
-                "folded, bfloat16": create_backbone(precision="bfloat16")}
-    variants["BatchNorm kept"].network = unfolded
-    times, maps = {k: [] for k in variants}, {}
-    for _ in range(rounds):
-        for name, backbone in variants.items():
-            start = time.perf_counter()
-            maps[name] = [backbone(chunk) for chunk in x.split(8)]
-            times[name].append((time.perf_counter() - start) / len(x) * 1000)
-    base = min(times["BatchNorm kept"])
+    folded = create_backbone()
+    kept = create_backbone()
+    kept.network = create_network("efficientnet_lite0").eval()
+    channels_last_weights = create_backbone()
+    channels_last_weights.network.to(memory_format=torch.channels_last)
+    half = create_backbone(precision="bfloat16")
+    workers = ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,))
+
+    class Taps(torch.nn.Module):  # the traceable form: normalised channels_last images in, two maps out
+        def forward(self, images):
+            maps = folded.network.features(images, {"blocks.2", "blocks.4"})
+            return maps["blocks.2"], maps["blocks.4"]
+
+    def normalised(chunk):
+        return ((chunk - folded.mean) / folded.std).contiguous(memory_format=torch.channels_last)
+
+    with torch.no_grad():
+        script = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(Taps().eval(), normalised(x[:8]))))
+
+    def without(name: str, backbone):
+        """Run `backbone` with efficientnet_lite's `name` switched off for the call."""
+        def run():
+            owner = efficientnet_lite.MBConvBlock if name == "_pad_before_expanding" else efficientnet_lite
+            saved = getattr(owner, name)
+            setattr(owner, name, lambda *args: False)
+            try:
+                return [backbone(chunk) for chunk in x.split(8)]
+            finally:
+                setattr(owner, name, saved)
+        return run
+
+    def scripted():
+        with torch.no_grad():
+            return [dict(zip(("stride8", "stride16"), script(normalised(chunk)))) for chunk in x.split(8)]
+
+    variants = {
+        "BatchNorm kept": lambda: [kept(chunk) for chunk in x.split(8)],
+        "folded, F.pad": without("_fast_pad", folded),
+        "folded, pad after expanding": without("_pad_before_expanding", folded),
+        "folded, weights channels_last": lambda: [channels_last_weights(chunk) for chunk in x.split(8)],
+        "folded (pyanom)": lambda: [folded(chunk) for chunk in x.split(8)],
+        "folded, bfloat16": lambda: [half(chunk) for chunk in x.split(8)],
+        "two 1-thread workers": lambda: list(workers.map(folded, x.split(4))),
+        "TorchScript": scripted,
+    }
+    maps = {name: {k: torch.cat([m[k] for m in fn()]) for k in ("stride8", "stride16")}
+            for name, fn in variants.items()}
+    times = interleaved(variants, rounds, len(x))
+    base, reference = min(times["BatchNorm kept"]), maps["BatchNorm kept"]
     for name, ts in times.items():
-        diff = max(float((a[k] - b[k]).abs().max() / b[k].abs().max())
-                   for a, b in zip(maps[name], maps["BatchNorm kept"]) for k in a)
-        print(f"{name:<18} {' '.join(f'{t:6.2f}' for t in ts)} ms/image; {base / min(ts):.2f}x by the minimum; "
-              f"largest difference {diff:.2g} of the map's range")
+        diff = max(float((maps[name][k] - reference[k]).abs().max() / reference[k].abs().max()) for k in reference)
+        print(f"{name:<30} min {min(ts):6.2f} median {statistics.median(ts):6.2f} ms/image; {base / min(ts):.2f}x "
+              f"by the minimum; largest difference {diff:.2g} of the map's range")
+
+
+def predict_parts(args) -> None:
+    """PatchCore float32 (bottle, coreset 0.01) on 32 test images at batch 32: the whole predict
+    and its parts, interleaved: backbone (8 images per pass), patch embedding, kNN (pyanom's op,
+    and the same distance product through torch.mm in float32 and bfloat16), the maps (pyanom's
+    one-matrix-per-axis upsample_scores, and bilinear upsampling then gaussian_blur)."""
+    import torch
+    import torch.nn.functional as F
+
+    import pyanom
+    from pyanom.anomaly_map import gaussian_blur, upsample_scores
+    from pyanom.data import open_dataset
+    from pyanom.ops import knn_scores
+
+    torch.set_num_threads(args.threads)
+    bottle = args.data / "mvtec" / "bottle"
+    models = dict(spec.split("=", 1) for spec in args.model)
+    if "patchcore" in models:
+        det = pyanom.load(models["patchcore"])
+    else:
+        det, _ = fit("patchcore", "float32", bottle, Path(tempfile.mkdtemp(prefix="pyanom-parts-")), args, {})
+    test = open_dataset(bottle, "test")
+    x = torch.stack([test[i]["image"] for i in range(0, len(test), max(1, len(test) // 32))][:32])
+    bank = det.memory_bank
+    with torch.inference_mode():
+        features = [det.backbone(chunk) for chunk in x.split(8)]
+        emb, (h, w) = det._embed(x)
+        queries = emb.reshape(-1, emb.shape[-1]).contiguous()
+        scores = knn_scores(queries, bank, 1)[0][:, 0].reshape(len(x), h, w)
+        half_q, half_bank = queries.bfloat16(), bank.bfloat16()
+        sigma = det.config.blur_sigma
+        variants = {
+            "predict": lambda: det.predict(x),
+            "backbone": lambda: [det.backbone(chunk) for chunk in x.split(8)],
+            "patch embedding": lambda: [det._patch_features(f) for f in features],
+            "kNN (pyanom op)": lambda: knn_scores(queries, bank, 1),
+            "q @ bank.T, torch.mm float32": lambda: queries @ bank.T,
+            "q @ bank.T, torch.mm bfloat16": lambda: half_q @ half_bank.T,
+            "maps (upsample_scores)": lambda: upsample_scores(scores, x.shape[-2:], sigma),
+            "maps (upsample, then blur)": lambda: gaussian_blur(F.interpolate(
+                scores[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0], sigma),
+        }
+        times = interleaved(variants, args.rounds, len(x))
+    flop = 2 * queries.shape[0] * len(bank) * queries.shape[1] / len(x)  # of the distance product, per image
+    print(f"PatchCore float32, memory bank {tuple(bank.shape)}, {len(x)} images, {args.threads} threads; "
+          f"ms per image, min / median of {args.rounds} rounds")
+    for name, ts in times.items():
+        rate = f"; {flop / min(ts) / 1e6:.0f} GFLOP/s" if name.startswith(("kNN", "q @")) else ""
+        print(f"{name:<30} {min(ts):7.3f} / {statistics.median(ts):7.3f}{rate}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pyanom.anomaly_map import upsample_scores
 from pyanom.data.transforms import checked_image_size, pair
 from pyanom.data import iterate_images
 from pyanom.detector import Detector
-from pyanom.features import PRECISIONS, create_backbone
+from pyanom.features import checked_precision, create_backbone
 from pyanom.memory_bank import MODES, build_memory_bank
 from pyanom.ops import greedy_coreset, knn_scores
 from pyanom.tiling import checked_tiling
@@ -60,8 +60,7 @@ class PatchCoreConfig:
             raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        checked_precision(self.precision)
         if self.image_size is not None:
             self.image_size = checked_image_size(self.image_size, minimum=32)
         self.tile_size, self.tile_overlap = checked_tiling(self.tile_size, self.tile_overlap)

@@ -48,6 +48,13 @@ _BACKBONES = {
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def checked_precision(precision: str) -> torch.dtype:
+    """The dtype of a precision name, or a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
 def list_backbones() -> list[str]:
     """Names accepted by `create_backbone`."""
     return sorted(_BACKBONES)
@@ -83,16 +90,15 @@ class Backbone(nn.Module):
     autograd) and only as deep as the deepest requested layer. Parameters never require grad;
     the BatchNorms are folded into their convolutions (`fold_batchnorm`), so `network` has none
     left to train. `precision` "bfloat16" runs the network in bfloat16 (its weights stored so):
-    about twice as fast on CPUs with AVX512-BF16 or AMX, slower on those without.
+    about 1.7x as fast on CPUs with AVX512-BF16 or AMX, slower on those without.
     """
 
     def __init__(self, name: str, network: nn.Module, layers: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], precision: str = "float32"):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        dtype = checked_precision(precision)
         self.name = name
-        self.network = fold_batchnorm(network.eval()).to(PRECISIONS[precision], memory_format=self.memory_format)
+        self.network = fold_batchnorm(network.eval()).to(dtype)
         known = list(network.aliases) + list(network.channels)
         unknown = [layer for layer in layers if layer not in known]
         if unknown or not layers or len(set(layers)) != len(layers):
@@ -106,10 +112,10 @@ class Backbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    # Layout of the images entering the network and of its weights: channels_last runs the
-    # convolutions faster on CPU than the contiguous layout, with the same results to float
-    # rounding (benchmarks/RESULTS.md, export section); weights already in it spare oneDNN a
-    # reordered copy of each one per call.
+    # Layout of the images entering the network: channels_last runs the convolutions faster on
+    # CPU than the contiguous layout, with the same results to float rounding (measured in
+    # benchmarks/RESULTS.md, export section). The weights keep their layout (channels_last
+    # weights measured no faster), so state_dict() stays contiguous.
     memory_format = torch.channels_last
 
     @property

@@ -57,19 +57,25 @@ class SameConv2d(nn.Conv2d):
         return tuple(pads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom, left, right = self.same_padding(x.shape[-2:])
-        if top != bottom or left != right:
-            x, top, left = _pad(x, top, bottom, left, right), 0, 0
-        return self.padded_forward(x, (top, left))
+        pads = self.same_padding(x.shape[-2:])
+        if _uneven(pads):
+            return self.padded_forward(_pad(x, *pads))
+        return self.padded_forward(x, (pads[0], pads[2]))
 
     def padded_forward(self, x: torch.Tensor, padding=(0, 0)) -> torch.Tensor:
         """The convolution of an input that already carries its "same" padding."""
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
+def _uneven(pads: tuple[int, int, int, int]) -> bool:
+    """Whether a "same" padding puts an extra pixel on the bottom or right (the convolution's own
+    padding is symmetric)."""
+    return pads[0] != pads[1] or pads[2] != pads[3]
+
+
 def _fast_pad(x: torch.Tensor) -> bool:
-    """Whether `_pad` may write a channels_last buffer itself (F.pad's generic path is 2x slower
-    there, measured); not under tracing, which exports F.pad."""
+    """Whether `_pad` may write a channels_last buffer itself (faster than F.pad's generic path
+    there: benchmarks/bench_export.py --backbone); not under tracing, which exports F.pad."""
     return (x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling())
 
@@ -112,19 +118,15 @@ class MBConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In place on fresh outputs (autograd needs neither a BatchNorm's nor a conv's output):
         # fewer passes over activations that outgrow the caches at 256 px.
-        y = x
+        y, pads, early = x, None, False
         if hasattr(self, "_expand_conv"):
+            # Uneven "same" padding: pad the narrow input instead of the 6x wider expansion (the
+            # 1x1 conv maps each pixel alone), then zero the border the expansion wrote there.
             pads = self._depthwise_conv.same_padding(x.shape[-2:])
-            if (pads[0] != pads[1] or pads[2] != pads[3]) and self._pad_before_expanding(x):
-                # Odd "same" padding: pad the narrow input instead of the 6x wider expansion (the 1x1
-                # conv maps each pixel alone), then zero the border the expansion wrote there.
-                y = F.relu6(self._bn0(self._expand_conv(_pad(x, *pads))), inplace=True)
-                y = self._depthwise_conv.padded_forward(_zero_border(y, *pads))
-                y = self._bn2(self._project_conv(F.relu6(self._bn1(y), inplace=True)))
-                return y.add_(x) if self.residual else y
-            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
-        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
-        y = self._bn2(self._project_conv(y))
+            early = _uneven(pads) and self._pad_before_expanding(x)
+            y = F.relu6(self._bn0(self._expand_conv(_pad(x, *pads) if early else x)), inplace=True)
+        y = self._depthwise_conv.padded_forward(_zero_border(y, *pads)) if early else self._depthwise_conv(y)
+        y = self._bn2(self._project_conv(F.relu6(self._bn1(y), inplace=True)))
         return y.add_(x) if self.residual else y
 
     def _pad_before_expanding(self, x: torch.Tensor) -> bool:

@@ -24,6 +24,14 @@ def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+def _block_pairs(block: nn.Module, convs: int):
+    """(module, conv, BatchNorm) of a residual block's convN/bnN and its downsample, for folding."""
+    for i in range(1, convs + 1):
+        yield block, f"conv{i}", f"bn{i}"
+    if block.downsample is not None:
+        yield block.downsample, "0", "1"
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions; `base_width` is accepted (and ignored) so both blocks build alike."""
 
@@ -46,11 +54,7 @@ class BasicBlock(nn.Module):
         return self.relu(y + identity)
 
     def conv_bn_pairs(self):
-        """(module, conv, BatchNorm) of every convolution followed by a BatchNorm, for folding."""
-        yield self, "conv1", "bn1"
-        yield self, "conv2", "bn2"
-        if self.downsample is not None:
-            yield self.downsample, "0", "1"
+        return _block_pairs(self, 2)
 
 
 class Bottleneck(nn.Module):
@@ -79,11 +83,7 @@ class Bottleneck(nn.Module):
         return self.relu(y + identity)
 
     def conv_bn_pairs(self):
-        """(module, conv, BatchNorm) of every convolution followed by a BatchNorm, for folding."""
-        for i in (1, 2, 3):
-            yield self, f"conv{i}", f"bn{i}"
-        if self.downsample is not None:
-            yield self.downsample, "0", "1"
+        return _block_pairs(self, 3)
 
 
 class ResNet(nn.Module):
