@@ -1,5 +1,5 @@
 """Memory banks past one machine's memory: peak RSS and fit time against the number of training
-images, exact vs sharded (pyanom.memory_bank); and bottle fitted locally vs on 1 and 2 Ray workers.
+images, exact vs sharded (pyanom.memory); and bottle fitted locally vs on 1 and 2 Ray workers.
 
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 1000 3000
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py ray
@@ -11,7 +11,7 @@ the bank, not the images, is what grows: 39 KB of features per image. Each (mode
 fresh process; sharded runs with a 32 MB budget (shards of 420 images). Coreset ratio 0.01.
 `ray`: the whole bottle fit (features, coreset, threshold) and its test AUROC, in one run.
 `bank`: bottle's test set scored with the memory bank here and on 1, 2 and 4 actors of a local
-cluster of 2 CPUs (PatchCore.shard_memory_bank), in one process: predict time and the largest
+cluster of 2 CPUs (pyanom.distributed.shard_memory_bank), in one process: predict time and the largest
 relative difference of the image scores from the local ones.
 """
 
@@ -75,9 +75,9 @@ root, workers = sys.argv[1], int(sys.argv[2])
 train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
 det = pyanom.create("patchcore", coreset_ratio=0.01, coreset_mode="sharded", shard_images=24)
 if workers:
-    from pyanom.distributed import connect
+    from pyanom.distributed import connect, use_ray
     connect(None, num_cpus=workers)
-    det.use_ray()
+    use_ray(det)
 start = time.perf_counter()
 det.fit(train, progress=False)
 fit_s = time.perf_counter() - start
@@ -92,7 +92,7 @@ import json, sys, time
 import torch
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.distributed import connect
+from pyanom.distributed import connect, shard_memory_bank
 
 root = sys.argv[1]
 train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
@@ -100,9 +100,9 @@ det = pyanom.create("patchcore", coreset_ratio=0.01).fit(train, progress=False)
 bank = det.memory_bank
 connect(None, num_cpus=2)
 for parts in (0, 1, 2, 4):
-    det.memory_bank = bank
+    det.attach_memory_bank(bank)
     if parts:
-        det.shard_memory_bank(parts)
+        shard_memory_bank(det, parts)
     start = time.perf_counter()
     scores = det.predict(test).image_scores
     seconds = time.perf_counter() - start

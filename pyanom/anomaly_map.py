@@ -46,7 +46,7 @@ def _axis_operator(n_in: int, n_out: int, kernel: torch.Tensor, mode: str) -> to
 def upsample_scores(patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float) -> torch.Tensor:
     """Patch scores [B, h, w] -> anomaly maps [B, H, W]: bilinear upsampling, then Gaussian blur
     (as `gaussian_blur`). Both are linear and separable, so the two together are one small matrix
-    per axis: A_h @ scores @ A_w.T, far cheaper than blurring the upsampled map (bench_export --parts)."""
+    per axis: A_h @ scores @ A_w.T, far cheaper than blurring the upsampled map."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if sigma > 0:
         kernel = gaussian_kernel1d(sigma, patch_scores.dtype, patch_scores.device)

@@ -1,6 +1,6 @@
 """Where the command writes, checked before any work starts, so a failed or repeated run loses
 nothing: model files that cannot overwrite an input, output folders that describe exactly one run,
-and atomic writes (a temporary file in the same folder, then a rename).
+written atomically (pyanom._fs).
 
 An output folder keeps a manifest (``.pyanom-outputs.json``) of the files pyanom wrote there;
 the next run into that folder first removes those files, and only those: anything else in the
@@ -11,53 +11,23 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
+
+from pyanom._fs import OutputError, atomic_path, writable_folder
 
 MODEL_SUFFIX = ".pyanom"
 MANIFEST = ".pyanom-outputs.json"
 
-__all__ = ["MODEL_SUFFIX", "MANIFEST", "OutputError", "atomic_path", "check_model_target", "output_name",
-           "OutputFolder", "common_root", "writable_folder"]
-
-
-class OutputError(ValueError):
-    """An output that cannot be written as asked; the message names the path and what to do."""
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder to write to; renamed over ``path`` when the block
-    succeeds, removed when it fails, so a reader never sees a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def writable_folder(folder: Path, what: str) -> None:
-    """Create ``folder`` (and its parents) and prove it writable by creating a file in it."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is not a folder; choose another {what}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".pyanom-write-test-{secrets.token_hex(4)}"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(f"{folder}: cannot write there ({err.strerror or err}); choose another {what}") from None
+__all__ = ["MODEL_SUFFIX", "MANIFEST", "OutputError", "check_model_target", "output_name", "OutputFolder",
+           "common_root", "writable_folder"]
 
 
 def check_model_target(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Check a model file target before fitting: it ends in .pyanom, its folder exists or is
     created and is writable, and it is not an existing file unless that file is a pyanom model
     and ``force`` is set. Returns the path."""
-    from pyanom.io import is_archive
+    from pyanom.archive import is_archive
 
     path = Path(path)
     if path.suffix != MODEL_SUFFIX:

@@ -24,7 +24,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +33,39 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pyanom.data.transforms import pair
-from pyanom.io import ArchiveError, load_archive, save_archive
-from pyanom.networks import load_module, module_tensors
+from pyanom.settings import Settings, setting
+from pyanom.archive import ArchiveError, load_archive, save_archive
 
 __all__ = ["BalancedBatches", "DecodedSet", "LossHistory", "ShuffledBatches", "Stage", "StratifiedBatches",
-           "Trainer", "TrainingInterrupted", "decode_once"]
+           "Trainer", "TrainingInterrupted", "TrainingSettings", "decode_once", "load_module", "module_tensors", "seeded"]
 
 CHECKPOINT_KIND = "pyanom-training-checkpoint"
+
+
+# -- networks: seeded construction, their tensors in an archive ----------------------------------
+Built = TypeVar("Built")
+
+
+def seeded(build: Callable[[], Built], seed: int) -> Built:
+    """build() with the global torch RNG seeded, so weight initialisation follows `seed`, leaving
+    the caller's global RNG state (CPU; CUDA is not touched) as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state as tensors named prefix.<key>."""
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load the tensors named prefix.* into module; a missing or unexpected one is an error."""
+    own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(own)
+    except RuntimeError as exc:
+        raise ValueError(f"{prefix}: saved tensors do not fit the network built from the config: {exc}") from exc
 
 
 # -- the training set, decoded once -----------------------------------------------------------
@@ -184,12 +210,14 @@ class StratifiedBatches(_Stateless):
                              for c, k in self.counts.items()])
 
 
-def check_checkpoint_settings(checkpoint, every) -> None:
-    """The config fields `checkpoint` (a file path or None) and `checkpoint_every` (an int > 0)."""
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise ValueError(f"checkpoint must be a file path (str) or None, got {checkpoint!r}")
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"checkpoint_every must be an int > 0, got {every!r}")
+@dataclass
+class TrainingSettings(Settings):
+    """The settings every detector that trains through this engine shares."""
+
+    seed: int = setting(0, "seed of every random choice of training: weights, batch order, augmentation")
+    checkpoint: Optional[str] = setting(None, "training state file: written as training goes, resumed when present")
+    checkpoint_every: int = setting(1, "epochs between checkpoint writes (each stage's last epoch is always written)",
+                                    bounds=(1, None))
 
 
 # -- stages and the loss history -----------------------------------------------------------------

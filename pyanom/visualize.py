@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pyanom.outputs import atomic_path
+from pyanom._fs import atomic_path
 
-__all__ = ["COLORMAPS", "colorize", "overlay", "save_overlay"]
+__all__ = ["COLORMAPS", "colorize", "heatmap_scale", "overlay", "resize_map", "save_overlay"]
 
 
 def _jet(x: np.ndarray) -> np.ndarray:
@@ -51,6 +51,13 @@ def _numpy(x, name: str, *, boolean: bool = False) -> np.ndarray:
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
     return a.astype(np.float64)
+
+
+def heatmap_scale(threshold: float, low: float) -> tuple[float, float]:
+    """(vmin, vmax) of a model's heatmaps: blue at ``low`` (the smallest value of the maps drawn),
+    red from 1.5x the decision threshold up. One scale for every picture of a model, so one colour
+    means one score in the command's heatmaps, the report and the service."""
+    return float(low), max(1.5 * float(threshold), float(low) + 1e-6)
 
 
 def colorize(anomaly_map, *, vmin: float | None = None, vmax: float | None = None,

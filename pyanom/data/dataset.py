@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pyanom.data.files import checked_size, find_images, parallel_map, raise_problems, read_image, read_mask
+from pyanom.data.inputs import as_sources, read_source, source_name
 from pyanom.data.layouts import LAYOUTS, Sample, detect_layout, read_layout
 from pyanom.data.transforms import Preprocess, Size
 
@@ -138,25 +139,32 @@ class InspectionSet(Dataset):
 
 
 class ImageList(Dataset):
-    """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path,
-    source_hw: see Preprocess.source_hw)."""
+    """Unlabelled images to score: paths, PIL images or numpy arrays (see pyanom.data.inputs), each read
+    as `pyanom predict` reads a file; item i is dict(image [3, H, W] in [0, 1], path (or "<image i>"),
+    source_hw: see Preprocess.source_hw). validate: every file is checked first, one error naming
+    every bad one."""
 
-    def __init__(self, paths: Sequence[Path], *, image_size: Size | None = 256, crop_size: Size | None = None,
+    def __init__(self, images: Sequence, *, image_size: Size | None = 256, crop_size: Size | None = None,
                  validate: bool = True):
         self.preprocess = Preprocess(image_size, crop_size)
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise ValueError("no images given")
+        self.sources = as_sources(images)
         if validate:
-            raise_problems(_problems(checked_size, self.paths), "the images given")
+            files = [s for s in self.sources if isinstance(s, Path)]
+            raise_problems(_problems(checked_size, files), "the images given")
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files among the images (all of them when built from paths)."""
+        return [s for s in self.sources if isinstance(s, Path)]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        img = read_image(path)
-        return {"image": self.preprocess.image(img), "path": str(path), "source_hw": self.preprocess.source_hw(img)}
+        source = self.sources[index]
+        img = read_source(source)
+        return {"image": self.preprocess.image(img), "path": source_name(source, index),
+                "source_hw": self.preprocess.source_hw(img)}
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str | None = None,

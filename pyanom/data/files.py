@@ -108,15 +108,23 @@ def image_mode(path: Path) -> tuple[int, int, str]:
 
 
 def read_image(path: Path) -> Image.Image:
-    """An image as 8-bit RGB; greyscale is replicated, 16-bit greyscale is scaled to 8 bits."""
+    """An image file as 8-bit RGB (see to_rgb)."""
     with open_image(path) as img:
-        if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
-            grey = np.asarray(img, dtype=np.float32) / 257.0
-            return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-        if img.mode == "F":
-            grey = np.asarray(img, dtype=np.float32)
-            return Image.fromarray((np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
-        return img.convert("RGB")
+        img.load()
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as every detector reads it: greyscale is replicated, 16-bit greyscale scaled to 8
+    bits, float greyscale taken as [0, 1], alpha dropped. The one conversion for files, PIL images
+    and arrays alike, so an image scores the same however it is passed."""
+    if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
+        grey = np.asarray(img, dtype=np.float32) / 257.0
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float32)
+        return Image.fromarray((np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -26,9 +26,9 @@ from starlette.datastructures import UploadFile
 from pyanom.data.transforms import Preprocess
 from pyanom.export.runtime import ExportedModel
 from pyanom.serve.batcher import MicroBatcher, QueueFull
-from pyanom.serve import ServeSettings
+from pyanom.serve.config import ServeSettings
 from pyanom.serve.images import InputError, Limits, decode
-from pyanom.visualize import overlay
+from pyanom.visualize import heatmap_scale, overlay
 
 __all__ = ["ServedModel", "create_app"]
 
@@ -75,8 +75,7 @@ class ServedModel:
     def heatmap_png(self, image: np.ndarray, anomaly_map) -> str:
         """The anomaly map over the image as a base64 PNG; red from 1.5x the threshold up, so one
         colour means one score on every image of this model."""
-        low = float(anomaly_map.min())
-        high = max(1.5 * float(self.detector.threshold), low + 1e-6)
+        low, high = heatmap_scale(self.detector.threshold, float(anomaly_map.min()))
         buf = io.BytesIO()
         Image.fromarray(overlay(image, anomaly_map, vmin=low, vmax=high)).save(buf, format="PNG")
         return base64.b64encode(buf.getvalue()).decode("ascii")

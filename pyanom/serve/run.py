@@ -13,6 +13,24 @@ import sys
 from pathlib import Path
 
 
+def add_serve_arguments(p, serving) -> None:
+    """The options of `pyanom serve` (its defaults from ServeSettings ``serving``)."""
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files or folders written by `pyanom export` (named by file stem), or NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (or set PYANOM_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=serving.max_batch, help="images per predict call (default %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=serving.max_wait_ms,
+                   help="how long a first image waits for others to batch with (default %(default)s ms)")
+    p.add_argument("--max-queue", type=int, default=serving.max_queue,
+                   help="images waiting per model before requests get 503 (default %(default)s)")
+    p.add_argument("--max-bytes", type=int, default=serving.max_bytes, help="largest image file (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 30)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+
+
 def model_names(specs: list[str]) -> dict[str, Path]:
     """``PATH`` (named by its file stem) or ``NAME=PATH`` -> {name: path}; names must be unique."""
     out: dict[str, Path] = {}
@@ -30,19 +48,17 @@ def model_names(specs: list[str]) -> dict[str, Path]:
 
 
 def load_models(paths: dict[str, Path], *, device: str = "cpu", runtime: str | None = None) -> dict:
-    """{name: fitted detector} from .pyanom files, or from folders written by `pyanom export`
-    (run by onnxruntime or OpenVINO, `runtime`: see pyanom.export.load)."""
-    from pyanom.export.runtime import is_exported, load
+    """{name: fitted model} from .pyanom files or folders written by `pyanom export` (run by
+    onnxruntime or OpenVINO, `runtime`), each opened by pyanom.load."""
+    from pyanom.export.runtime import ExportedModel
+    from pyanom.registry import load
 
     models = {}
     for name, path in paths.items():
-        if is_exported(path):
-            models[name] = load(path, backend=runtime)
+        models[name] = load(path, device=device, runtime=runtime)
+        if isinstance(models[name], ExportedModel):
             how = f"exported {models[name].manifest['model_format']} model run by {models[name].backend}"
         else:
-            import pyanom
-
-            models[name] = pyanom.load(path, device=device)
             how = "pyanom model"
         print(f"loaded {name}: {models[name].name} ({how}) from {path}, threshold {models[name].threshold:.4g}")
     return models
@@ -61,7 +77,7 @@ def serve(args) -> int:
     try:
         import uvicorn
 
-        from pyanom.serve import ServeSettings
+        from pyanom.serve.config import ServeSettings
         from pyanom.serve.app import create_app
     except ImportError as err:
         raise ImportError(f"`pyanom serve` needs the serve extra ({err}); "

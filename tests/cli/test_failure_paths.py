@@ -281,16 +281,24 @@ def test_siamese_says_how_labels_are_decided(tmp_path, data):
 
 
 # -- what the command tells about itself -----------------------------------------------------------
-def test_info_lists_settings_with_defaults_and_help():
+def _setting_lines(stdout: str, name: str) -> tuple[str, str]:
+    """A setting's two lines in `pyanom info`: type, bounds and default; then its whole help."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(name + " "))
+    return lines[at], lines[at + 1].strip()
+
+
+def test_info_lists_settings_with_types_defaults_bounds_and_whole_help():
     code, stdout, err = run("info", "patchcore")
     assert code == 0, err
-    line = next(line for line in stdout.splitlines() if line.strip().startswith("coreset_ratio"))
-    assert "0.1" in line
-    assert "memory entries whose neighbourhood" in next(
-        line for line in stdout.splitlines() if line.strip().startswith("num_neighbors"))
+    head, _ = _setting_lines(stdout, "coreset_ratio")
+    assert "float in (0, 1], default 0.1" in head
+    _, help_text = _setting_lines(stdout, "num_neighbors")
+    assert help_text == "memory entries whose neighbourhood reweights the image score (eq. 7)"
+    assert "..." not in stdout
     code, stdout, err = run("info", "segdec")
-    swa = next(line for line in stdout.splitlines() if line.strip().startswith("swa_epochs"))
-    assert "weight" in swa
+    _, swa = _setting_lines(stdout, "swa_epochs")
+    assert "weights" in swa and swa.endswith(")")
 
 
 def test_version_separates_compiled_from_usable_cuda():

@@ -95,8 +95,8 @@ def test_export_matches_pyanom(exported, files, runtime):
     det, expected, folder = exported
     model = load(folder, backend=runtime, threads=1)
     assert model.name == det.name and model.threshold == det.threshold
-    assert model.predict_files(files[:1]).decided_by == expected.decided_by
-    assert_same(model.predict_files(files), expected)
+    assert model.predict(files[:1]).decided_by == expected.decided_by
+    assert_same(model.predict(files), expected)
     # Dynamic batch: the same images one at a time.
     single = model.predict(model.read(files), batch_size=1)
     np.testing.assert_allclose(single.image_scores, expected.image_scores.numpy(), rtol=1e-4)
@@ -109,7 +109,7 @@ def test_openvino_ir_matches_pyanom(key, bottle, files, tmp_path):
     expected = det.predict(open_images(*files, image_size=det.image_size), map_size="model")
     folder = export(det, tmp_path / "ir", format="openvino", knn_chunk=KNN_CHUNK)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "model.xml", "model.bin"])
-    assert_same(load(folder, threads=1).predict_files(files), expected)
+    assert_same(load(folder, threads=1).predict(files), expected)
     with pytest.raises(ValueError, match="backend must be one of openvino"):
         load(folder, backend="onnxruntime")
 
@@ -184,7 +184,7 @@ def test_runtime_and_cli_run_without_torch(patchcore_export, files, tmp_path, wi
     done = without_torch(f"""
 import json
 from pyanom.export.runtime import load
-pred = load({str(folder)!r}, threads=1).predict_files({[str(f) for f in files]!r})
+pred = load({str(folder)!r}, threads=1).predict({[str(f) for f in files]!r})
 from pyanom.cli import main
 code = main(["predict", {str(folder)!r}, *{[str(f) for f in files]!r}, "--out", {str(tmp_path / "out")!r}])
 assert "torch" not in sys.modules

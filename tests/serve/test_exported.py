@@ -77,7 +77,7 @@ def test_serve_command_loads_an_exported_folder(exports, monkeypatch, capsys):
 
 def test_an_exported_model_is_served_without_torch(exports, bottle_images, without_torch):
     files = [str(p) for p in bottle_images]
-    expected = ExportedModel(exports["onnx"]).predict_files(files)
+    expected = ExportedModel(exports["onnx"]).predict(files)
     done = without_torch(f"""
 import json
 from pathlib import Path

@@ -12,7 +12,7 @@ from PIL import Image
 
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.tiling import blend_window, cut_tiles, stitch, tile_positions
+from pyanom_plugins.patchcore.tiling import blend_window, cut_tiles, stitch, tile_positions
 
 SIDE, DEFECT = 2048, (1300, 700)  # the defect's top-left corner (row, column); it is 8 x 8 pixels
 

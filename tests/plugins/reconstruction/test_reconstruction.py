@@ -9,7 +9,7 @@ import torch
 
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.io import ArchiveError
+from pyanom.archive import ArchiveError
 from pyanom.metrics import image_auroc
 
 SIZE = 64

@@ -1,4 +1,4 @@
-"""pyanom.io archives: round trips, atomic writes and clear errors on bad files."""
+"""pyanom.archive: round trips, atomic writes, equal bytes for equal models, clear errors on bad files."""
 
 import os
 
@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import pyanom
-from pyanom import io
-from pyanom.io import ArchiveError, load_archive, save_archive
+from pyanom import _fs, archive
+from pyanom.archive import ArchiveError, load_archive, save_archive
 
 CONFIG = {"detector": "patchcore", "hparams": {"k": 9, "ratio": 0.1, "taps": ["s8", "s16"],
                                                "blur": {"sigma": 4.0, "on": True}, "seed": None},
@@ -90,9 +90,9 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch, fail_at
         raise OSError("rename failed")
 
     if fail_at == "write":
-        monkeypatch.setattr(io, "save_file", broken_save_file)
+        monkeypatch.setattr(archive, "save_file", broken_save_file)
     else:
-        monkeypatch.setattr(io.os, "replace", broken_replace)
+        monkeypatch.setattr(_fs.os, "replace", broken_replace)
     with pytest.raises(OSError):
         save_archive(path, {"v": 2}, {"x": torch.zeros(1000)})
     assert path.read_bytes() == before
@@ -100,7 +100,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch, fail_at
 
 
 def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("I/O error")))
+    monkeypatch.setattr(_fs.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("I/O error")))
     with pytest.raises(OSError, match="I/O error"):
         save_archive(tmp_path / "new.pyanom", {}, {"x": torch.ones(2)})
     assert os.listdir(tmp_path) == []
@@ -135,22 +135,49 @@ def test_foreign_safetensors(tmp_path):
         load_archive(path)
 
 
+def _write_header(path, header: dict) -> None:
+    save_file({}, path, metadata={"pyanom": archive.canonical_json(header)})
+
+
 def test_other_format_version(tmp_path):
     path = tmp_path / "future.pyanom"
-    save_archive(path, {}, {}, format_version=io.FORMAT_VERSION + 1)
+    _write_header(path, {"format": "pyanom-archive", "format_version": 99, "pyanom_version": "9.0", "config": {}})
     with pytest.raises(ArchiveError) as err:
         load_archive(path)
     message = str(err.value)
     assert str(path) in message
-    assert f"pyanom {pyanom.__version__} in archive format {io.FORMAT_VERSION + 1}" in message
-    assert f"supports format {io.FORMAT_VERSION}" in message
-    assert load_archive(path, format_version=io.FORMAT_VERSION + 1) == ({}, {})
+    assert "written by pyanom 9.0 in archive format 99" in message
+    assert f"this pyanom ({pyanom.__version__}) reads formats 1, 2" in message
+
+
+def test_format_1_is_still_read(tmp_path):
+    """Models saved before the one-key header (one metadata key per field) load unchanged."""
+    path = tmp_path / "old.pyanom"
+    save_file({"x": torch.ones(2)}, path, metadata={"format": "pyanom-archive", "format_version": "1",
+                                                    "pyanom_version": "0.1.0", "config": '{"a": [1, 2]}'})
+    config, tensors_ = load_archive(path)
+    assert config == {"a": [1, 2]} and torch.equal(tensors_["x"], torch.ones(2))
+    assert archive.is_archive(path) and archive.read_header(path) == {"a": [1, 2]}
+
+
+def test_equal_models_are_equal_files(tmp_path):
+    """Safetensors keeps metadata in a hash map: one canonical key makes the bytes repeatable,
+    whatever order the config's keys were built in."""
+    a, b = tmp_path / "a.pyanom", tmp_path / "b.pyanom"
+    save_archive(a, {"x": 1, "y": {"p": 2, "q": 3}, "z": "ü"}, tensors())
+    save_archive(b, {"z": "ü", "y": {"q": 3, "p": 2}, "x": 1}, dict(reversed(list(tensors().items()))))
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_corrupt_config(tmp_path):
     path = tmp_path / "m.pyanom"
-    save_file({}, path, metadata={"format": "pyanom-archive", "format_version": str(io.FORMAT_VERSION),
-                                  "config": "{not json"})
+    save_file({}, path, metadata={"format": "pyanom-archive", "format_version": "1", "config": "{not json"})
+    with pytest.raises(ArchiveError, match="corrupt config"):
+        load_archive(path)
+    save_file({}, path, metadata={"pyanom": "{not json"})
+    with pytest.raises(ArchiveError, match="corrupt pyanom header"):
+        load_archive(path)
+    _write_header(path, {"format": "pyanom-archive", "format_version": 2, "config": [1]})
     with pytest.raises(ArchiveError, match="corrupt config"):
         load_archive(path)
 
@@ -173,12 +200,12 @@ def test_bad_save_arguments(tmp_path, config, tensors_, error, match):
     assert os.listdir(tmp_path) == []
 
 
-def test_io_knows_no_detector():
-    """io.py reads and writes archives only: no import circle detector -> io -> registry -> detector."""
+def test_archive_knows_no_detector():
+    """archive.py reads and writes archives only: no import circle detector -> archive -> registry."""
     import ast
     from pathlib import Path
 
-    tree = ast.parse((Path(io.__file__)).read_text())
+    tree = ast.parse((Path(archive.__file__)).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not imported & {"pyanom.detector", "pyanom.registry"}

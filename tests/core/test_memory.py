@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from pyanom.memory_bank import MemoryBankPlan, build_memory_bank, covering_radius, merge_picks, shard_picks
+from pyanom.memory import MemoryBankPlan, build_memory_bank, covering_radius, merge_picks, shard_picks
 from pyanom.ops import greedy_coreset
 
 ROWS, DIM = 16, 24  # rows per image, feature width
@@ -82,7 +82,7 @@ def test_sharded_covering_radius_within_the_stated_factor(seed):
 
 PEAK = """
 import sys, torch
-from pyanom.memory_bank import build_memory_bank
+from pyanom.memory import build_memory_bank
 n, mode = int(sys.argv[1]), sys.argv[2]
 def batches():  # 64 rows of 152 values per image, as Lite0 gives at 64 px; made on the fly
     g = torch.Generator().manual_seed(0)

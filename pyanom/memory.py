@@ -1,5 +1,6 @@
-"""A memory bank of normal patch features (PatchCore's): their greedy k-center coreset, taken
-over all features at once (exact) or shard by shard in bounded memory (sharded).
+"""Memory banks of normal features (PatchCore's): the interface memory-bank detectors implement
+(`MemoryBankDetector`, `MemoryBankSettings`), and the bank's greedy k-center coreset, taken over
+all features at once (exact) or shard by shard in bounded memory (sharded).
 
 Exact holds every training feature before the selection, as the paper does: about 0.6 MB per
 image with Lite0 at 256 px, so 24 GB fill at some 30,000 images. Sharded reads the training set in
@@ -22,17 +23,40 @@ radii are those of the randomly projected features the selection runs on.
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from pyanom.detector import Detector
 from pyanom.ops import greedy_coreset, knn_scores
+from pyanom.settings import Settings, setting
 
 MODES = ("exact", "sharded", "auto")
 
-__all__ = ["MODES", "MemoryBankPlan", "covering_radius", "merge_picks", "shard_picks", "build_memory_bank"]
+
+@dataclass
+class MemoryBankSettings(Settings):
+    """How a memory bank is built: the settings every memory-bank detector shares."""
+
+    coreset_ratio: float = setting(0.1, "share of the training patch features kept in the memory bank",
+                                   bounds=(0, 1), open="low")
+    projection_dim: int = setting(128, "dimension of the random projection the coreset selection runs on",
+                                  bounds=(1, None))
+    seed: int = setting(0, "seed of the coreset selection's random projection")
+    coreset_mode: str = setting("auto", "exact: one coreset over all features; sharded: bounded memory; "
+                                "auto: exact while the features fit memory_budget_mb", choices=MODES)
+    memory_budget_mb: int = setting(2048, "memory for patch features before the coreset (MB): auto switches "
+                                    "to sharded above it", bounds=(1, None))
+    shard_images: Optional[int] = setting(None, "images per shard when sharded; null: as many as fill half "
+                                          "of memory_budget_mb", bounds=(1, None))
+    shard_oversample: float = setting(2.0, "each shard keeps this many times its share of the final coreset",
+                                      bounds=(1, None))
+
+__all__ = ["MODES", "MemoryBankDetector", "MemoryBankSettings", "MemoryBankPlan", "build_locally", "covering_radius", "merge_picks", "shard_picks", "build_memory_bank"]
 
 
 class MemoryBankPlan:
@@ -142,3 +166,71 @@ def _shards(batches: Iterator[tuple[int, torch.Tensor]], plan: MemoryBankPlan,
                 shard, filled = shard + 1, 0
     if shard != len(shard_rows):
         raise ValueError(f"expected {plan.n_images} images of features, got fewer")
+
+
+def build_locally(det: "MemoryBankDetector", train, progress: bool, *, rows=None,
+                  n_images: int | None = None) -> tuple[torch.Tensor, MemoryBankPlan]:
+    """A detector's memory bank built in this process by its config's plan (exact or sharded)."""
+    cfg = det.config
+    return build_memory_bank(det.memory_features(train, progress) if rows is None else rows,
+                             n_images=len(train) if n_images is None else n_images, ratio=cfg.coreset_ratio,
+                             projection_dim=cfg.projection_dim, seed=cfg.seed, mode=cfg.coreset_mode,
+                             budget_bytes=cfg.memory_budget_mb << 20, shard_images=cfg.shard_images,
+                             oversample=cfg.shard_oversample, progress=progress, desc=f"{det.name}: coreset")
+
+
+BankBuilder = Callable[..., "tuple[torch.Tensor, MemoryBankPlan]"]
+
+
+class MemoryBankDetector(Detector):
+    """A detector whose learned state is a memory bank of normal feature rows, searched by kNN
+    (PatchCore and its kin). The core builds, shards and distributes the bank through this
+    interface, never through a plugin's own attributes: a plugin implements `memory_features`
+    (the rows its bank is chosen from, image by image), fits with `fit_memory_bank` and scores
+    with `nearest`. Its config is a MemoryBankSettings.
+
+    `memory_bank` is a tensor [N, D] here, a bank held elsewhere (`attach_memory_bank`: e.g. by
+    Ray actors, pyanom.distributed.shard_memory_bank) or None before fitting.
+    """
+
+    MEMORY_BANK = "memory_bank"  # the bank's tensor in the model file
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.memory_bank = None
+        self.memory_plan: MemoryBankPlan | None = None  # how the last fit built the bank
+        self.bank_builder: BankBuilder = build_locally  # pyanom.distributed.use_ray sets one that uses Ray
+
+    @abc.abstractmethod
+    def memory_features(self, images, progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """(number of images, their feature rows [n * rows, D]) batch by batch, in image order,
+        for images given as a data set (InspectionSet or ImageList)."""
+
+    def fit_memory_bank(self, train, progress: bool, *, rows=None, n_images: int | None = None) -> None:
+        """Build the bank from ``train`` by the config's plan with `bank_builder`; ``rows`` and
+        ``n_images`` replace memory_features(train) where a plugin cuts images otherwise (tiles),
+        which only the local builder takes."""
+        if rows is not None and self.bank_builder is not build_locally:
+            raise ValueError(f"{self.name}: this fit (e.g. tiling) runs on one machine only; fit without Ray")
+        self.memory_bank, self.memory_plan = self.bank_builder(self, train, progress, rows=rows, n_images=n_images)
+
+    def attach_memory_bank(self, bank) -> "MemoryBankDetector":
+        """Use ``bank`` (a ShardedMemoryBank, e.g. one a model file's bank was read into by actors)."""
+        self.memory_bank = bank
+        return self
+
+    def nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances [Q, k] and indices of the k nearest memory entries, wherever the bank is held."""
+        if self.memory_bank is None:
+            raise RuntimeError(f"{self.name}: not fitted")
+        if isinstance(self.memory_bank, torch.Tensor):
+            return knn_scores(queries, self.memory_bank, k)
+        return self.memory_bank.knn(queries, k)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        bank = self.memory_bank  # one held by actors is gathered here to be saved
+        return {self.MEMORY_BANK: bank if isinstance(bank, torch.Tensor) else bank.gather()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        bank = tensors.get(self.MEMORY_BANK)  # absent where actors read it (pyanom.distributed.load_sharded)
+        self.memory_bank = None if bank is None else bank.to(self.device, torch.float32).contiguous()

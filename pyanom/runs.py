@@ -1,0 +1,390 @@
+"""Folder runs: fit a detector on a folder, evaluate a model on a folder, predict a folder, as the
+`pyanom` command does them. The command, the service and the cluster code call these and keep
+none of their logic; a library user can too::
+
+    from pyanom import runs
+    runs.fit_folder("patchcore", "data/bottle", "bottle.pyanom", settings=["coreset_ratio=0.01"])
+    runs.predict_folder("bottle.pyanom", ["new_images/"], "results/")
+
+Every output is checked before any work starts (pyanom.outputs) and written atomically. What a run
+has to say (the layout it read, conversions, where it wrote) goes to ``say`` (print by default;
+None for silence); what it produced comes back as a value.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from pyanom.outputs import OutputError, OutputFolder, atomic_path, check_model_target, common_root, output_name, \
+    writable_folder
+
+__all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_folder", "fit_each", "fit_folder",
+           "predict_folder", "score_files"]
+
+Say = Optional[Callable[[str], None]]
+SCORES_COLUMNS = ["path", "score", "defect", "decided_by", "heatmap", "error"]
+CHUNK = 32  # images decoded and scored together
+
+
+def sayer(say: Say) -> Callable[[str], None]:
+    return (lambda *_: None) if say is None else say
+
+
+def checked_device(name: str) -> str:
+    """A --device that torch knows and that is usable here, checked before any work ("cpu" needs
+    no PyTorch: exported models run without it)."""
+    if name == "cpu":
+        return name
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "finds no GPU" if torch.backends.cuda.is_built() else "was built without CUDA"
+            raise ValueError(f"--device {name}: CUDA is not usable here (torch {torch.__version__} {why}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: pyanom runs on cpu or cuda")
+    return str(device)
+
+
+def conversion_notes(paths: Sequence[Path], image_size) -> list[str]:
+    """What the readers change silently per image, as one line each per run: colour mode, aspect."""
+    from pyanom.data.files import image_mode, parallel_map
+    from pyanom.data.transforms import pair
+
+    h, w = pair("image_size", image_size) or (None, None)  # None: images keep their own size
+    heads = parallel_map(image_mode, list(paths))
+    modes = Counter(mode for _, _, mode in heads if mode != "RGB")
+    stretched = h is not None and sum(abs(iw / ih - w / h) > 0.01 * (w / h) for iw, ih, _ in heads)
+    notes = []
+    if modes:
+        kinds = ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
+        notes.append(f"note: {sum(modes.values())} of {len(heads)} images are not RGB ({kinds}): converted to RGB")
+    if stretched:
+        notes.append(f"note: {stretched} of {len(heads)} images have another aspect ratio than the model's "
+                     f"{h}x{w} (height x width) input: resized to it")
+    return notes
+
+
+# -- fit -------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """One fitted model: the images it learned from, the fit's seconds, its threshold, its file."""
+
+    images: int
+    seconds: float
+    threshold: float
+    model: Path
+
+
+def fit_folder(detector: str, data_root, out, *, settings: Sequence[str] | dict = (), device: str = "cpu",
+               layout: str | None = None, test_fraction: float = 0.3, seed: int = 0, force: bool = False,
+               ray: str | None = None, say: Say = print, progress: bool = True) -> FitResult:
+    """Fit ``detector`` on the training part of ``data_root`` and save it to ``out`` (.pyanom).
+
+    settings: ``["key=value", ...]`` as `--set` takes them (parsed by the declared types) or a
+    dict of values; both are checked before any data is read. ray: None, "local" or a cluster
+    address (memory-bank detectors only). layout, test_fraction and seed say how a folder
+    without its own train/test split is split; the model remembers them for `evaluate_folder`.
+    """
+    import pyanom
+    from pyanom.data import describe_layout, open_dataset
+    from pyanom.memory import MemoryBankDetector
+    from pyanom.registry import detector_class
+    from pyanom.settings import parse_settings
+
+    say = sayer(say)
+    cls = detector_class(detector)
+    values = dict(settings) if isinstance(settings, dict) else parse_settings(cls.Config, list(settings))
+    out = check_model_target(out, force=force)
+    det = pyanom.create(detector, device=checked_device(device), **values)
+    if ray is not None:
+        if not isinstance(det, MemoryBankDetector):
+            raise ValueError(f"--ray: {det.name} cannot fit on Ray (memory-bank detectors can: patchcore, "
+                             "sa_patchcore)")
+        from pyanom.distributed import use_ray
+
+        use_ray(det, None if ray == "local" else ray)
+    say(describe_layout(data_root, layout=layout, test_fraction=test_fraction, seed=seed))
+    train = open_dataset(data_root, "train", layout=layout, image_size=det.image_size,
+                         test_fraction=test_fraction, seed=seed)
+    used = train.normal() if det.supervision == "unsupervised" else train
+    for note in conversion_notes([s.image for s in used.samples], det.image_size):
+        say(note)
+    say(f"fitting {det.name} on {len(used)} images from {data_root}")
+    start = time.perf_counter()
+    det.fit(train, seed=seed, progress=progress)
+    det.data_split = {"layout": layout, "test_fraction": test_fraction, "seed": seed}
+    det.save(out)
+    seconds = time.perf_counter() - start
+    say(f"fitted in {seconds:.1f} s, threshold {det.threshold:.4g}; saved {out}")
+    return FitResult(len(used), seconds, det.threshold, Path(out))
+
+
+def fit_each(detector: str, data_root, out_dir, *, ray: str | None = None, say: Say = print,
+             **options) -> dict[str, FitResult | str]:
+    """One model per sub-folder of ``data_root`` (a product variant each), written to
+    ``out_dir/NAME.pyanom``; one after another here, or in parallel on Ray. A variant that fails is
+    its error message in the result, so one bad variant never stops the others. ``options`` are
+    fit_folder's."""
+    say = sayer(say)
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    variants = sorted(p for p in data_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not variants:
+        raise FileNotFoundError(f"{data_root}: --each needs one sub-folder per variant, found none")
+    writable_folder(out_dir, "--out")
+    jobs = {v.name: (detector, v, out_dir / f"{v.name}.pyanom", options) for v in variants}
+    if ray is not None:
+        from pyanom.distributed import connect
+
+        cluster = connect(None if ray == "local" else ray)
+        task = cluster.remote(num_cpus=1)(_fit_variant)
+        refs = {name: task.remote(job, True) for name, job in jobs.items()}
+        return {name: cluster.get(ref) for name, ref in refs.items()}
+    results = {}
+    for name, job in jobs.items():
+        say(f"== {name}")
+        results[name] = _fit_variant(job, False, say)
+    return results
+
+
+def _fit_variant(job, quiet: bool, say: Say = print) -> FitResult | str:
+    detector, root, out, options = job
+    try:
+        return fit_folder(detector, root, out, say=None if quiet else say, progress=not quiet, **options)
+    except Exception as exc:  # noqa: BLE001 - one variant's failure is reported in the summary
+        return str(exc)
+
+
+# -- evaluate ----------------------------------------------------------------------------------------
+def evaluate_folder(model, data_root, *, json_out=None, heatmaps=None, report=None, device: str = "cpu",
+                    layout: str | None = None, test_fraction: float | None = None, seed: int | None = None,
+                    say: Say = print) -> dict:
+    """Score the test part of ``data_root`` with the model file ``model``; returns the metrics
+    (pyanom.metrics.evaluate plus decision_threshold, count, ms_per_image) and writes them as JSON
+    to ``json_out``, heatmap overlays to the folder ``heatmaps`` and the HTML report to the folder
+    ``report`` where given. The split options default to those the model was fitted with."""
+    import pyanom
+    from pyanom.data import open_dataset
+    from pyanom.metrics import evaluate
+
+    say = sayer(say)
+    det = pyanom.load(model, device=checked_device(device))
+    if _exported(det):
+        raise ValueError(f"{model} is an exported model: evaluate a .pyanom model file (the one it was "
+                         "exported from)")
+    split = dict(det.data_split or {})
+    for key, value in (("layout", layout), ("test_fraction", test_fraction), ("seed", seed)):
+        if value is not None:
+            split[key] = value
+    test = open_dataset(data_root, "test", image_size=det.image_size, **split)
+    if json_out is not None:
+        writable_folder(Path(json_out).parent, "--json")
+    if report is not None:
+        writable_folder(Path(report), "--report")
+    names = None
+    if heatmaps is not None:
+        names = [output_name(s.image, test.root) for s in test.samples]
+        heatmaps = OutputFolder(heatmaps, "--heatmaps").start(names)
+    for note in conversion_notes([s.image for s in test.samples], det.image_size):
+        say(note)
+    start = time.perf_counter()
+    pred = det.predict(test, map_size="model")  # pixel metrics at the model's size, as the masks are
+    elapsed = time.perf_counter() - start
+    metrics = evaluate(test.labels, pred.image_scores, masks=test.masks() if pred.anomaly_maps is not None else None,
+                       maps=pred.anomaly_maps, defect_types=test.defect_types)
+    metrics["decision_threshold"] = det.threshold
+    metrics["count"] = len(test)
+    metrics["ms_per_image"] = 1000 * elapsed / len(test)
+    if not test.has_masks:
+        metrics["pixel_metrics_unavailable"] = f"no masks in {data_root}"
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+    if heatmaps is not None:
+        _write_heatmaps(heatmaps, names, test.at_size(None), pred, det, say)
+    if report is not None:
+        from pyanom.report import write_report
+
+        metrics_path = write_report(report, test, pred, det, metrics, title=Path(model).name)
+        say(f"wrote {metrics_path}")
+    return metrics
+
+
+def _write_heatmaps(folder: OutputFolder, names, dataset, pred, det, say) -> None:
+    """One overlay per image at the image's own size, named after its path under the input root
+    (output_name); maps come at the model's size and are resized one at a time, so a run's maps are
+    never all held at full resolution."""
+    from pyanom.visualize import heatmap_scale, resize_map, save_overlay
+
+    if pred.anomaly_maps is None:
+        say(f"{det.name} gives no anomaly maps: no heatmaps written to {folder.path}")
+        return
+    vmin, vmax = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
+    for i, name in enumerate(names):
+        item = dataset[i]
+        mask = item.get("mask")
+        save_overlay(folder.file(name), item["image"], resize_map(pred.anomaly_maps[i], item["image"].shape[-2:]),
+                     vmin=vmin, vmax=vmax, mask=mask[0] if mask is not None and mask.any() else None)
+    say(f"wrote {len(names)} heatmaps to {folder.path}")
+
+
+# -- predict -----------------------------------------------------------------------------------------
+@dataclass
+class PredictResult:
+    """What predict_folder wrote: the scores table, and per image its score, label or error."""
+
+    scores_csv: Path
+    scored: int
+    flagged: int
+    decided_by: str
+    errors: dict = field(default_factory=dict)  # path -> why it could not be scored
+    heatmaps: Optional[Path] = None
+
+
+def score_files(model, paths: Sequence[Path], *, chunk: int = CHUNK):
+    """Score every image file that can be read: (errors {path: message}, the paths scored, their
+    prediction with maps at the model's size, or None when none could be read). An unreadable
+    file is an error row, never the end of the run. Each image is decoded once; the decoded
+    pictures come back too (as {path: PIL image}) for drawing heatmaps."""
+    from pyanom.data.files import checked_size, read_image
+
+    errors, good, parts, pictures = {}, [], [], {}
+    for i in range(0, len(paths), chunk):
+        decoded = {}
+        for path in paths[i:i + chunk]:
+            try:
+                checked_size(path)
+                decoded[path] = read_image(path)
+            except (ValueError, OSError) as err:
+                message = str(err)
+                errors[path] = message if str(path) in message else f"{path}: {message}"
+        if decoded:
+            parts.append(_predict_pictures(model, list(decoded.values())))
+            good += list(decoded)
+            pictures.update(decoded)
+    return errors, good, _concatenate(model, parts), pictures
+
+
+def _predict_pictures(model, pictures: list):
+    """One prediction for decoded pictures, maps at the model's size (one picture at a time where
+    the model keeps each image's own size)."""
+    import numpy as np
+
+    from pyanom.data.transforms import Preprocess
+
+    if model.image_size is None and len(pictures) > 1:
+        return _concatenate(model, [_predict_pictures(model, [p]) for p in pictures])
+    preprocess = Preprocess(model.image_size)
+    batch = np.stack([preprocess.array(p) for p in pictures])
+    if _exported(model):
+        return model.predict(batch)
+    import torch
+
+    return model.predict(torch.from_numpy(batch), map_size="model")
+
+
+def _exported(model) -> bool:
+    from pyanom.export.runtime import ExportedModel
+
+    return isinstance(model, ExportedModel)
+
+
+def _concatenate(model, parts):
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return model.concatenate(parts) if _exported(model) else type(parts[0]).concatenate(parts)
+
+
+def predict_folder(model, images: Sequence, out, *, recursive: bool = True, device: str = "cpu",
+                   runtime: str | None = None, say: Say = print) -> PredictResult:
+    """Score image files and folders with ``model`` (a .pyanom file or an exported folder) into the
+    folder ``out``: scores.csv (path, score, defect, decided_by, heatmap, error) and heatmaps/ (one
+    overlay per image at its own size, named after its path under the inputs' common folder). An
+    image that cannot be read gets its error in its row; the run goes on. Images under ``out`` are
+    never scored (pyanom's own earlier outputs)."""
+    import pyanom
+    from pyanom.data.files import find_images
+
+    say = sayer(say)
+    det = pyanom.load(model, device=checked_device(device), runtime=runtime)
+    out = Path(out)
+    out_dir = out.resolve()
+    paths = [p for p in find_images(*images, recursive=recursive) if out_dir not in p.resolve().parents]
+    if not paths:
+        raise FileNotFoundError(f"no images to score in {' '.join(map(str, images))} outside --out {out}")
+    root = common_root(paths)
+    names = {p: output_name(p, root) for p in paths}
+    folder = OutputFolder(out).start(["scores.csv"] + [Path("heatmaps") / n for n in names.values()])
+    errors, good, pred, pictures = score_files(det, paths)
+    if good and not _exported(det):
+        for note in conversion_notes(good, det.image_size):
+            say(note)
+    with_maps = pred is not None and pred.anomaly_maps is not None
+    row_of = {p: i for i, p in enumerate(good)}
+    scores_csv = folder.path / "scores.csv"
+    with atomic_path(scores_csv) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SCORES_COLUMNS)
+        for path in paths:
+            if path in errors:
+                writer.writerow([str(path), "", "", "", "", errors[path]])
+                continue
+            i = row_of[path]
+            heatmap = (Path("heatmaps") / names[path]).as_posix() if with_maps else ""
+            writer.writerow([str(path), f"{float(pred.image_scores[i]):.6g}", int(pred.labels[i]),
+                             pred.decided_by, heatmap, ""])
+    flagged = 0 if pred is None else int(pred.labels.sum())
+    decided_by = "threshold" if pred is None else pred.decided_by
+    decided = "" if decided_by == "threshold" else f", labels by {decided_by}"
+    say(f"wrote {scores_csv} ({len(good)} images scored, {flagged} flagged{decided})")
+    result = PredictResult(scores_csv, len(good), flagged, decided_by, errors)
+    if pred is not None:
+        result.heatmaps = folder.path / "heatmaps"
+        _write_picture_heatmaps(OutputFolder(result.heatmaps), [names[p] for p in good],
+                                [pictures[p] for p in good], pred, det, say)
+    return result
+
+
+def _write_picture_heatmaps(folder: OutputFolder, names, pictures, pred, det, say) -> None:
+    """Heatmaps over the pictures as decoded for scoring (no second decode)."""
+    from pyanom.data.transforms import to_array
+
+    class Pictures:  # the decoded pictures, indexed as a data set of images at their own size
+        def __getitem__(self, i):
+            return {"image": to_array(pictures[i])}
+
+    _write_heatmaps(folder, names, Pictures(), pred, det, say)
+
+
+# -- the offline demo ----------------------------------------------------------------------------------
+def demo(out, *, detector: str = "patchcore", settings: Sequence[str] = (), device: str = "cpu", seed: int = 0,
+         overwrite: bool = False, say: Say = print) -> dict:
+    """Generate a synthetic inspection set in ``out/data``, fit ``detector`` on it, evaluate it
+    with heatmaps: ``out/model.pyanom``, ``out/metrics.json``, ``out/heatmaps/``. Fully offline."""
+    from pyanom.data.synthetic import make_inspection_set
+
+    say = sayer(say)
+    out = Path(out)
+    data, model = out / "data", out / "model.pyanom"
+    if (data.exists() or model.exists()) and not overwrite:
+        raise OutputError(f"{out} already holds a demo; pass --overwrite to replace it, or --out another folder")
+    say(f"generating a synthetic inspection set in {data}")
+    make_inspection_set(data, kind="texture", seed=seed, overwrite=overwrite)
+    fit_folder(detector, data, model, settings=settings, device=device, seed=seed, force=overwrite, say=say)
+    return evaluate_folder(model, data, json_out=out / "metrics.json", heatmaps=out / "heatmaps", device=device,
+                           say=say)
