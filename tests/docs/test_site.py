@@ -21,7 +21,7 @@ def site(tmp_path_factory) -> Path:
     if importlib.util.find_spec("mkdocs") is None:
         pytest.fail('mkdocs is not installed: pip install ".[docs]"')
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+    done = subprocess.run([sys.executable, "-P", "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     return out
