@@ -5,12 +5,13 @@ entry a flat dict of figures plus "case" (what was measured, unique in the file)
 produced it), "machine" and "date". A benchmark that writes its results calls `record`, which
 replaces the entries of the same cases and keeps the others, so re-running one case refreshes it.
 
-pytest-benchmark suites write their own JSON (`--benchmark-json=F`); this script turns that into
-a results file of native-vs-twin ratios:
+Benchmarks that write JSON of their own are turned into results files by this script:
+pytest-benchmark suites (`--benchmark-json=F`) into native-vs-twin ratios, and
+`bench_export.py --json F` into the runtimes' ms per image:
 
     python3 -P -m pytest benchmarks/bench_channel_self_attention.py --benchmark-json=/tmp/cs.json
     python3 -P benchmarks/results.py kernels /tmp/cs.json [more.json ...] [--command "..."]
-                                                        # -> benchmarks/results/kernels.json
+    python3 -P benchmarks/results.py runtimes export-bench.json --command "..."
 """
 
 from __future__ import annotations
@@ -96,18 +97,45 @@ def kernel_entries(report: dict, command: str | None = None) -> list[dict]:
     return entries
 
 
+RUNNER_NAMES = {"native": "native float32", "native_bf16": "native bfloat16", "onnxruntime": "onnxruntime",
+                "openvino": "OpenVINO"}
+
+
+def runtime_entries(report: dict, command: str | None = None) -> list[dict]:
+    """ms per image (minimum of the rounds) of each runner at batch 1 and 32, from the JSON that
+    `bench_export.py --json` writes."""
+    entries = []
+    for detector, res in report.items():
+        for runner, by_batch in res["ms_per_image"].items():
+            name = RUNNER_NAMES.get(runner, runner)
+            entries.append({"case": f"{detector} {name}", "detector": detector, "runner": name,
+                            "ms_per_image_batch1": round(by_batch["1"]["min"], 2),
+                            "ms_per_image_batch32": round(by_batch["32"]["min"], 2),
+                            **({"command": command} if command else {})})
+    return entries
+
+
+KINDS = {
+    "kernels": (kernel_entries, "Each op's native kernel against its pure-PyTorch twin (or reference) on the same "
+                                "inputs in one run: ratio = twin time / native time."),
+    "runtimes": (runtime_entries, "Predict time per image on MVTec AD bottle at 256 px (minimum of the interleaved "
+                                  "rounds): pyanom's own predict against its ONNX and OpenVINO exports."),
+}
+
+
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description="Turn pytest-benchmark JSON into benchmarks/results/ files.")
-    p.add_argument("kind", choices=["kernels"])
-    p.add_argument("reports", nargs="+", type=Path, help="pytest-benchmark JSON files (--benchmark-json)")
-    p.add_argument("--out", type=Path, help="results file (default benchmarks/results/kernels.json)")
+    p = argparse.ArgumentParser(description="Turn a benchmark's own JSON into a benchmarks/results/ file.")
+    p.add_argument("kind", choices=sorted(KINDS))
+    p.add_argument("reports", nargs="+", type=Path,
+                   help="kernels: pytest-benchmark JSON files (--benchmark-json); runtimes: bench_export.py --json files")
+    p.add_argument("--out", type=Path, help="results file (default benchmarks/results/KIND.json)")
     p.add_argument("--command", help="the command that wrote the reports, e.g. with OMP_NUM_THREADS=1")
     args = p.parse_args(argv)
-    entries = [e for r in args.reports for e in kernel_entries(json.loads(r.read_text()), args.command)]
+    convert, about = KINDS[args.kind]
+    entries = [e for r in args.reports for e in convert(json.loads(r.read_text()), args.command)]
     if not entries:
-        raise SystemExit("no group had both a native and a twin benchmark")
-    print(record("kernels", "Each op's native kernel against its pure-PyTorch twin (or reference) on the same "
-                 "inputs in one run: ratio = twin time / native time.", entries, path=args.out))
+        raise SystemExit(f"nothing to record from {', '.join(map(str, args.reports))}")
+    print(record(args.kind, about, entries, path=args.out))
 
 
 if __name__ == "__main__":

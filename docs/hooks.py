@@ -72,7 +72,7 @@ def settings_markdown() -> str:
         for s in info["settings"]:
             limits = (f" Bounds: {s['bounds']}." if s.get("bounds") else "") + \
                      (f" Choices: {', '.join(map(str, s['choices']))}." if s.get("choices") else "")
-            lines.append(f"| `{s['name']}` | `{_cell(s['type'])}` | `{_cell(json.dumps(s['default']))}` | "
+            lines.append(f"| `{s['name']}` | {_cell(s['type'])} | `{_cell(json.dumps(s['default']))}` | "
                          f"{_cell(s['help'])}{limits} |")
         lines.append("")
     return "\n".join(lines)
