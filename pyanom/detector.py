@@ -135,6 +135,7 @@ class Detector(abc.ABC):
 
     @property
     def fitted(self) -> bool:
+        """True once `fit` or `pyanom.load` has set the decision threshold."""
         return self.threshold is not None
 
     def fit(self, train, *, validation=None, holdout_fraction: float = 0.1, seed: int = 0,

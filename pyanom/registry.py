@@ -27,7 +27,8 @@ def _entry_points():
 
 
 def list_detectors() -> list[DetectorEntry]:
-    """Every registered detector, importable or not: one broken plugin never hides the others."""
+    """Every registered detector, importable or not (`error` says why not): one broken plugin
+    never hides the others. What `pyanom list` prints."""
     listed = []
     for name, ep in sorted(_entry_points().items()):
         try:
@@ -56,7 +57,11 @@ def detector_class(name: str):
 
 
 def create(name: str, **kwargs):
-    """A new, unfitted detector: pyanom.create("patchcore", coreset_ratio=0.1, device="cpu")."""
+    """A new, unfitted detector of the registered `name`: pyanom.create("patchcore", coreset_ratio=0.1).
+
+    Keywords are the detector's settings (its Config fields; `pyanom info NAME` lists them) plus
+    `device`. An unknown name or setting raises ValueError naming the ones that exist.
+    """
     return detector_class(name)(**kwargs)
 
 

@@ -28,6 +28,7 @@ _R = TypeVar("_R")
 
 
 def is_image_file(path: Path) -> bool:
+    """Whether pyanom reads `path` as an image: a known extension, not a hidden file."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 

@@ -64,6 +64,7 @@ class ServedModel:
         self.has_heatmap = self.score(np.full((1, 3, h, w), 0.5, np.float32))[0][2] is not None
 
     def info(self) -> dict:
+        """What `GET /v1/models` reports for this model."""
         det, exported = self.detector, self.exported
         return {"name": self.name, "detector": det.name, "supervision": det.supervision,
                 "hyper_parameters": det.config if exported else dataclasses.asdict(det.config),

@@ -1,6 +1,6 @@
 """Probe of segdec's failed runs: the empty-mask Dice cliff, and what the failure is not.
 
-    PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/segdec_failure.py --image-size 64 \\
+    PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/experiments/segdec_failure.py --image-size 64 \\
         --seg-epochs 48 --train-seed 0
 
 Trains the segmentation network as `bench_segdec.py --swa-epochs 0` does (same split, schedule and
@@ -33,7 +33,7 @@ from pyanom.data import open_dataset
 from pyanom.ops import concentrated_loss
 from pyanom.training import BalancedBatches, decode_once
 
-DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 def logits_of(det, images: torch.Tensor) -> torch.Tensor:

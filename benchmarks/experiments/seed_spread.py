@@ -1,7 +1,7 @@
 """Spread over training seeds of the short schedules that the trained-detector tests use (their own
 settings and subsets), to set the tests' accuracy floors just under it.
 
-    PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python -P benchmarks/seed_spread.py 0 1 2 3 4 5
+    PYANOM_DATA=../shared/data OMP_NUM_THREADS=1 python -P benchmarks/experiments/seed_spread.py 0 1 2 3 4 5
 """
 import os
 import sys

@@ -22,9 +22,9 @@ the nearest training image's: is the global signal there at all? --local-detail:
 defects PatchCore misses. --n-train N: sets with N training parts (their first 60 and their test
 parts are the same whatever N); --use K fits on the first K of them.
 
-    python3 -P benchmarks/sa_patchcore_trials.py --ratio 0.01 pc:none:raw:0:0 pc:blocks.5:relustd:4:1
-    python3 -P benchmarks/sa_patchcore_trials.py --descriptors
-    python3 -P benchmarks/sa_patchcore_trials.py --n-train 200 --use 54 --local-detail
+    python3 -P benchmarks/experiments/sa_patchcore_trials.py --ratio 0.01 pc:none:raw:0:0 pc:blocks.5:relustd:4:1
+    python3 -P benchmarks/experiments/sa_patchcore_trials.py --descriptors
+    python3 -P benchmarks/experiments/sa_patchcore_trials.py --n-train 200 --use 54 --local-detail
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ pixels (the most-keeping position where none keeps half), so every defective cro
 defect and the class folder's label stays true. Written as `<class>/<name>.png` and, for defective
 images, `<class>/<name>_mask.png` (the "folders" layout), losslessly from the decoded JPEG.
 
-    python benchmarks/make_tall_crops.py ../shared/data/magnetic_tile /tmp/tall_tiles
+    python benchmarks/experiments/make_tall_crops.py ../shared/data/magnetic_tile /tmp/tall_tiles
 """
 
 from __future__ import annotations
