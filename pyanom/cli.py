@@ -133,7 +133,8 @@ def cmd_predict(args) -> int:
                                               bank_parts=args.bank_parts)
         return 1 if failed else 0
     result = runs.predict_folder(args.model, args.images, args.out, recursive=args.recursive, device=args.device,
-                                 runtime=args.runtime)
+                                 runtime=args.runtime, write_heatmaps=args.write_heatmaps,
+                                 heatmap_format=args.heatmap_format, heatmap_size=args.heatmap_size)
     if result.errors:
         print(f"pyanom predict: {len(result.errors)} of {result.scored + len(result.errors)} images could not be "
               "read (their rows in scores.csv say why)", file=sys.stderr)
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "pyanom-predictions); pyanom's earlier outputs there are replaced, other files are left alone")
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="look into sub-folders of the folders given (default: yes)")
+    p.add_argument("--write-heatmaps", choices=["all", "defects", "none"], default="all",
+                   help="heatmaps of every image, of the flagged ones only, or none (default all)")
+    p.add_argument("--heatmap-format", choices=["png", "jpeg"], default="png", help="png (lossless, default) or "
+                   "jpeg (smaller and faster to write)")
+    p.add_argument("--heatmap-size", type=int, metavar="PIXELS", help="longest side of a heatmap (default: the "
+                   "image's own size; caps the memory and time large images take)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="score across a Ray cluster into "
                    "--out/scores.parquet/ (with pyarrow) or scores.csv as chunks finish; a rerun scores only the "
                    "images not there yet (no heatmaps)")
