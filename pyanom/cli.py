@@ -1,14 +1,12 @@
-"""The `pyanom` command: argument parsing and printing; the work is done by pyanom.runs.
-
-A failure is one line on stderr naming the file or argument, exit status 2 (`--debug` shows the
-traceback).
-"""
+"""The `pyanom` command: argument parsing and printing (pyanom.runs does the work); a failure is one
+line on stderr naming the file or argument, exit status 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,11 +55,9 @@ def cmd_list(args) -> int:
     for e in entries:
         print(f"{e.name:<{width}}  {e.supervision if e.error is None else f'BROKEN: {e.error}':<12}  {e.target}")
     info = build_info()
-    if not info["native"]:
-        print(f"kernels: pure PyTorch (compiled module not importable: {info['native_error']})")
-    else:
-        cuda = f"CUDA {info['cuda_architectures']}" if info["cuda_compiled"] else "no CUDA"
-        print(f"kernels: CPU {info['cpu_isa']} (built: {', '.join(info['cpu_isa_built'])}), {cuda}")
+    cuda = f"CUDA {info.get('cuda_architectures')}" if info.get("cuda_compiled") else "no CUDA"
+    print(f"kernels: CPU {info['cpu_isa']} (built: {', '.join(info['cpu_isa_built'])}), {cuda}" if info["native"]
+          else f"kernels: pure PyTorch (compiled module not importable: {info['native_error']})")
     return 0
 
 
@@ -133,7 +129,8 @@ def cmd_predict(args) -> int:
                                               bank_parts=args.bank_parts)
         return 1 if failed else 0
     result = runs.predict_folder(args.model, args.images, args.out, recursive=args.recursive, device=args.device,
-                                 runtime=args.runtime)
+                                 runtime=args.runtime, write_heatmaps=args.write_heatmaps,
+                                 heatmap_format=args.heatmap_format, heatmap_size=args.heatmap_size)
     if result.errors:
         print(f"pyanom predict: {len(result.errors)} of {result.scored + len(result.errors)} images could not be "
               "read (their rows in scores.csv say why)", file=sys.stderr)
@@ -228,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "pyanom-predictions); pyanom's earlier outputs there are replaced, other files are left alone")
     p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                    help="look into sub-folders of the folders given (default: yes)")
+    p.add_argument("--write-heatmaps", choices=["all", "defects", "none"], default="all",
+                   help="heatmaps of every image, of the flagged ones only, or none (default all)")
+    p.add_argument("--heatmap-format", choices=["png", "jpeg"], default="png", help="png (lossless, default) or "
+                   "jpeg (smaller and faster to write)")
+    p.add_argument("--heatmap-size", type=int, metavar="PIXELS", help="longest side of a heatmap (default: the "
+                   "image's own size; caps the memory and time large images take)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="score across a Ray cluster into "
                    "--out/scores.parquet/ (with pyarrow) or scores.csv as chunks finish; a rerun scores only the "
                    "images not there yet (no heatmaps)")
@@ -275,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # pyanom.training wrote a checkpoint first where one was asked for
         print(f"pyanom {args.command}: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (e.g. `| head`) has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one clear line
         if getattr(args, "debug", False):
             raise

@@ -17,6 +17,7 @@ import csv
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,6 +31,14 @@ __all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_fol
 Say = Optional[Callable[[str], None]]
 SCORES_COLUMNS = ["path", "score", "defect", "decided_by", "heatmap", "error"]
 CHUNK = 32  # images decoded and scored together
+DECODERS = 2  # threads reading files ahead of the model
+PREFETCH_PIXELS = 64_000_000  # pixels a chunk may hold (an image above it is a chunk alone)
+KEEP_BYTES = 1 << 30  # decoded pictures kept for drawing heatmaps after scoring; past it, re-read
+WRITERS = 2  # threads drawing and writing heatmaps
+WRITER_PIXELS = 48_000_000  # pixels drawn at once (a larger image alone): bounds their memory
+PNG_LEVEL = 1  # zlib level of heatmap PNGs: lossless at any level, 1 is several times faster than 6
+HEATMAPS = ("all", "defects", "none")
+HEATMAP_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 
 
 def sayer(say: Say) -> Callable[[str], None]:
@@ -64,8 +73,14 @@ def conversion_notes(paths: Sequence[Path], image_size) -> list[str]:
     from pyanom.data.files import image_mode, parallel_map
     from pyanom.data.transforms import pair
 
+    def head(path):
+        try:
+            return image_mode(path)
+        except (ValueError, OSError):  # its own error comes when it is read
+            return None
+
     h, w = pair("image_size", image_size) or (None, None)  # None: images keep their own size
-    heads = parallel_map(image_mode, list(paths))
+    heads = [x for x in parallel_map(head, list(paths)) if x is not None]
     modes = Counter(mode for _, _, mode in heads if mode != "RGB")
     stretched = h is not None and sum(abs(iw / ih - w / h) > 0.01 * (w / h) for iw, ih, _ in heads)
     notes = []
@@ -179,6 +194,7 @@ def evaluate_folder(model, data_root, *, json_out=None, heatmaps=None, report=No
     import pyanom
     from pyanom.data import open_dataset
     from pyanom.metrics import evaluate
+    from pyanom.visualize import heatmap_scale
 
     say = sayer(say)
     det = pyanom.load(model, device=checked_device(device))
@@ -213,32 +229,21 @@ def evaluate_folder(model, data_root, *, json_out=None, heatmaps=None, report=No
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
-    if heatmaps is not None:
-        _write_heatmaps(heatmaps, names, test.at_size(None), pred, det, say)
+    if heatmaps is not None and pred.anomaly_maps is None:
+        say(f"{det.name} gives no anomaly maps: no heatmaps written to {heatmaps.path}")
+    elif heatmaps is not None:
+        scale = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
+        failed = write_heatmaps_of(heatmaps, [Heatmap(s.image, name, pred.anomaly_maps[i], mask=s.mask)
+                                              for i, (s, name) in enumerate(zip(test.samples, names))], scale)
+        if failed:
+            raise OSError(f"{len(failed)} heatmaps could not be written (first: {next(iter(failed.values()))})")
+        say(f"wrote {len(names)} heatmaps to {heatmaps.path}")
     if report is not None:
         from pyanom.report import write_report
 
         metrics_path = write_report(report, test, pred, det, metrics, title=Path(model).name)
         say(f"wrote {metrics_path}")
     return metrics
-
-
-def _write_heatmaps(folder: OutputFolder, names, dataset, pred, det, say) -> None:
-    """One overlay per image at the image's own size, named after its path under the input root
-    (output_name); maps come at the model's size and are resized one at a time, so a run's maps are
-    never all held at full resolution."""
-    from pyanom.visualize import heatmap_scale, resize_map, save_overlay
-
-    if pred.anomaly_maps is None:
-        say(f"{det.name} gives no anomaly maps: no heatmaps written to {folder.path}")
-        return
-    vmin, vmax = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
-    for i, name in enumerate(names):
-        item = dataset[i]
-        mask = item.get("mask")
-        save_overlay(folder.file(name), item["image"], resize_map(pred.anomaly_maps[i], item["image"].shape[-2:]),
-                     vmin=vmin, vmax=vmax, mask=mask[0] if mask is not None and mask.any() else None)
-    say(f"wrote {len(names)} heatmaps to {folder.path}")
 
 
 # -- predict -----------------------------------------------------------------------------------------
@@ -257,43 +262,91 @@ class PredictResult:
 def score_files(model, paths: Sequence[Path], *, chunk: int = CHUNK):
     """Score every image file that can be read: (errors {path: message}, the paths scored, their
     prediction with maps at the model's size, or None when none could be read). An unreadable
-    file is an error row, never the end of the run. Each image is decoded once; the decoded
-    pictures come back too (as {path: PIL image}) for drawing heatmaps."""
-    from pyanom.data.files import checked_size, read_image
-
-    errors, good, parts, pictures = {}, [], [], {}
-    for i in range(0, len(paths), chunk):
-        decoded = {}
-        for path in paths[i:i + chunk]:
-            try:
-                checked_size(path)
-                decoded[path] = read_image(path)
-            except (ValueError, OSError) as err:
-                message = str(err)
-                errors[path] = message if str(path) in message else f"{path}: {message}"
-        if decoded:
-            parts.append(_predict_pictures(model, list(decoded.values())))
-            good += list(decoded)
-            pictures.update(decoded)
-    return errors, good, _concatenate(model, parts), pictures
+    file is an error row, never the end of the run."""
+    errors, good, parts = {}, [], []
+    for chunk_errors, chunk_good, _, pred in scored_chunks(model, paths, chunk=chunk):
+        errors.update(chunk_errors)
+        good += chunk_good
+        if pred is not None:
+            parts.append(pred)
+    return errors, good, _concatenate(model, parts)
 
 
-def _predict_pictures(model, pictures: list):
-    """One prediction for decoded pictures, maps at the model's size (one picture at a time where
-    the model keeps each image's own size)."""
-    import numpy as np
+def scored_chunks(model, paths: Sequence[Path], *, chunk: int = CHUNK, workers: int = DECODERS):
+    """Score image files chunk by chunk, in order: per chunk (errors {path: message}, the paths
+    scored, their pictures as decoded (PIL, RGB), their prediction with maps at the model's size or
+    None). Each file is decoded once, by a pool of threads that works ahead of the model (at most
+    two chunks and PREFETCH_PIXELS in flight), so reading files and scoring overlap."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from pyanom.data.transforms import Preprocess
 
-    if model.image_size is None and len(pictures) > 1:
-        return _concatenate(model, [_predict_pictures(model, [p]) for p in pictures])
     preprocess = Preprocess(model.image_size)
-    batch = np.stack([preprocess.array(p) for p in pictures])
+    plan = _chunks(paths, 1 if model.image_size is None else chunk)
+    with ThreadPoolExecutor(workers, thread_name_prefix="pyanom-decode") as pool:
+        pending = []
+        for part in plan:
+            pending.append((part, [pool.submit(_decode, p, preprocess) for p in part]))
+            if len(pending) < 2:
+                continue
+            yield _score_decoded(model, *pending.pop(0))
+        while pending:
+            yield _score_decoded(model, *pending.pop(0))
+
+
+def _chunks(paths: Sequence[Path], size: int) -> list[list[Path]]:
+    """Consecutive chunks of at most ``size`` images and PREFETCH_PIXELS pixels (a larger image
+    is a chunk of its own), from the files' headers."""
+    from pyanom.data.files import image_mode, parallel_map
+
+    def pixels(path):
+        try:
+            w, h, _ = image_mode(path)
+            return w * h
+        except (ValueError, OSError):
+            return 0  # its error comes when it is decoded
+
+    chunks, current, held = [], [], 0
+    for path, n in zip(paths, parallel_map(pixels, list(paths))):
+        if current and (len(current) == size or held + n > PREFETCH_PIXELS):
+            chunks.append(current)
+            current, held = [], 0
+        current.append(path)
+        held += n
+    return chunks + ([current] if current else [])
+
+
+def _decode(path: Path, preprocess):
+    """(picture, the model's input array) of one file: read once, checked, converted, resized."""
+    from pyanom.data.files import checked_size, read_image
+
+    checked_size(path)
+    picture = read_image(path)
+    return picture, preprocess.array(picture)
+
+
+def _score_decoded(model, part: list[Path], futures) -> tuple:
+    import numpy as np
+
+    errors, good, pictures, arrays = {}, [], [], []
+    for path, future in zip(part, futures):
+        try:
+            picture, array = future.result()
+        except (ValueError, OSError) as err:
+            message = str(err)
+            errors[path] = message if str(path) in message else f"{path}: {message}"
+            continue
+        good.append(path)
+        pictures.append(picture)
+        arrays.append(array)
+    if not good:
+        return errors, good, pictures, None
+    batch = np.stack(arrays)  # images keeping their own size come one to a chunk
     if _exported(model):
-        return model.predict(batch)
+        return errors, good, pictures, model.predict(batch)
     import torch
 
-    return model.predict(torch.from_numpy(batch), map_size="model")
+    return errors, good, pictures, model.predict(torch.from_numpy(batch), map_size="model")
 
 
 def _exported(model) -> bool:
@@ -311,15 +364,29 @@ def _concatenate(model, parts):
 
 
 def predict_folder(model, images: Sequence, out, *, recursive: bool = True, device: str = "cpu",
-                   runtime: str | None = None, say: Say = print) -> PredictResult:
+                   runtime: str | None = None, write_heatmaps: str = "all", heatmap_format: str = "png",
+                   heatmap_size: int | None = None, say: Say = print) -> PredictResult:
     """Score image files and folders with ``model`` (a .pyanom file or an exported folder) into the
     folder ``out``: scores.csv (path, score, defect, decided_by, heatmap, error) and heatmaps/ (one
     overlay per image at its own size, named after its path under the inputs' common folder). An
     image that cannot be read gets its error in its row; the run goes on. Images under ``out`` are
-    never scored (pyanom's own earlier outputs)."""
+    never scored (pyanom's own earlier outputs).
+
+    write_heatmaps: "all", "defects" (flagged images only) or "none". heatmap_format: "png" (lossless)
+    or "jpeg" (smaller, faster to write). heatmap_size: the longest side of a heatmap picture (None:
+    the image's own size). Files are decoded once, ahead of the model, and heatmaps are drawn and
+    written by a pool of threads after scoring (one colour scale needs every map first).
+    """
     import pyanom
     from pyanom.data.files import find_images
+    from pyanom.visualize import heatmap_scale
 
+    if write_heatmaps not in HEATMAPS:
+        raise ValueError(f"--write-heatmaps must be one of {', '.join(HEATMAPS)}, got {write_heatmaps!r}")
+    if heatmap_format not in HEATMAP_FORMATS:
+        raise ValueError(f"--heatmap-format must be one of {', '.join(HEATMAP_FORMATS)}, got {heatmap_format!r}")
+    if heatmap_size is not None and heatmap_size < 16:
+        raise ValueError(f"--heatmap-size is the longest side of a heatmap in pixels (>= 16), got {heatmap_size}")
     say = sayer(say)
     det = pyanom.load(model, device=checked_device(device), runtime=runtime)
     out = Path(out)
@@ -328,47 +395,137 @@ def predict_folder(model, images: Sequence, out, *, recursive: bool = True, devi
     if not paths:
         raise FileNotFoundError(f"no images to score in {' '.join(map(str, images))} outside --out {out}")
     root = common_root(paths)
-    names = {p: output_name(p, root) for p in paths}
-    folder = OutputFolder(out).start(["scores.csv"] + [Path("heatmaps") / n for n in names.values()])
-    errors, good, pred, pictures = score_files(det, paths)
-    if good and not _exported(det):
-        for note in conversion_notes(good, det.image_size):
+    suffix = HEATMAP_FORMATS[heatmap_format]
+    names = {p: output_name(p, root, suffix) for p in paths}
+    planned = [] if write_heatmaps == "none" else [Path("heatmaps") / n for n in names.values()]
+    folder = OutputFolder(out).start(["scores.csv"] + planned)
+    if not _exported(det):
+        for note in conversion_notes(paths, det.image_size):
             say(note)
-    with_maps = pred is not None and pred.anomaly_maps is not None
-    row_of = {p: i for i, p in enumerate(good)}
-    scores_csv = folder.path / "scores.csv"
-    with atomic_path(scores_csv) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(SCORES_COLUMNS)
-        for path in paths:
-            if path in errors:
-                writer.writerow([str(path), "", "", "", "", errors[path]])
-                continue
-            i = row_of[path]
-            heatmap = (Path("heatmaps") / names[path]).as_posix() if with_maps else ""
-            writer.writerow([str(path), f"{float(pred.image_scores[i]):.6g}", int(pred.labels[i]),
-                             pred.decided_by, heatmap, ""])
-    flagged = 0 if pred is None else int(pred.labels.sum())
-    decided_by = "threshold" if pred is None else pred.decided_by
-    decided = "" if decided_by == "threshold" else f", labels by {decided_by}"
-    say(f"wrote {scores_csv} ({len(good)} images scored, {flagged} flagged{decided})")
-    result = PredictResult(scores_csv, len(good), flagged, decided_by, errors)
-    if pred is not None:
+    errors, good, parts, kept, kept_bytes = {}, [], [], {}, 0
+    for chunk_errors, chunk_good, pictures, pred in scored_chunks(det, paths):
+        errors.update(chunk_errors)
+        good += chunk_good
+        if pred is None:
+            continue
+        parts.append(pred)
+        if write_heatmaps == "none" or pred.anomaly_maps is None:
+            continue
+        for i, (path, picture) in enumerate(zip(chunk_good, pictures)):
+            wanted = write_heatmaps == "all" or bool(pred.labels[i])
+            size = picture.width * picture.height * len(picture.getbands())
+            if wanted and kept_bytes + size <= KEEP_BYTES:
+                kept[path] = picture
+                kept_bytes += size
+    pred = _concatenate(det, parts)
+    drawn = []
+    if pred is not None and pred.anomaly_maps is not None and write_heatmaps != "none":
+        drawn = [p for i, p in enumerate(good) if write_heatmaps == "all" or bool(pred.labels[i])]
+    result = PredictResult(folder.path / "scores.csv", len(good), 0 if pred is None else int(pred.labels.sum()),
+                           "threshold" if pred is None else pred.decided_by, errors)
+    _write_scores(result.scores_csv, paths, errors, good, pred,
+                  {p: (Path("heatmaps") / names[p]).as_posix() for p in drawn})
+    decided = "" if result.decided_by == "threshold" else f", labels by {result.decided_by}"
+    say(f"wrote {result.scores_csv} ({len(good)} images scored, {result.flagged} flagged{decided})")
+    if pred is not None and pred.anomaly_maps is None and write_heatmaps != "none":
+        say(f"{det.name} gives no anomaly maps: no heatmaps written to {folder.path / 'heatmaps'}")
+    if drawn:
         result.heatmaps = folder.path / "heatmaps"
-        _write_picture_heatmaps(OutputFolder(result.heatmaps), [names[p] for p in good],
-                                [pictures[p] for p in good], pred, det, say)
+        row = {p: i for i, p in enumerate(good)}
+        scale = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
+        failed = write_heatmaps_of(OutputFolder(result.heatmaps), [
+            Heatmap(p, names[p], pred.anomaly_maps[row[p]], kept.pop(p, None)) for p in drawn],
+            scale, heatmap_format, heatmap_size)
+        if failed:  # the rows must not point at heatmaps that were not written
+            _write_scores(result.scores_csv, paths, errors, good, pred,
+                          {p: (Path("heatmaps") / names[p]).as_posix() for p in drawn if p not in failed})
+            say(f"{len(failed)} heatmaps could not be written (first: {next(iter(failed.values()))})")
+        say(f"wrote {len(drawn) - len(failed)} heatmaps to {result.heatmaps}")
     return result
 
 
-def _write_picture_heatmaps(folder: OutputFolder, names, pictures, pred, det, say) -> None:
-    """Heatmaps over the pictures as decoded for scoring (no second decode)."""
-    from pyanom.data.transforms import to_array
+def _write_scores(path: Path, paths, errors: dict, good, pred, heatmaps: dict) -> None:
+    row_of = {p: i for i, p in enumerate(good)}
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SCORES_COLUMNS)
+        for p in paths:
+            if p not in row_of:
+                writer.writerow([str(p), "", "", "", "", errors.get(p, "")])
+                continue
+            i = row_of[p]
+            writer.writerow([str(p), f"{float(pred.image_scores[i]):.6g}", int(pred.labels[i]), pred.decided_by,
+                             heatmaps.get(p, ""), ""])
 
-    class Pictures:  # the decoded pictures, indexed as a data set of images at their own size
-        def __getitem__(self, i):
-            return {"image": to_array(pictures[i])}
 
-    _write_heatmaps(folder, names, Pictures(), pred, det, say)
+@dataclass
+class Heatmap:
+    """One heatmap to draw: the image's file, the output name, its map (any size), and the picture
+    if it is still held from scoring (else the file is read again), and its mask file if any."""
+
+    path: Path
+    name: Path
+    anomaly_map: object
+    picture: object = None
+    mask: Optional[Path] = None
+
+
+def write_heatmaps_of(folder: OutputFolder, heatmaps: list[Heatmap], scale: tuple[float, float],
+                      fmt: str = "png", max_side: int | None = None) -> dict:
+    """Draw and write heatmap pictures on a pool of threads (PIL and numpy release the GIL), at
+    most WRITER_PIXELS pixels being drawn at once (a larger image alone), atomically; a picture
+    that cannot be written is reported, not fatal. Returns {path: why} for those that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = _PixelBudget(WRITER_PIXELS)
+
+    def write(item: Heatmap) -> None:
+        from pyanom.data.files import image_mode, read_image, read_mask
+        from pyanom.visualize import draw_heatmap
+
+        picture, item.picture = item.picture, None
+        width, height = (picture.width, picture.height) if picture is not None else image_mode(item.path)[:2]
+        with budget.hold(width * height):
+            picture = picture if picture is not None else read_image(item.path)
+            mask = read_mask(item.mask) if item.mask is not None else None
+            image = draw_heatmap(picture, item.anomaly_map, vmin=scale[0], vmax=scale[1],
+                                 mask=mask if mask is not None and mask.any() else None, max_side=max_side)
+            with atomic_path(folder.file(item.name)) as tmp:
+                if fmt == "jpeg":
+                    image.save(tmp, format="JPEG", quality=90)
+                else:
+                    image.save(tmp, format="PNG", compress_level=PNG_LEVEL)
+
+    failed = {}
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="pyanom-heatmap") as pool:
+        for item, future in zip(heatmaps, [pool.submit(write, h) for h in heatmaps]):
+            try:
+                future.result()
+            except (ValueError, OSError, MemoryError) as err:
+                failed[item.path] = f"{item.name}: {err}"
+    return failed
+
+
+class _PixelBudget:
+    """A counting semaphore in pixels: work waits while others hold the budget, and work larger
+    than the whole budget runs alone."""
+
+    def __init__(self, limit: int):
+        import threading
+
+        self.limit, self.held, self.cond = limit, 0, threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        with self.cond:
+            self.cond.wait_for(lambda: self.held == 0 or self.held + pixels <= self.limit)
+            self.held += pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.held -= pixels
+                self.cond.notify_all()
 
 
 # -- the offline demo ----------------------------------------------------------------------------------

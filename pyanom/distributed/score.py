@@ -47,7 +47,7 @@ def _score_chunk(model: str, paths: list[str], bank=None) -> list[list]:
     det = _worker_model(model, bank is not None)
     if bank is not None:
         det.attach_memory_bank(bank)
-    errors, good, pred, _ = score_files(det, [Path(p) for p in paths])
+    errors, good, pred = score_files(det, [Path(p) for p in paths])
     rows = {str(p): [str(p), None, None, None, message] for p, message in errors.items()}
     for i, path in enumerate(good):
         rows[str(path)] = [str(path), float(pred.image_scores[i]), int(pred.labels[i]), pred.decided_by, None]

@@ -294,4 +294,4 @@ def test_bad_arguments(patchcore_export, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 128, 128\]"):
         load(folder).predict(np.zeros((1, 3, 64, 64), np.float32))
     assert main(["export", str(tmp_path / "missing.pyanom"), "--out", str(tmp_path / "y")]) == 2
-    assert "no such archive" in capsys.readouterr().err
+    assert "no such model file" in capsys.readouterr().err

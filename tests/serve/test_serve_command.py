@@ -24,7 +24,7 @@ from pyanom.serve.run import is_loopback, model_names
 def test_a_model_that_fails_to_load_stops_start_up_with_one_clear_line(tmp_path, capsys):
     missing = tmp_path / "missing.pyanom"
     assert main(["serve", str(missing)]) == 2
-    assert capsys.readouterr().err.strip() == f"pyanom serve: error: no such archive: {missing}"
+    assert capsys.readouterr().err.strip() == f"pyanom serve: error: no such model file: {missing}"
     corrupt = tmp_path / "corrupt.pyanom"
     corrupt.write_bytes(b"not a model")
     assert main(["serve", str(corrupt)]) == 2
