@@ -88,10 +88,10 @@ def _native(logits, target, gamma, lam, eps, detach_factor):
     pixels = logits.numel() // batch
     loss = logits.new_empty(())
     sums = logits.new_empty((batch, _SUMS), dtype=torch.float64)
-    scratch = _backend.workspace("concentrated", logits, batch, pixels)
-    _backend.launch("concentrated", logits, logits.data_ptr(), target.data_ptr(), batch, pixels,
-                    gamma, lam, eps, loss.data_ptr(), sums.data_ptr(), scratch.data_ptr(),
-                    scratch.numel())
+    scratch = _backend.workspace("concentrated", logits, batch=batch, pixels=pixels)
+    _backend.launch("concentrated", logits, logits=logits.data_ptr(), target=target.data_ptr(),
+                    batch=batch, pixels=pixels, gamma=gamma, lam=lam, eps=eps, loss=loss.data_ptr(),
+                    sums=sums.data_ptr(), workspace=scratch.data_ptr(), workspace_bytes=scratch.numel())
     return loss, sums
 
 
@@ -100,9 +100,10 @@ def _native_backward(grad_loss, logits, target, sums, gamma, lam, eps, detach_fa
     grad_loss, logits, target, sums = (t.contiguous() for t in (grad_loss, logits, target, sums))
     batch = logits.shape[0]
     grad_logits = torch.empty_like(logits)
-    _backend.launch("concentrated_backward", logits, grad_loss.data_ptr(), logits.data_ptr(),
-                    target.data_ptr(), sums.data_ptr(), batch, logits.numel() // batch,
-                    gamma, lam, eps, detach_factor, grad_logits.data_ptr())
+    _backend.launch("concentrated_backward", logits, grad_loss=grad_loss.data_ptr(),
+                    logits=logits.data_ptr(), target=target.data_ptr(), sums=sums.data_ptr(),
+                    batch=batch, pixels=logits.numel() // batch, gamma=gamma, lam=lam, eps=eps,
+                    detach_factor=detach_factor, grad_logits=grad_logits.data_ptr())
     return grad_logits
 
 

@@ -43,9 +43,9 @@ def _native(features, k, projection_dim, seed, start):
     points = reference.random_projection(features, projection_dim, seed).contiguous()
     d = points.shape[1]
     out = torch.empty(k, dtype=torch.int64, device=points.device)
-    scratch = _backend.workspace("coreset", points, n, d, k)
-    _backend.launch("coreset", points, points.data_ptr(), n, d, k, first, out.data_ptr(),
-                    scratch.data_ptr(), scratch.numel())
+    scratch = _backend.workspace("coreset", points, n=n, d=d, k=k)
+    _backend.launch("coreset", points, points=points.data_ptr(), n=n, d=d, k=k, start=first,
+                    out=out.data_ptr(), workspace=scratch.data_ptr(), workspace_bytes=scratch.numel())
     return out
 
 

@@ -83,9 +83,11 @@ def _native(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
     (q, d), n = queries.shape, bank.shape[0]
     distances = queries.new_empty(q, k)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
-    scratch = _backend.workspace("knn", queries, q, n, d, k, chunk_size)
-    _backend.launch("knn", queries, queries.data_ptr(), bank.data_ptr(), distances.data_ptr(),
-                    indices.data_ptr(), scratch.data_ptr(), scratch.numel(), q, n, d, k, chunk_size)
+    sizes = dict(q=q, n=n, d=d, k=k, chunk_size=chunk_size)
+    scratch = _backend.workspace("knn", queries, **sizes)
+    _backend.launch("knn", queries, queries=queries.data_ptr(), bank=bank.data_ptr(),
+                    distances=distances.data_ptr(), indices=indices.data_ptr(),
+                    workspace=scratch.data_ptr(), workspace_bytes=scratch.numel(), **sizes)
     return distances, indices
 
 
