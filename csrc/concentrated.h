@@ -38,7 +38,7 @@ PYANOM_HOST_DEVICE constexpr std::int64_t concentrated_loss_blocks_per_image(std
 
 // Bytes of float64 workspace the forward pass needs (the same for either dtype and device).
 std::size_t concentrated_workspace_bytes(PYANOM_PARAMS(PYANOM_CONCENTRATED_SIZES) const std::string& dtype);
-// Raises ValueError unless batch, pixels >= 1, gamma >= 0, 0 <= lam <= 1 and eps > 0.
+// Raises ValueError unless batch, pixels >= 1, gamma >= 0, 0 <= lam <= 1 and 0 < eps <= 1.
 void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gamma, double lam,
                              double eps);
 

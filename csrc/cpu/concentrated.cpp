@@ -112,7 +112,7 @@ void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gam
   PYANOM_CHECK(pixels >= 1, "concentrated_loss: pixels per image must be >= 1, got " + std::to_string(pixels));
   PYANOM_CHECK(std::isfinite(gamma) && gamma >= 0, "concentrated_loss: gamma must be >= 0, got " + std::to_string(gamma));
   PYANOM_CHECK(lam >= 0 && lam <= 1, "concentrated_loss: lam must lie in [0, 1], got " + std::to_string(lam));
-  PYANOM_CHECK(std::isfinite(eps) && eps > 0, "concentrated_loss: eps must be > 0, got " + std::to_string(eps));
+  PYANOM_CHECK(eps > 0 && eps <= 1, "concentrated_loss: eps must lie in (0, 1], got " + std::to_string(eps));
 }
 
 std::size_t concentrated_workspace_bytes(PYANOM_PARAMS(PYANOM_CONCENTRATED_SIZES) const std::string& dtype) {

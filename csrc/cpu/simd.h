@@ -146,7 +146,9 @@ struct Vec<float> {
     p = fma(p, r, splat(5.0000001201e-1f));
     p = fma(p * r, r, r) + 1.0f;
     VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-    return x < lo ? V{} : p * bit_cast<V>(bits);
+    V scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return x < lo ? V{} : p * scale;
   }
 };
 
@@ -208,7 +210,9 @@ struct Vec<double> {
     V p = splat(inv_fact[13]);
     for (int k = 12; k >= 0; --k) p = fma(p, r, splat(inv_fact[k]));
     VI bits = (__builtin_convertvector(n, VI) + 1023) << 52;
-    return x < lo ? V{} : p * bit_cast<V>(bits);
+    V scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return x < lo ? V{} : p * scale;
   }
 };
 

@@ -34,7 +34,7 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     cross-entropy computed from the logits (stable for any logit).
     detach_factor=True (the default) makes (1 - IoU)^gamma a weight without gradient;
     False differentiates through it, with its base clamped to at least eps so that the
-    gradient stays finite as IoU -> 1. See pyanom.ops.reference.concentrated_loss.
+    gradient stays finite as IoU -> 1. eps lies in (0, 1]. See pyanom.ops.reference.concentrated_loss.
     """
     if isinstance(logits, torch.Tensor) and logits.dim() < 2:
         raise ValueError(f"logits must have shape [B, ...] with at least 2 dimensions, "
@@ -49,12 +49,14 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     _checks.same_device(logits=logits, target=target)
     gamma = _checks.number("gamma", gamma, low=0.0)
     lam = _checks.number("lam", lam, low=0.0, high=1.0)
-    eps = _checks.number("eps", eps)
+    # A smoothing term: beyond 1 it outweighs the sums it smooths (and past a float32 the
+    # torch path cannot even hold it).
+    eps = _checks.number("eps", eps, high=1.0)
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if not isinstance(detach_factor, bool):
         raise TypeError(f"detach_factor must be a bool, got {type(detach_factor).__name__}")
-    if not torch.compiler.is_compiling():  # data-dependent, so skipped while tracing
+    if _checks.has_values(logits) and _checks.has_values(target):
         _check_values(logits, target)
     target = target.detach().to(logits.dtype)
     return torch.ops.pyanom.concentrated(logits, target, gamma, lam, eps, detach_factor, backend)[0]
@@ -111,7 +113,9 @@ def _setup_context(ctx, inputs, output):
     logits, target, gamma, lam, eps, detach_factor, backend = inputs
     ctx.save_for_backward(logits, target, output[1])
     ctx.params = (gamma, lam, eps, detach_factor)
-    ctx.native = _backend.resolve(backend, logits.device, "concentrated_loss") == "native"
+    # Meta tensors (shapes only) run no kernel either way: their backward is the twin's, on meta.
+    ctx.native = (logits.device.type != "meta"
+                  and _backend.resolve(backend, logits.device, "concentrated_loss") == "native")
     ctx.mark_non_differentiable(output[1])
 
 

@@ -50,7 +50,8 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
         raise ValueError(f"queries and bank must have the same number of features: queries is "
                          f"{tuple(queries.shape)}, bank is {tuple(bank.shape)}")
     k = _checks.integer("k", k, low=1, high=bank.shape[0])
-    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1)
+    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1,
+                                                                           high=_checks.INT64_MAX)
     return torch.ops.pyanom.knn(queries, bank, k, chunk, backend)
 
 
