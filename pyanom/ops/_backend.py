@@ -6,7 +6,8 @@ tests/ops/test_<stem>.py. Its public function checks the arguments once and call
 torch.ops.pyanom.<stem>, whose last argument is the backend. define() gives that op the torch
 twin from pyanom.ops.reference as its default kernel (any device, and installations without
 the compiled module), and registers a native kernel for the "cpu" and "cuda" dispatch keys
-where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls those.
+where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls those, by the
+argument names csrc/<stem>.h declares (checked against _C.kernel_args at every call).
 """
 
 from __future__ import annotations
