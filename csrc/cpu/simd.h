@@ -78,23 +78,19 @@ inline double fmadd(double a, double b, double c) {
 #endif
 }
 
+// What Vec<float> and Vec<double> share: the operations GCC's operators lack, by intrinsic where
+// the target has one.
 template <typename T>
-struct Vec;
-
-// exp by range reduction x = n ln2 + r, |r| <= ln2/2, a polynomial in r, and 2^n built in the
-// exponent bits; exactly 0 below the normal range. Meant for x <= ~0 (softmax arguments after
-// the max is subtracted).
-template <>
-struct Vec<float> {
-  using V = vec<float>;
-  using VI = vec<std::int32_t>;
-  static constexpr int W = kBytes / 4;
-  static V splat(float x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
+struct VecOps {
+  using V = vec<T>;
+  static constexpr int W = kBytes / int(sizeof(T));
+  static constexpr bool f32 = sizeof(T) == 4;
+  static V splat(T x) { return x - V{}; }  // exact (x - 0 == x), folds to a broadcast
   static V fma(V a, V b, V c) {
 #if defined(__AVX512F__)
-    return _mm512_fmadd_ps(a, b, c);
+    if constexpr (f32) return _mm512_fmadd_ps(a, b, c); else return _mm512_fmadd_pd(a, b, c);
 #elif defined(__FMA__)
-    return _mm256_fmadd_ps(a, b, c);
+    if constexpr (f32) return _mm256_fmadd_ps(a, b, c); else return _mm256_fmadd_pd(a, b, c);
 #else
     return a * b + c;
 #endif
@@ -103,18 +99,18 @@ struct Vec<float> {
   // unmasked ones' undefined pass-through operand.
   static V max(V a, V b) {
 #if defined(__AVX512F__)
-    return _mm512_mask_max_ps(a, 0xFFFF, a, b);
+    if constexpr (f32) return _mm512_mask_max_ps(a, 0xFFFF, a, b); else return _mm512_mask_max_pd(a, 0xFF, a, b);
 #elif defined(__AVX__)
-    return _mm256_max_ps(a, b);
+    if constexpr (f32) return _mm256_max_ps(a, b); else return _mm256_max_pd(a, b);
 #else
     return a > b ? a : b;
 #endif
   }
   static V min(V a, V b) {
 #if defined(__AVX512F__)
-    return _mm512_mask_min_ps(a, 0xFFFF, a, b);
+    if constexpr (f32) return _mm512_mask_min_ps(a, 0xFFFF, a, b); else return _mm512_mask_min_pd(a, 0xFF, a, b);
 #elif defined(__AVX__)
-    return _mm256_min_ps(a, b);
+    if constexpr (f32) return _mm256_min_ps(a, b); else return _mm256_min_pd(a, b);
 #else
     return a < b ? a : b;
 #endif
@@ -122,16 +118,30 @@ struct Vec<float> {
   // Bit l set where a[l] < b[l] (false for NaN).
   static unsigned less(V a, V b) {
 #if defined(__AVX512F__)
-    return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ);
+    if constexpr (f32) return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); else return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
 #elif defined(__AVX__)
-    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
+    if constexpr (f32)
+      return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
+    else
+      return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
 #else
-    const VI lt = a < b;
+    const auto lt = a < b;
     unsigned bits = 0;
     for (int l = 0; l < W; ++l) bits |= unsigned(lt[l] & 1) << l;
     return bits;
 #endif
   }
+};
+
+// Vec<T>: VecOps<T> and exp, by range reduction x = n ln2 + r, |r| <= ln2/2, a polynomial in r,
+// and 2^n built in the exponent bits; exactly 0 below the normal range. Meant for x <= ~0
+// (softmax arguments after the max is subtracted).
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<float> : VecOps<float> {
+  using VI = vec<std::int32_t>;
   static V exp(V x) {
     const V lo = splat(-87.33654f);
     V z = x < lo ? lo : x;
@@ -153,50 +163,8 @@ struct Vec<float> {
 };
 
 template <>
-struct Vec<double> {
-  using V = vec<double>;
+struct Vec<double> : VecOps<double> {
   using VI = vec<std::int64_t>;
-  static constexpr int W = kBytes / 8;
-  static V splat(double x) { return x - V{}; }
-  static V fma(V a, V b, V c) {
-#if defined(__AVX512F__)
-    return _mm512_fmadd_pd(a, b, c);
-#elif defined(__FMA__)
-    return _mm256_fmadd_pd(a, b, c);
-#else
-    return a * b + c;
-#endif
-  }
-  static V max(V a, V b) {
-#if defined(__AVX512F__)
-    return _mm512_mask_max_pd(a, 0xFF, a, b);
-#elif defined(__AVX__)
-    return _mm256_max_pd(a, b);
-#else
-    return a > b ? a : b;
-#endif
-  }
-  static V min(V a, V b) {
-#if defined(__AVX512F__)
-    return _mm512_mask_min_pd(a, 0xFF, a, b);
-#elif defined(__AVX__)
-    return _mm256_min_pd(a, b);
-#else
-    return a < b ? a : b;
-#endif
-  }
-  static unsigned less(V a, V b) {
-#if defined(__AVX512F__)
-    return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
-#elif defined(__AVX__)
-    return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
-#else
-    const VI lt = a < b;
-    unsigned bits = 0;
-    for (int l = 0; l < W; ++l) bits |= unsigned(lt[l] & 1) << l;
-    return bits;
-#endif
-  }
   static V exp(V x) {
     const V lo = splat(-708.3964185322641);
     V z = x < lo ? lo : x;
