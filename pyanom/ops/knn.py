@@ -50,7 +50,8 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
         raise ValueError(f"queries and bank must have the same number of features: queries is "
                          f"{tuple(queries.shape)}, bank is {tuple(bank.shape)}")
     k = _checks.integer("k", k, low=1, high=bank.shape[0])
-    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1)
+    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1,
+                                                                           high=_checks.INT64_MAX)
     return torch.ops.pyanom.knn(queries, bank, k, chunk, backend)
 
 
@@ -83,9 +84,11 @@ def _native(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
     (q, d), n = queries.shape, bank.shape[0]
     distances = queries.new_empty(q, k)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
-    scratch = _backend.workspace("knn", queries, q, n, d, k, chunk_size)
-    _backend.launch("knn", queries, queries.data_ptr(), bank.data_ptr(), distances.data_ptr(),
-                    indices.data_ptr(), scratch.data_ptr(), scratch.numel(), q, n, d, k, chunk_size)
+    sizes = dict(q=q, n=n, d=d, k=k, chunk_size=chunk_size)
+    scratch = _backend.workspace("knn", queries, **sizes)
+    _backend.launch("knn", queries, queries=queries.data_ptr(), bank=bank.data_ptr(),
+                    distances=distances.data_ptr(), indices=indices.data_ptr(),
+                    workspace=scratch.data_ptr(), workspace_bytes=scratch.numel(), **sizes)
     return distances, indices
 
 

@@ -196,6 +196,8 @@ def _bad_inputs(device="cpu"):
         (q.tolist(), b, 2, {}, TypeError, "queries must be a torch.Tensor"),
         (q, b, 2, {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
         (q, b, 2, {"chunk_size": 1.5}, TypeError, "chunk_size must be an int"),
+        # Found by tests/ops/test_fuzz.py: torch.library's "Expected a value of type 'int'" before.
+        (q, b, 2, {"chunk_size": 2**63}, ValueError, "chunk_size must be <= 9223372036854775807"),
     ]
 
 
@@ -208,6 +210,16 @@ def test_bad_inputs_rejected_identically(device, case):
             knn_scores(queries, bank, k, backend=backend, **keywords)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_tensors_give_meta_results(backend):
+    """Shapes only, as any torch op (found by tests/ops/test_fuzz.py: the finiteness check read
+    the values of meta tensors and raised "Tensor.item() cannot be called on meta tensors")."""
+    dist, index = knn_scores(torch.empty(5, 3, device="meta"), torch.empty(8, 3, device="meta"), 4,
+                             backend=backend)
+    assert dist.device.type == index.device.type == "meta"
+    assert dist.shape == index.shape == (5, 4) and index.dtype == torch.int64
 
 
 def test_torch_compile_fullgraph(device):
