@@ -25,12 +25,16 @@ exit status: 0 done; 1 predict finished but some images could not be read (see s
 2 nothing done (bad argument, input or output: the message names it; --debug for a traceback).
 
 DATA_ROOT layouts (detected): MVTec AD (train/good, test/<type>, ground_truth/<type>),
-KolektorSDD2 (NAME.png + NAME_GT.png), labelled folders (good/, <defect>/...), and
-image + mask folders (images/, masks/). Layouts without a train/test split are split by
---test-fraction and --seed; use the same values for fit and evaluate (the model remembers them).
+KolektorSDD2 (NAME.png + NAME_GT.png), labelled folders (good/, <defect>/...), image + mask
+folders (images/, masks/), and a flat folder of images (all good). Layouts without a train/test
+split are split by --test-fraction and --seed (an unsupervised fit sends every defect image to
+the test part); evaluate reads them as the fit did and evaluates the held-out part of a folder
+the model was fitted on, all of any other folder.
 """
-_LAYOUT = (("--layout",), dict(choices=["mvtec", "kolektorsdd2", "folders", "image_mask"],
+_LAYOUT = (("--layout",), dict(choices=["mvtec", "kolektorsdd2", "folders", "image_mask", "flat"],
                                help="data layout (default: detected)"))
+_NORMAL = (("--normal-class",), dict(metavar="NAME", help="the class folder of good images where it is not named "
+                                     "good, ok, normal or the like"))
 _FRACTION = "test share for layouts without a train/test split (default 0.3)"
 SHARED_OPTIONS = {
     "device": [(("--device",), dict(default="cpu", help="cpu or cuda (default cpu)"))],
@@ -38,9 +42,9 @@ SHARED_OPTIONS = {
                               "(e.g. --set coreset_ratio=0.01; see `pyanom info DETECTOR`)"))],
     "runtime": [(("--runtime",), dict(choices=["onnxruntime", "openvino"], help="runtime for exported model folders "
                                       "(default: onnxruntime for ONNX, openvino for OpenVINO)"))],
-    "split": [_LAYOUT, (("--test-fraction",), dict(type=float, default=0.3, help=_FRACTION)),
+    "split": [_LAYOUT, _NORMAL, (("--test-fraction",), dict(type=float, default=0.3, help=_FRACTION)),
               (("--seed",), dict(type=int, default=0, help="seed of that split (default 0)"))],
-    "split-remembered": [_LAYOUT, (("--test-fraction",), dict(type=float, help=_FRACTION + "; default: the fit's")),
+    "split-remembered": [_LAYOUT, _NORMAL, (("--test-fraction",), dict(type=float, help=_FRACTION + "; default: the fit's")),
                          (("--seed",), dict(type=int, help="seed of that split (default: the fit's)"))],
 }
 
@@ -84,7 +88,8 @@ def cmd_info(args) -> int:
 
 
 def _split(args) -> dict:
-    return {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed}
+    return {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed,
+            "normal_class": args.normal_class}
 
 
 def cmd_fit(args) -> int:
