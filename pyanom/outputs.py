@@ -77,8 +77,8 @@ def _check_creatable(folder: Path, what: str) -> None:
 def check_model_target(path: str | os.PathLike, *, force: bool = False, reading: Reading = NOTHING_READ,
                        what: str = "--out") -> Path:
     """Check a model file target before fitting: it ends in .pyanom, is no input of the run, its
-    folder exists or can be created, and it is not an existing file unless that file is a pyanom
-    model and ``force`` is set. Returns the path."""
+    folder exists or is created and is writable, and it is not an existing file unless that file
+    is a pyanom model and ``force`` is set. Returns the path."""
     from pyanom.archive import is_archive
 
     path = Path(path)
@@ -93,15 +93,16 @@ def check_model_target(path: str | os.PathLike, *, force: bool = False, reading:
             raise OutputError(f"{what} {path}: exists and is not a pyanom model; refusing to overwrite it")
         if not force:
             raise OutputError(f"{what} {path}: a model already exists there; pass --force to replace it")
-    _check_creatable(path.parent, what)
+    writable_folder(path.parent, what)
     return path
 
 
 def check_file_target(path: str | os.PathLike, what: str, *, written_by_pyanom: Callable[[Path], bool],
                       kind: str, example: str, reading: Reading = NOTHING_READ) -> Path:
     """Check a single output file (``kind``, e.g. "metrics JSON") before any work: not a folder
-    (``example`` names a file to give instead), no input of the run, and not an existing file
-    unless ``written_by_pyanom(path)`` says pyanom wrote it. Returns the path."""
+    (``example`` names a file to give instead), no input of the run, not an existing file unless
+    ``written_by_pyanom(path)`` says pyanom wrote it, and its folder exists or is created and is
+    writable. Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{what} {path}: is a folder; give a file name, e.g. {what} {path / example}")
@@ -113,7 +114,7 @@ def check_file_target(path: str | os.PathLike, what: str, *, written_by_pyanom: 
             raise OutputError(f"{what} {path}: is a pyanom model; refusing to overwrite it with the {kind}")
         raise OutputError(f"{what} {path}: exists and is not a {kind} pyanom wrote; refusing to overwrite it "
                           f"(move it, or choose another {what})")
-    _check_creatable(path.parent, what)
+    writable_folder(path.parent, what)
     return path
 
 

@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence
 from pyanom.outputs import OutputError, OutputFolder, Reading, atomic_path, check_file_target, check_model_target, \
     common_root, output_name, writable_folder
 
-__all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_folder", "fit_each", "fit_folder",
-           "predict_folder", "score_files"]
+__all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_folder", "evaluation_set", "fit_each",
+           "fit_folder", "predict_folder", "score_files"]
 
 Say = Optional[Callable[[str], None]]
 SCORES_COLUMNS = ["path", "score", "defect", "decided_by", "heatmap", "error"]
@@ -462,7 +462,7 @@ def demo(out, *, detector: str = "patchcore", settings: Sequence[str] = (), devi
     if (data.exists() or model.exists()) and not overwrite:
         raise OutputError(f"{out} already holds a demo; pass --overwrite to replace it, or --out another folder")
     check_model_target(model, force=overwrite)
-    check_file_target(metrics, "--out", written_by_pyanom=_is_metrics_json, kind="metrics JSON", example="")
+    check_file_target(metrics, "--out", written_by_pyanom=_is_metrics_json, kind="metrics JSON", example="metrics.json")
     say(f"generating a synthetic inspection set in {data}")
     make_inspection_set(data, kind="texture", seed=seed, overwrite=overwrite)
     fit_folder(detector, data, model, settings=settings, device=device, seed=seed, force=overwrite, say=say)
