@@ -111,7 +111,7 @@ def test_openvino_ir_matches_pyanom(key, bottle, files, tmp_path):
     folder = export(det, tmp_path / "ir", format="openvino", knn_chunk=KNN_CHUNK)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, OUTPUTS, "model.xml", "model.bin"])
     assert_same(load(folder, threads=1).predict(files), expected)
-    with pytest.raises(ValueError, match="backend must be one of openvino"):
+    with pytest.raises(ValueError, match="is an openvino export, which openvino runs, not onnxruntime"):
         load(folder, backend="onnxruntime")
 
 
