@@ -7,16 +7,11 @@ status and that no input or earlier output changed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
