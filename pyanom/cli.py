@@ -23,12 +23,16 @@ exit status: 0 done; 1 predict finished but some images could not be read (see s
 2 nothing done (bad argument, input or output: the message names it; --debug for a traceback).
 
 DATA_ROOT layouts (detected): MVTec AD (train/good, test/<type>, ground_truth/<type>),
-KolektorSDD2 (NAME.png + NAME_GT.png), labelled folders (good/, <defect>/...), and
-image + mask folders (images/, masks/). Layouts without a train/test split are split by
---test-fraction and --seed; use the same values for fit and evaluate (the model remembers them).
+KolektorSDD2 (NAME.png + NAME_GT.png), labelled folders (good/, <defect>/...), image + mask
+folders (images/, masks/), and a flat folder of images (all good). Layouts without a train/test
+split are split by --test-fraction and --seed (an unsupervised fit sends every defect image to
+the test part); evaluate reads them as the fit did and evaluates the held-out part of a folder
+the model was fitted on, all of any other folder.
 """
-_LAYOUT = (("--layout",), dict(choices=["mvtec", "kolektorsdd2", "folders", "image_mask"],
+_LAYOUT = (("--layout",), dict(choices=["mvtec", "kolektorsdd2", "folders", "image_mask", "flat"],
                                help="data layout (default: detected)"))
+_NORMAL = (("--normal-class",), dict(metavar="NAME", help="the class folder of good images where it is not named "
+                                     "good, ok, normal or the like"))
 _FRACTION = "test share for layouts without a train/test split (default 0.3)"
 SHARED_OPTIONS = {
     "device": [(("--device",), dict(default="cpu", help="cpu or cuda (default cpu)"))],
@@ -36,9 +40,9 @@ SHARED_OPTIONS = {
                               "(e.g. --set coreset_ratio=0.01; see `pyanom info DETECTOR`)"))],
     "runtime": [(("--runtime",), dict(choices=["onnxruntime", "openvino"], help="runtime for exported model folders "
                                       "(default: onnxruntime for ONNX, openvino for OpenVINO)"))],
-    "split": [_LAYOUT, (("--test-fraction",), dict(type=float, default=0.3, help=_FRACTION)),
+    "split": [_LAYOUT, _NORMAL, (("--test-fraction",), dict(type=float, default=0.3, help=_FRACTION)),
               (("--seed",), dict(type=int, default=0, help="seed of that split (default 0)"))],
-    "split-remembered": [_LAYOUT, (("--test-fraction",), dict(type=float, help=_FRACTION + "; default: the fit's")),
+    "split-remembered": [_LAYOUT, _NORMAL, (("--test-fraction",), dict(type=float, help=_FRACTION + "; default: fit's")),
                          (("--seed",), dict(type=int, help="seed of that split (default: the fit's)"))],
 }
 
@@ -74,13 +78,13 @@ def cmd_info(args) -> int:
     width = max(len(s["name"]) for s in info["settings"])
     for s in info["settings"]:
         allowed = s.get("interval") or (" | ".join(map(str, s["choices"])) if "choices" in s else "")
-        print(f"  {s['name']:<{width}}  {s['type']}{f' in {allowed}' if allowed else ''}, default {json.dumps(s['default'])}")
+        print(f"  {s['name']:<{width}}  {s['type']}{f' in {allowed}' * bool(allowed)}, default {json.dumps(s['default'])}")
         print(f"  {'':<{width}}  {s['help']}")
     return 0
 
 
 def _split(args) -> dict:
-    return {"layout": args.layout, "test_fraction": args.test_fraction, "seed": args.seed}
+    return {k: getattr(args, k) for k in ("layout", "test_fraction", "seed", "normal_class")}
 
 
 def cmd_fit(args) -> int:
@@ -93,11 +97,10 @@ def cmd_fit(args) -> int:
     rows = runs.fit_each(args.detector, args.data_root, args.out, ray=args.ray, **options)
     width = max(len(n) for n in rows)
     print(f"{'variant':<{width}}  {'images':>6}  {'fit s':>7}  {'threshold':>10}  model or error")
-    for name, row in rows.items():
-        if isinstance(row, str):
-            print(f"{name:<{width}}  {'-':>6}  {'-':>7}  {'-':>10}  error: {row}")
-        else:
-            print(f"{name:<{width}}  {row.images:>6}  {row.seconds:>7.1f}  {row.threshold:>10.4g}  {row.model}")
+    for name, r in rows.items():
+        cells = (("-", "-", "-", f"error: {r}") if isinstance(r, str)
+                 else (r.images, f"{r.seconds:.1f}", f"{r.threshold:.4g}", r.model))
+        print(f"{name:<{width}}  {cells[0]:>6}  {cells[1]:>7}  {cells[2]:>10}  {cells[3]}")
     failed = sum(isinstance(row, str) for row in rows.values())
     if failed:
         print(f"pyanom fit: {failed} of {len(rows)} variants failed", file=sys.stderr)
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("detector", help="detector name (see `pyanom list`)")
     p.add_argument("data_root", type=Path, help="data set folder")
-    p.add_argument("--out", required=True, type=Path, help="model file to write, ending in .pyanom (its folder is created)")
+    p.add_argument("--out", required=True, type=Path, help="model file to write, ending in .pyanom (folder created)")
     p.add_argument("--force", action="store_true", help="replace an existing model file at --out")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="fit on a Ray cluster (pyanom[ray]): "
                    "a local one, or ADDRESS (auto, ray://host:10001); every node must read the images")
@@ -219,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "curves, histogram, worst cases")
 
     p = command("predict", "score images and write scores.csv and heatmaps", cmd_predict, shared=("device", "runtime"))
-    p.add_argument("model", type=Path, help="model file written by `pyanom fit`, or a folder written by `pyanom export`")
+    p.add_argument("model", type=Path, help="model file written by `pyanom fit`, or folder written by `pyanom export`")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="images or folders of images")
     p.add_argument("--out", type=Path, default=Path("pyanom-predictions"), help="output folder (default "
                    "pyanom-predictions); pyanom's earlier outputs there are replaced, other files are left alone")

@@ -85,6 +85,7 @@ class Detector(abc.ABC):
         self.threshold: float | None = None
         self.data_split: dict | None = None  # how the CLI split the data at fit, reused by evaluate
         self.fitted_on: dict | None = None  # image counts of the last fit, shown by `pyanom serve`
+        self.training_data: dict | None = None  # folder and files_fingerprint of the set fitted on (InspectionSet.record)
 
     # -- what plugins implement -------------------------------------------------
     @abc.abstractmethod
@@ -151,6 +152,7 @@ class Detector(abc.ABC):
             where = getattr(train, "root", None) or "the training set"
             raise ValueError(f"{self.name} learns from pixel masks, but {where} has image labels only (no masks); "
                              "add masks, or use a detector that needs none (e.g. patchcore, siamese)")
+        record = train.record() if hasattr(train, "record") else None
         if self.supervision == "unsupervised":
             train = train.normal()
         if validation is None:
@@ -160,6 +162,7 @@ class Detector(abc.ABC):
         self.threshold = calibrate(validation.labels, scores)
         self.fitted_on = {"train_images": len(train), "train_defective": int(train.labels.sum()),
                           "threshold_images": len(validation), "threshold_defective": int(validation.labels.sum())}
+        self.training_data = record
         return self
 
     def predict(self, images, *, batch_size: int = 32, map_size: str = "input") -> Prediction:
@@ -213,7 +216,8 @@ class Detector(abc.ABC):
         if not self.fitted:
             raise RuntimeError(f"{self.name}: fit the detector before saving it")
         config = {"detector": self.name, "config": dataclasses.asdict(self.config),
-                  "threshold": self.threshold, "data_split": self.data_split, "fitted_on": self.fitted_on}
+                  "threshold": self.threshold, "data_split": self.data_split, "fitted_on": self.fitted_on,
+                  "training_data": self.training_data}
         return save_archive(path, config, self.state_tensors())
 
     # -- helpers ------------------------------------------------------------------

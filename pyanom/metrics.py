@@ -289,8 +289,10 @@ def evaluate(labels, scores, masks=None, maps=None, defect_types: Sequence[str] 
     if not _two_classes(y):
         notes.append(f"image metrics undefined: {num_good} good and {num_defect} defective "
                      "images, both classes are needed")
-    if not have_pixels:
-        notes.append("pixel metrics undefined: no masks or no anomaly maps")
+    if masks is None:
+        notes.append("pixel metrics undefined: no masks")
+    elif maps is None:
+        notes.append("pixel metrics undefined: no anomaly maps")
     elif not m.any():
         notes.append("pixel metrics undefined: the masks hold no defect pixel")
 

@@ -100,4 +100,5 @@ def load(path, *, device="cpu", runtime: str | None = None, skip: tuple[str, ...
     det.threshold = config["threshold"]
     det.data_split = config.get("data_split")
     det.fitted_on = config.get("fitted_on")
+    det.training_data = config.get("training_data")  # None in models saved before it was recorded
     return det

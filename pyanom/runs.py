@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -22,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from pyanom.outputs import OutputError, OutputFolder, atomic_path, check_model_target, common_root, output_name, \
-    writable_folder
+from pyanom.outputs import OutputError, OutputFolder, Reading, atomic_path, check_file_target, check_model_target, \
+    common_root, output_name, writable_folder
 
-__all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_folder", "fit_each", "fit_folder",
-           "predict_folder", "score_files"]
+__all__ = ["FitResult", "PredictResult", "checked_device", "demo", "evaluate_folder", "evaluation_set", "fit_each",
+           "fit_folder", "predict_folder", "score_files"]
 
 Say = Optional[Callable[[str], None]]
 SCORES_COLUMNS = ["path", "score", "defect", "decided_by", "heatmap", "error"]
@@ -105,14 +106,16 @@ class FitResult:
 
 
 def fit_folder(detector: str, data_root, out, *, settings: Sequence[str] | dict = (), device: str = "cpu",
-               layout: str | None = None, test_fraction: float = 0.3, seed: int = 0, force: bool = False,
-               ray: str | None = None, say: Say = print, progress: bool = True) -> FitResult:
+               layout: str | None = None, test_fraction: float = 0.3, seed: int = 0, normal_class: str | None = None,
+               force: bool = False, ray: str | None = None, say: Say = print, progress: bool = True) -> FitResult:
     """Fit ``detector`` on the training part of ``data_root`` and save it to ``out`` (.pyanom).
 
     settings: ``["key=value", ...]`` as `--set` takes them (parsed by the declared types) or a
     dict of values; both are checked before any data is read. ray: None, "local" or a cluster
-    address (memory-bank detectors only). layout, test_fraction and seed say how a folder
-    without its own train/test split is split; the model remembers them for `evaluate_folder`.
+    address (memory-bank detectors only). layout, test_fraction, seed and normal_class say how
+    a folder is read and, without its own train/test split, split (an unsupervised detector's
+    split sends every defect image to the test part); the model remembers them, and which
+    images it was fitted on, for `evaluate_folder`.
     """
     import pyanom
     from pyanom.data import describe_layout, open_dataset
@@ -123,7 +126,14 @@ def fit_folder(detector: str, data_root, out, *, settings: Sequence[str] | dict 
     say = sayer(say)
     cls = detector_class(detector)
     values = dict(settings) if isinstance(settings, dict) else parse_settings(cls.Config, list(settings))
-    out = check_model_target(out, force=force)
+    reading = Reading(data=[data_root])
+    out = check_model_target(out, force=force, reading=reading)
+    if values.get("checkpoint") is not None:
+        check_file_target(values["checkpoint"], "checkpoint", written_by_pyanom=_is_checkpoint,
+                          kind="training checkpoint", example="fit.ckpt",
+                          reading=Reading(files={out: "the model file this fit writes"}, data=[data_root]))
+    if test_fraction >= 1:
+        raise ValueError(f"--test-fraction {test_fraction}: leaves no image to fit on; give a share below 1")
     det = pyanom.create(detector, device=checked_device(device), **values)
     if ray is not None:
         if not isinstance(det, MemoryBankDetector):
@@ -132,16 +142,17 @@ def fit_folder(detector: str, data_root, out, *, settings: Sequence[str] | dict 
         from pyanom.distributed import use_ray
 
         use_ray(det, None if ray == "local" else ray)
-    say(describe_layout(data_root, layout=layout, test_fraction=test_fraction, seed=seed))
-    train = open_dataset(data_root, "train", layout=layout, image_size=det.image_size,
-                         test_fraction=test_fraction, seed=seed)
+    split = {"layout": layout, "test_fraction": test_fraction, "seed": seed, "normal_class": normal_class,
+             "train_defects": det.supervision != "unsupervised"}
+    say(describe_layout(data_root, **split))
+    train = open_dataset(data_root, "train", image_size=det.image_size, **split)
     used = train.normal() if det.supervision == "unsupervised" else train
     for note in conversion_notes([s.image for s in used.samples], det.image_size):
         say(note)
     say(f"fitting {det.name} on {len(used)} images from {data_root}")
     start = time.perf_counter()
     det.fit(train, seed=seed, progress=progress)
-    det.data_split = {"layout": layout, "test_fraction": test_fraction, "seed": seed}
+    det.data_split = split
     det.save(out)
     seconds = time.perf_counter() - start
     say(f"fitted in {seconds:.1f} s, threshold {det.threshold:.4g}; saved {out}")
@@ -159,6 +170,7 @@ def fit_each(detector: str, data_root, out_dir, *, ray: str | None = None, say: 
     variants = sorted(p for p in data_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not variants:
         raise FileNotFoundError(f"{data_root}: --each needs one sub-folder per variant, found none")
+    Reading(data=[data_root]).check(out_dir, "--out")
     writable_folder(out_dir, "--out")
     jobs = {v.name: (detector, v, out_dir / f"{v.name}.pyanom", options) for v in variants}
     if ray is not None:
@@ -175,6 +187,16 @@ def fit_each(detector: str, data_root, out_dir, *, ray: str | None = None, say: 
     return results
 
 
+def _is_checkpoint(path: Path) -> bool:
+    from pyanom.archive import read_header
+    from pyanom.training import CHECKPOINT_KIND
+
+    try:
+        return read_header(path).get("kind") == CHECKPOINT_KIND
+    except (OSError, ValueError):
+        return False
+
+
 def _fit_variant(job, quiet: bool, say: Say = print) -> FitResult | str:
     detector, root, out, options = job
     try:
@@ -186,41 +208,44 @@ def _fit_variant(job, quiet: bool, say: Say = print) -> FitResult | str:
 # -- evaluate ----------------------------------------------------------------------------------------
 def evaluate_folder(model, data_root, *, json_out=None, heatmaps=None, report=None, device: str = "cpu",
                     layout: str | None = None, test_fraction: float | None = None, seed: int | None = None,
-                    say: Say = print) -> dict:
+                    normal_class: str | None = None, say: Say = print) -> dict:
     """Score the test part of ``data_root`` with the model file ``model``; returns the metrics
     (pyanom.metrics.evaluate plus decision_threshold, count, ms_per_image) and writes them as JSON
     to ``json_out``, heatmap overlays to the folder ``heatmaps`` and the HTML report to the folder
-    ``report`` where given. The split options default to those the model was fitted with."""
+    ``report`` where given. Which images are evaluated: see evaluation_set."""
     import pyanom
-    from pyanom.data import open_dataset
     from pyanom.metrics import evaluate
     from pyanom.visualize import heatmap_scale
 
     say = sayer(say)
     det = pyanom.load(model, device=checked_device(device))
     if _exported(det):
-        raise ValueError(f"{model} is an exported model: evaluate a .pyanom model file (the one it was "
-                         "exported from)")
-    split = dict(det.data_split or {})
-    for key, value in (("layout", layout), ("test_fraction", test_fraction), ("seed", seed)):
-        if value is not None:
-            split[key] = value
-    test = open_dataset(data_root, "test", image_size=det.image_size, **split)
+        raise ValueError(f"{model} is an exported model: evaluate the .pyanom model file it was exported from "
+                         "(exported models predict only)")
+    reading = Reading(files={model: "the model being evaluated"}, data=[data_root])
     if json_out is not None:
-        writable_folder(Path(json_out).parent, "--json")
-    if report is not None:
-        writable_folder(Path(report), "--report")
+        check_file_target(json_out, "--json", written_by_pyanom=_is_metrics_json, kind="metrics JSON",
+                          example="metrics.json", reading=reading)
+    if heatmaps is not None and report is not None and Path(heatmaps).resolve() == Path(report).resolve():
+        raise OutputError(f"--report {report}: is also --heatmaps; give each its own folder")
+    folders = [] if report is None else [OutputFolder(report, "--report", reading=reading).check(["index.html"])]
+    asked = {"layout": layout, "test_fraction": test_fraction, "seed": seed, "normal_class": normal_class}
+    test = evaluation_set(det, data_root, {k: v for k, v in asked.items() if v is not None}, name=Path(model).name,
+                          say=say)
     names = None
     if heatmaps is not None:
         names = [output_name(s.image, test.root) for s in test.samples]
-        heatmaps = OutputFolder(heatmaps, "--heatmaps").start(names)
+        folders.append(OutputFolder(heatmaps, "--heatmaps", reading=reading).check(names))
+    for folder in folders:
+        folder.start()
     for note in conversion_notes([s.image for s in test.samples], det.image_size):
         say(note)
     start = time.perf_counter()
     pred = det.predict(test, map_size="model")  # pixel metrics at the model's size, as the masks are
     elapsed = time.perf_counter() - start
-    metrics = evaluate(test.labels, pred.image_scores, masks=test.masks() if pred.anomaly_maps is not None else None,
-                       maps=pred.anomaly_maps, defect_types=test.defect_types)
+    with_masks = test.has_masks and pred.anomaly_maps is not None
+    metrics = evaluate(test.labels, pred.image_scores, masks=test.masks() if with_masks else None,
+                       maps=pred.anomaly_maps if with_masks else None, defect_types=test.defect_types)
     metrics["decision_threshold"] = det.threshold
     metrics["count"] = len(test)
     metrics["ms_per_image"] = 1000 * elapsed / len(test)
@@ -230,20 +255,65 @@ def evaluate_folder(model, data_root, *, json_out=None, heatmaps=None, report=No
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2))
     if heatmaps is not None and pred.anomaly_maps is None:
-        say(f"{det.name} gives no anomaly maps: no heatmaps written to {heatmaps.path}")
+        say(f"{det.name} gives no anomaly maps: no heatmaps written to {heatmaps}")
     elif heatmaps is not None:
         scale = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
-        failed = write_heatmaps_of(heatmaps, [Heatmap(s.image, name, pred.anomaly_maps[i], mask=s.mask)
-                                              for i, (s, name) in enumerate(zip(test.samples, names))], scale)
+        failed = write_heatmaps_of(folders[-1], [Heatmap(s.image, name, pred.anomaly_maps[i], mask=s.mask)
+                                                 for i, (s, name) in enumerate(zip(test.samples, names))], scale)
         if failed:
             raise OSError(f"{len(failed)} heatmaps could not be written (first: {next(iter(failed.values()))})")
-        say(f"wrote {len(names)} heatmaps to {heatmaps.path}")
+        say(f"wrote {len(names)} heatmaps to {heatmaps}")
     if report is not None:
         from pyanom.report import write_report
 
         metrics_path = write_report(report, test, pred, det, metrics, title=Path(model).name)
         say(f"wrote {metrics_path}")
     return metrics
+
+
+def evaluation_set(det, data_root, asked: dict, *, name: str = "the model", say: Say = print):
+    """The images of ``data_root`` to evaluate ``det`` on, read with the split options the model
+    was fitted with unless ``asked`` gives others (layout, test_fraction, seed, normal_class):
+    the test part of a layout with its own split; of a folder without one, the part held out
+    from the fit when the model was fitted on that folder (its training_data says so), all of it
+    when it was not. A folder changed since the fit is refused: its held-out part is lost."""
+    from pyanom.data import InspectionSet, files_fingerprint, read_splits
+
+    say = sayer(say)
+    split = {**(det.data_split or {}), **asked}
+    layout, parts, made = read_splits(data_root, **split)
+    record = det.training_data
+    how = f"test_fraction {split.get('test_fraction', 0.3)}, seed {split.get('seed', 0)}"
+    if not made and layout != "flat":  # the layout's own test part
+        samples = parts.get("test")
+        if not samples:
+            raise FileNotFoundError(f"{data_root}: the {layout} data set has no test images to evaluate on")
+    elif made and ({"test_fraction", "seed"} & set(asked) or record is None):
+        samples = parts["test"]
+        say(f"evaluating on the {len(samples)} images of {data_root} held out by {how}")
+    elif record is not None and files_fingerprint(parts["train"], data_root) == record["fingerprint"]:
+        samples = parts.get("test", [])
+        if not samples:
+            raise ValueError(f"{name} was fitted on every image of {data_root}: none is left to evaluate on; "
+                             "evaluate on other images (good and defective ones)")
+        say(f"{name} was fitted on {data_root}: evaluating on the {len(samples)} images held out from that fit ({how})")
+    elif record is not None and record.get("root") == os.path.abspath(data_root):
+        raise ValueError(f"{data_root} has changed since {name} was fitted on it, so its held-out images can no "
+                         "longer be told from its training images; evaluate on images the model was not fitted on, "
+                         "or fit again")
+    else:
+        samples = sorted((s for part in parts.values() for s in part), key=lambda s: s.image)
+        say(f"evaluating on all {len(samples)} images of {data_root} ({name} was not fitted on them)")
+    return InspectionSet(samples, image_size=det.image_size, root=data_root, layout=layout, split="test")
+
+
+def _is_metrics_json(path: Path) -> bool:
+    """Whether ``path`` holds metrics as evaluate_folder writes them."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"image_auroc", "decision_threshold", "count"} <= set(metrics)
 
 
 # -- predict -----------------------------------------------------------------------------------------
@@ -363,6 +433,12 @@ def _concatenate(model, parts):
     return model.concatenate(parts) if _exported(model) else type(parts[0]).concatenate(parts)
 
 
+def predict_inputs(model, images: Sequence) -> Reading:
+    """What a predict run reads (the model, the image files and folders given), for its --out check."""
+    files = {model: "the model being used", **{p: "an image being scored" for p in images if Path(p).is_file()}}
+    return Reading(files=files, folders=[p for p in images if Path(p).is_dir()])
+
+
 def predict_folder(model, images: Sequence, out, *, recursive: bool = True, device: str = "cpu",
                    runtime: str | None = None, write_heatmaps: str = "all", heatmap_format: str = "png",
                    heatmap_size: int | None = None, say: Say = print) -> PredictResult:
@@ -390,6 +466,8 @@ def predict_folder(model, images: Sequence, out, *, recursive: bool = True, devi
     say = sayer(say)
     det = pyanom.load(model, device=checked_device(device), runtime=runtime)
     out = Path(out)
+    reading = predict_inputs(model, images)
+    reading.check(out, "--out")
     out_dir = out.resolve()
     paths = [p for p in find_images(*images, recursive=recursive) if out_dir not in p.resolve().parents]
     if not paths:
@@ -398,7 +476,7 @@ def predict_folder(model, images: Sequence, out, *, recursive: bool = True, devi
     suffix = HEATMAP_FORMATS[heatmap_format]
     names = {p: output_name(p, root, suffix) for p in paths}
     planned = [] if write_heatmaps == "none" else [Path("heatmaps") / n for n in names.values()]
-    folder = OutputFolder(out).start(["scores.csv"] + planned)
+    folder = OutputFolder(out, reading=reading).start(["scores.csv"] + planned)
     if not _exported(det):
         for note in conversion_notes(paths, det.image_size):
             say(note)
@@ -537,11 +615,12 @@ def demo(out, *, detector: str = "patchcore", settings: Sequence[str] = (), devi
 
     say = sayer(say)
     out = Path(out)
-    data, model = out / "data", out / "model.pyanom"
+    data, model, metrics = out / "data", out / "model.pyanom", out / "metrics.json"
     if (data.exists() or model.exists()) and not overwrite:
         raise OutputError(f"{out} already holds a demo; pass --overwrite to replace it, or --out another folder")
+    check_model_target(model, force=overwrite)
+    check_file_target(metrics, "--out", written_by_pyanom=_is_metrics_json, kind="metrics JSON", example="metrics.json")
     say(f"generating a synthetic inspection set in {data}")
     make_inspection_set(data, kind="texture", seed=seed, overwrite=overwrite)
     fit_folder(detector, data, model, settings=settings, device=device, seed=seed, force=overwrite, say=say)
-    return evaluate_folder(model, data, json_out=out / "metrics.json", heatmaps=out / "heatmaps", device=device,
-                           say=say)
+    return evaluate_folder(model, data, json_out=metrics, heatmaps=out / "heatmaps", device=device, say=say)

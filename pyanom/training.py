@@ -339,13 +339,31 @@ class Trainer:
             if saved is not None:
                 done, history = saved["progress"], LossHistory(saved["history"])
                 self._check_resumable(stages, done)
-        with _StopOnInterrupt(self.checkpoint is not None) as interrupt:
-            for s in stages:
-                self._run_stage(s, stages, done, history, interrupt)
+                if self.progress:
+                    print(self._resuming(stages, done), file=sys.stderr, flush=True)
+        try:
+            with _StopOnInterrupt(self.checkpoint is not None) as interrupt:
+                for s in stages:
+                    self._run_stage(s, stages, done, history, interrupt)
+        except KeyboardInterrupt as stop:
+            if self.checkpoint is not None or isinstance(stop, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted("training stopped and nothing was kept; to be able to stop a fit and resume "
+                                      "it, give it a checkpoint file: --set checkpoint=FILE") from None
         for s in stages:  # also those a finished checkpoint skipped
             for m in s.modules.values():
                 m.eval()
         return history
+
+    def _resuming(self, stages, done: dict) -> str:
+        """The line that says where a resumed run picks up."""
+        for s in stages:
+            at = done[s.name]
+            if not (at["finished"] and at["epochs"] == s.epochs):
+                stage = f" ({s.name} stage)" if len(stages) > 1 else ""
+                return (f"pyanom: resuming from epoch {at['epochs'] + 1} of {s.epochs}{stage}: {at['epochs']} "
+                        f"done, from checkpoint {self.checkpoint}")
+        return f"pyanom: checkpoint {self.checkpoint} holds the finished training: nothing left to train"
 
     def _run_stage(self, s: Stage, stages, done: dict, history: LossHistory, interrupt) -> None:
         at = done[s.name]
@@ -449,7 +467,7 @@ class Trainer:
         now = self._fingerprint(stages)
         if header["run"] != now:
             raise ValueError(f"checkpoint {path} belongs to another run ({_difference(header['run'], now)}); "
-                             "delete it or set `checkpoint` to a new path")
+                             "delete it to start afresh, or give another file: --set checkpoint=FILE")
         for s in stages:
             for key, module in s.modules.items():
                 load_module(f"module/{key}", module, tensors)
@@ -496,6 +514,9 @@ def _difference(saved: dict, now: dict) -> str:
     saved_cfg, now_cfg = saved.get("config", {}), now.get("config", {})
     keys = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
     parts = [f"{k}: {saved_cfg.get(k)!r} there, {now_cfg.get(k)!r} now" for k in keys]
-    if saved.get("n_images") != now.get("n_images") or saved.get("data") != now.get("data"):
-        parts.append(f"training images differ ({saved.get('n_images')} there, {now.get('n_images')} now)")
+    if saved.get("n_images") != now.get("n_images"):
+        parts.append(f"it was trained on {saved.get('n_images')} images, this fit has {now.get('n_images')}")
+    elif saved.get("data") != now.get("data"):
+        parts.append(f"the same number of training images, {now.get('n_images')}, but not the same images: "
+                     "other files, or files changed since")
     return "; ".join(parts) or "unknown difference"

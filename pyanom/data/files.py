@@ -97,8 +97,8 @@ def open_image(path: Path) -> Iterator[Image.Image]:
     with _pil_limit_lifted(), Image.open(path) as img:
         pixels = img.width * img.height
         if pixels > _max_pixels:
-            raise ImageTooLarge(f"{path}: {img.width}x{img.height} is {pixels / 1e6:.0f} megapixels, over the "
-                             f"limit of {_max_pixels / 1e6:.0f}; if the image is genuine, raise --max-pixels")
+            raise ImageTooLarge(f"{path}: {img.width}x{img.height} is {pixels / 1e6:.1f} megapixels, over the limit "
+                                f"of {_max_pixels:,} pixels; if the image is genuine, raise it: --max-pixels {pixels}")
         yield img
 
 

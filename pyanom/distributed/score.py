@@ -203,19 +203,22 @@ def predict_folder_on_ray(model, images: Sequence, out, *, recursive: bool = Tru
     import pyanom
     from pyanom.data.files import find_images
     from pyanom.memory import MemoryBankDetector
-    from pyanom.outputs import writable_folder
-    from pyanom.runs import sayer
+    from pyanom.outputs import OutputFolder
+    from pyanom.runs import predict_inputs, sayer
 
     say = sayer(say)
     if bank_parts is not None and bank_parts < 0:
         raise ValueError("--bank-parts: give a number >= 0, together with --ray")
     pyanom.load(model, skip=(MemoryBankDetector.MEMORY_BANK,))  # a bad model file fails here, before the cluster
     out = Path(out)
-    writable_folder(out, "--out")
+    reading = predict_inputs(model, images)
+    reading.check(out, "--out")
     out_dir = out.resolve()
     paths = [p for p in find_images(*images, recursive=recursive) if out_dir not in p.resolve().parents]
     results = results_path(out)
+    OutputFolder(out, reading=reading).start([results.name], keep=True)  # a rerun resumes: earlier results stay
     scored, failed = score_on_ray(model, paths, results, address=address, bank_parts=bank_parts)
+    how = " (read it with pandas.read_parquet: pip install 'pyanom[parquet]')" if results.suffix == ".parquet" else ""
     say(f"wrote {results} ({scored} images scored now, {len(paths) - scored} already there; "
-        f"{failed} could not be read)")
+        f"{failed} could not be read){how}")
     return scored, len(paths) - scored, failed, results

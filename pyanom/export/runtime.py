@@ -68,7 +68,9 @@ class ExportedModel:
         fmt = manifest["model_format"]
         backend = backend or BACKENDS[fmt][0]
         if backend not in BACKENDS[fmt]:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS[fmt])} for {fmt} exports, got {backend!r}")
+            other = " (or export the model again with --format onnx to run it with onnxruntime)" if fmt == "openvino" else ""
+            raise ValueError(f"{folder} is an {fmt} export, which {' or '.join(BACKENDS[fmt])} runs, not {backend}: "
+                             f"leave out --runtime {backend}{other}")
         for name in manifest["files"]:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} is missing: copy the whole exported folder")

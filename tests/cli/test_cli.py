@@ -52,7 +52,7 @@ def test_a_layout_without_a_split_is_split_once_and_remembered(texture_set, tmp_
     model = tmp_path / "m.pyanom"
     assert main(["fit", "patchcore", str(root), "--out", str(model), "--test-fraction", "0.4", "--seed", "3",
                  "--set", "image_size=128", "--set", "coreset_ratio=0.05"]) == 0
-    split = dict(image_size=128, test_fraction=0.4, seed=3)
+    split = dict(image_size=128, test_fraction=0.4, seed=3, train_defects=False)  # unsupervised: defects to test
     train, test = open_dataset(root, "train", **split), open_dataset(root, "test", **split)
     assert not {s.image for s in train.samples} & {s.image for s in test.samples}
     assert f"on {len(train.normal())} images" in capsys.readouterr().out

@@ -7,41 +7,19 @@ status and that no input or earlier output changed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from cli_helpers import digest, failed_cleanly, run
 
 from pyanom.cli import main
 
 FIT_FAST = ["--set", "image_size=64", "--set", "coreset_ratio=0.05"]
-
-
-def run(*argv, cwd=None, env=None):
-    done = subprocess.run([sys.executable, "-P", "-m", "pyanom.cli", *map(str, argv)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, env=None if env is None else {**os.environ, **env})
-    return done.returncode, done.stdout, done.stderr
-
-
-def digest(root: Path) -> dict:
-    """Every file under root with its checksum: to prove nothing changed."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def failed_cleanly(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pyanom.cli import main
 from pyanom.data import open_dataset, open_images
 from pyanom.export import export, load
 from pyanom.export.runtime import MANIFEST
+from pyanom.outputs import MANIFEST as OUTPUTS
 
 onnx = pytest.importorskip("onnx", reason="pyanom[onnx] is installed by .ci/run")
 onnxruntime = pytest.importorskip("onnxruntime", reason="pyanom[onnx] is installed by .ci/run")
@@ -108,9 +109,9 @@ def test_openvino_ir_matches_pyanom(key, bottle, files, tmp_path):
     det = fit(key, bottle)
     expected = det.predict(open_images(*files, image_size=det.image_size), map_size="model")
     folder = export(det, tmp_path / "ir", format="openvino", knn_chunk=KNN_CHUNK)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "model.xml", "model.bin"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, OUTPUTS, "model.xml", "model.bin"])
     assert_same(load(folder, threads=1).predict(files), expected)
-    with pytest.raises(ValueError, match="backend must be one of openvino"):
+    with pytest.raises(ValueError, match="is an openvino export, which openvino runs, not onnxruntime"):
         load(folder, backend="onnxruntime")
 
 

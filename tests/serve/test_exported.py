@@ -72,7 +72,7 @@ def test_serve_command_loads_an_exported_folder(exports, monkeypatch, capsys):
     assert "loaded line: patchcore (exported onnx model run by openvino)" in capsys.readouterr().out
     assert isinstance(started["app"].state.models["line"].detector, ExportedModel)
     assert main(["serve", str(exports["openvino"]), "--runtime", "onnxruntime"]) == 2
-    assert "backend must be one of openvino for openvino exports" in capsys.readouterr().err
+    assert "is an openvino export, which openvino runs, not onnxruntime" in capsys.readouterr().err
 
 
 def test_an_exported_model_is_served_without_torch(exports, bottle_images, without_torch):
