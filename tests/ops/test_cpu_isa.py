@@ -42,6 +42,10 @@ def compare_with_twins() -> None:
         torch.testing.assert_close(self_attention(x, backend="native"), reference.self_attention(x),
                                    rtol=1e-4, atol=1e-5)
 
+    # an error raised inside the level's module reaches Python as the same ValueError
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        self_attention(torch.full((1, 8, 6, 6), float("nan")), backend="native")
+
     logits, target = random(3, 40, 50, seed=6), (random(3, 40, 50, seed=7) > 0.8).double()
     grads = []
     for fn in (lambda z: concentrated_loss(z, target, backend="native"),
