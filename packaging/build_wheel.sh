@@ -57,5 +57,9 @@ PATH="$WORK/venv/bin:$PATH" CC="$WORK/bin/zig-cc" CXX="$WORK/bin/zig-c++" PYANOM
 LD_LIBRARY_PATH="$OMP/lib" PATH="$WORK/venv/bin:$PATH" \
   "$PY" -m auditwheel repair --plat "manylinux_${GLIBC/./_}_x86_64" -w "$OUT" "$WORK"/dist/pyanom-*-linux_x86_64.whl
 WHEEL=$(ls -t "$OUT"/pyanom-*manylinux*_x86_64.whl | head -1)
-"$PY" -m auditwheel show "$WHEEL"
+SHOW=$("$PY" -m auditwheel show "$WHEEL" 2>/dev/null)
+echo "$SHOW"
+# The oldest glibc the wheel runs on, as auditwheel reads it from the modules: 2.28 at most.
+TAG=$(echo "$SHOW" | tr -s ' \n' ' ' | grep -o 'platform tag: "manylinux_2_[0-9]*_x86_64"' | grep -o '2_[0-9]*')
+[ -n "$TAG" ] && [ "${TAG#2_}" -le "${GLIBC#2.}" ] || { echo "wheel tag ${TAG:-unknown}: not manylinux_$GLIBC or older" >&2; exit 1; }
 echo "$WHEEL"
