@@ -17,7 +17,7 @@ WORK=$(realpath -m "${PYANOM_WHEEL_WORK:-$ROOT/build/wheel}")
 GLIBC=2.28
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
-# The toolchain, pinned: the same sources and pins give the same modules.
+# The toolchain, pinned.
 [ -x "$WORK/venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
 "$PY" -m pip install -q ziglang==0.17.1 cmeel-libomp==21.1.8 scikit-build-core==1.1.2 pybind11==3.1.0 \
@@ -43,7 +43,7 @@ EOF
 done
 
 rm -rf "$WORK/dist" && mkdir -p "$OUT"
-# Timestamps inside the wheel from the last commit, so a rebuild gives the same bytes.
+# File times inside the wheel from the last commit rather than the clock (SOURCE_DATE_EPOCH).
 SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 315532800)
 export SOURCE_DATE_EPOCH
 PATH="$WORK/venv/bin:$PATH" CC="$WORK/bin/zig-cc" CXX="$WORK/bin/zig-c++" PYANOM_CUDA=OFF PYANOM_CPU_ARCH= \
