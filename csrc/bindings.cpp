@@ -1,6 +1,9 @@
 // pybind11 module pyanom._C: one thin function per kernel and device.
 // Buffers cross as raw addresses checked by pyanom.ops; no libtorch is linked.
 #include <omp.h>
+#include <exception>
+#include <new>
+#include <stdexcept>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -34,6 +37,21 @@ void bind(py::module_& m, py::dict& table, const char* name, Fn fn,
 // level, with the CUDA kernels and the CPU check), _C_avx2 or _C_avx512; pyanom._build picks one.
 PYBIND11_MODULE(PYANOM_MODULE, m) {
   m.doc() = "pyanom compiled kernels (CPU with OpenMP; CUDA when built with it)";
+
+  // Each level's module turns its own C++ exceptions into Python ones. pybind11's shared
+  // translator lives in whichever module loaded first, and with a C++ runtime linked in
+  // statically (the wheel's) another module's std::invalid_argument is a different type to it.
+  py::register_local_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "out of memory");
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
 
   m.def("build_info", [] {
     py::dict info;

@@ -48,7 +48,9 @@ void forward(const T* z, const T* y, std::int64_t batch, std::int64_t pixels, do
     const T* zb = z + blk.begin;
     const T* yb = y + blk.begin;
     double inter = 0, prob = 0, tgt = 0, bce = 0;
-#pragma omp simd reduction(+ : inter, prob, tgt, bce)
+    // float pixels into double sums: a whole vector register of pixels per step (clang would
+    // otherwise take half of one, as many as the double sums hold, and run 1.9x slower).
+#pragma omp simd simdlen(simd::kBytes / sizeof(T)) reduction(+ : inter, prob, tgt, bce)
     for (std::int64_t j = 0; j < blk.count; ++j) {
       const T zj = zb[j], yj = yb[j];
       const T e = exp_negative(std::abs(zj));

@@ -188,9 +188,11 @@ KnnPlan make_plan(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk, int
 }
 
 // Packs `rows` (<= kNR) bank rows as one panel, each feature's kNR values adjacent (zero rows
-// pad it), and stores their squared norms, summed in the micro-kernel's FMA order.
+// pad it), and stores their squared norms, summed in the micro-kernel's FMA order. Returns
+// whether every value is finite (x * 0 is 0 for those, NaN for NaN and Inf), which spares the
+// op a separate pass over the bank.
 template <typename T>
-void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
+bool pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
   using S = Simd<T>;
   constexpr int64_t NR = kNR<T>;
   constexpr int L = S::W;
@@ -203,14 +205,21 @@ void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
     }
   }
   using V = typename S::V;
-  V n0 = S::splat(T(0)), n1 = S::splat(T(0));
+  const V zero = S::splat(T(0));
+  V n0 = zero, n1 = zero, probe = zero;
   for (int64_t p = 0; p < d; ++p) {
     const V v0 = load<V>(out + p * NR), v1 = load<V>(out + p * NR + L);
     n0 = S::fma(v0, v0, n0);
     n1 = S::fma(v1, v1, n1);
+    probe = S::fma(v1, zero, S::fma(v0, zero, probe));
   }
   store(norms, n0);
   store(norms + L, n1);
+  T lanes[L];
+  store(lanes, probe);
+  bool finite = true;
+  for (int i = 0; i < L; ++i) finite = finite && lanes[i] == lanes[i];
+  return finite;
 }
 
 template <typename T>
@@ -230,17 +239,22 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
     return TopK<T>{split_d + at, split_i + at, k};
   };
 
+  bool finite_queries = true, finite_bank = true;  // as pack_panel finds them
 #pragma omp parallel num_threads(p.threads)
   {
     const int tid = omp_get_thread_num();
     T* tile = reinterpret_cast<T*>(ws + p.tiles) + int64_t(tid) * p.mc * p.nc2;
     T* tail = reinterpret_cast<T*>(ws + p.tails) + int64_t(tid) * kMR * d;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(&& : finite_queries)
     for (int64_t row = 0; row < q; ++row) {
       const T* x = queries + row * d;
-      T s = T(0);
-      for (int64_t f = 0; f < d; ++f) s = fmadd(x[f], x[f], s);
+      T s = T(0), probe = T(0);
+      for (int64_t f = 0; f < d; ++f) {
+        s = fmadd(x[f], x[f], s);
+        probe = fmadd(x[f], T(0), probe);
+      }
+      finite_queries = finite_queries && probe == probe;
       query_norms[row] = s;
       for (int64_t split = 0; split < p.splits; ++split) {
         const TopK<T> t = state(split, row);
@@ -252,10 +266,11 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
     for (int64_t block0 = 0; block0 < n; block0 += p.nc) {
       const int64_t rows = std::min(p.nc, n - block0);
       const int64_t panels = (rows + NR - 1) / NR;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(&& : finite_bank)
       for (int64_t pi = 0; pi < panels; ++pi)
-        pack_panel(bank + (block0 + pi * NR) * d, std::min(NR, rows - pi * NR), d,
-                   packed + pi * NR * d, bank_norms + pi * NR);
+        finite_bank = pack_panel(bank + (block0 + pi * NR) * d, std::min(NR, rows - pi * NR), d,
+                                 packed + pi * NR * d, bank_norms + pi * NR) &&
+                      finite_bank;
 
       // Work item = (query block, split); a split owns a contiguous run of this block's tiles.
       const int64_t tiles = (rows + p.nc2 - 1) / p.nc2;
@@ -303,6 +318,8 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
       top.finish();
     }
   }
+  PYANOM_CHECK(finite_queries, "queries contains NaN or Inf");
+  PYANOM_CHECK(finite_bank, "bank contains NaN or Inf");
 }
 
 // OpenMP threads worth waking for q x n x d multiply-adds: about 1 M each (~10 us), so small

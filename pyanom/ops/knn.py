@@ -42,8 +42,10 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
         (distances [Q, k] ascending, inputs' dtype; indices [Q, k] int64), ties to the lowest
         index. Differentiable in queries and bank through the distances.
     """
-    queries = _checks.tensor("queries", queries, ndim=2)
-    bank = _checks.tensor("bank", bank, ndim=2)
+    # NaN and Inf are rejected inside the op: the CPU kernel finds them while it computes the
+    # norms, which spares two passes over the inputs (the whole bank, at every call).
+    queries = _checks.tensor("queries", queries, ndim=2, finite=False)
+    bank = _checks.tensor("bank", bank, ndim=2, finite=False)
     _checks.same_device(queries=queries, bank=bank)
     _checks.same_dtype(queries=queries, bank=bank)
     if queries.shape[1] != bank.shape[1]:
@@ -81,6 +83,9 @@ def _backward(ctx, grad_distances, grad_indices):
 
 def _native(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
     queries, bank = queries.contiguous(), bank.contiguous()
+    if queries.device.type == "cuda":
+        _checks.finite_values("queries", queries)
+        _checks.finite_values("bank", bank)
     (q, d), n = queries.shape, bank.shape[0]
     distances = queries.new_empty(q, k)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
@@ -95,7 +100,9 @@ def _native(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
 _backend.define(
     "knn", "knn_scores",
     "(Tensor queries, Tensor bank, int k, int chunk_size, str backend) -> (Tensor, Tensor)",
-    twin=reference.knn_scores, native=_native,
+    twin=lambda queries, bank, k, chunk_size: reference.knn_scores(
+        _checks.finite_values("queries", queries), _checks.finite_values("bank", bank), k, chunk_size),
+    native=_native,
     fake=lambda queries, bank, k, chunk_size, backend: (
         queries.new_empty(queries.shape[0], k),
         queries.new_empty(queries.shape[0], k, dtype=torch.int64)),

@@ -180,9 +180,17 @@ def _bad_inputs(device="cpu"):
     nan_q[1, 2] = float("nan")
     inf_b = b.clone()
     inf_b[0, 0] = float("inf")
+    # the last value of a bank that spans many panels and blocks, and of the last query
+    wide_b = random(300, 3, seed=17, device=device)
+    wide_b[-1, -1] = float("nan")
+    inf_q = q.clone()
+    inf_q[-1, -1] = -float("inf")
     return [  # (queries, bank, k, keywords, error, message fragment)
         (nan_q, b, 2, {}, ValueError, "queries contains NaN or Inf"),
         (q, inf_b, 2, {}, ValueError, "bank contains NaN or Inf"),
+        (q, wide_b, 2, {}, ValueError, "bank contains NaN or Inf"),
+        (q, wide_b, 2, {"chunk_size": 1}, ValueError, "bank contains NaN or Inf"),
+        (inf_q, b, 2, {}, ValueError, "queries contains NaN or Inf"),
         (q, b, 0, {}, ValueError, "k must be >= 1"),
         (q, b, 7, {}, ValueError, "k must be <= 6"),
         (q, b, 2.0, {}, TypeError, "k must be an int"),
