@@ -201,7 +201,7 @@ def test_a_batch_waits_for_images_still_being_decoded(bottle_model, bottle_image
     app.state.models["bottle"].batcher._seconds_per_image = 10.0  # a slow model: waiting for decodes pays
     order = iter(range(6))
     decode = served.decode
-    monkeypatch.setattr(served, "decode", lambda *a: (time.sleep(0.2 * next(order)), decode(*a))[1])
+    monkeypatch.setattr(served, "decode", lambda *a, **kw: (time.sleep(0.2 * next(order)), decode(*a, **kw))[1])
     images = [p.read_bytes() for p in bottle_images[:6]]
 
     with live(app) as url:
