@@ -136,7 +136,7 @@ class MicroBatcher:
     def _take_batch(self) -> list:
         score = self._pending[0][2]
         batch = []
-        while self._pending and len(batch) < self.max_batch and self._pending[0][2] is score:
+        while self._pending and len(batch) < self.max_batch and self._pending[0][2] == score:
             batch.append(self._pending.popleft())
         return [item for item in batch if not item[1].done()]  # client gone
 

@@ -137,3 +137,19 @@ def serve_process(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def no_serving(monkeypatch) -> dict:
+    """uvicorn.Server.run records what it was given and returns at once (as if started and
+    stopped); the dict it fills: app, address."""
+    import uvicorn
+
+    started = {}
+
+    def run(server, sockets=None):
+        server.started = True
+        started.update(app=server.config.app, address=sockets[0].getsockname())
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return started
