@@ -11,7 +11,7 @@ body that is not an image (415). The server's resident memory (RSS) is sampled e
 
 Figures (printed, and written to ``--json``, default benchmarks/results/soak.json): RSS when ready,
 after the first minute of load (allocator and caches warm), at the end and at most, and its slope
-over the second half of the run (MB per minute, least squares); requests by status; unexpected
+over the second half of the run (MB per minute, least squares), and at each minute; requests by status; unexpected
 answers (a transport error, or any status other than the one expected for that request); requests
 and images per second.
 """
@@ -127,7 +127,8 @@ def main() -> None:
         "minutes": args.minutes, "clients": args.clients, **result,
         "server": {"images_scored": scored["images"], "batches": scored["batches"], "exit_status": status},
         "rss_mb": {"ready": float(rss[0]), "after_1_min": float(np.interp(60, t, rss)), "end": float(rss[-1]),
-                   "max": float(rss.max()), "slope_second_half_mb_per_min": slope, "samples": len(rss)},
+                   "max": float(rss.max()), "slope_second_half_mb_per_min": slope, "samples": len(rss),
+                   "each_minute": [round(float(np.interp(60 * m, t, rss)), 1) for m in range(int(t[-1] // 60) + 1)]},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """The FastAPI application: the versioned API, health probes and the operator page.
 
 One :class:`ServedModel` per fitted detector, each with its own micro-batcher and scoring
-thread. A model is read into memory once; replacing its file on disk changes nothing until
+thread; uploads are decoded and heatmaps drawn on a pool of as many threads as the machine has
+cores (more would not run faster, and every thread keeps its own high-water mark of memory). A model is read into memory once; replacing its file on disk changes nothing until
 ``POST /v1/models/{name}/reload``, which loads and warms up the new file beside the old model and
 then swaps them between two batches: every request is answered wholly by one of them, and a file
 that fails to load leaves the old model serving. Nothing here is imported by the core: it needs
@@ -10,10 +11,13 @@ the ``serve`` extra.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -191,8 +195,13 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None, *, sou
     models = {name: ServedModel(name, det, settings, sources.get(name)) for name, det in detectors.items()}
     limits = Limits(max_bytes=settings.max_bytes, max_pixels=settings.max_pixels)
 
+    async def on_pictures(fn, *args):
+        """fn(*args) on the decode and heatmap threads."""
+        return await asyncio.get_running_loop().run_in_executor(app.state.pictures, fn, *args)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.pictures = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="pyanom-pictures")
         for model in models.values():
             model.batcher.start()
         for model in models.values():
@@ -202,6 +211,7 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None, *, sou
         app.state.ready = False  # uvicorn has let the in-flight requests finish by now
         for model in models.values():
             await model.batcher.stop()
+        app.state.pictures.shutdown(wait=True)
 
     # the API pages (/docs, /redoc) load their scripts from this app, not a CDN: the line PC may be offline
     app = FastAPIOffline(title="pyanom", version="1", lifespan=lifespan, static_url="/docs-assets",
@@ -301,33 +311,19 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None, *, sou
             admission.add(len(uploads) - 1)
             model.batcher.expect(len(uploads))
             try:
-                decoded = await run_in_threadpool(_decode_all, uploads, version, limits, bool(heatmap))
+                decoded = await on_pictures(_decode_all, uploads, version, limits, bool(heatmap))
             finally:
                 model.batcher.expect(-len(uploads))
             good = [i for i, d in enumerate(decoded) if not isinstance(d, InputError)]
             results = dict(zip(good, await model.batcher.submit([decoded[i][0] for i in good], version.score,
                                                                 admission)))
         threshold = float(version.detector.threshold)
-        out = []
-        for i, upload in enumerate(uploads):
-            item = {"filename": upload.filename, "image_score": None, "label": None, "threshold": threshold}
-            outcome = results.get(i, decoded[i])  # a refusal, what the detector raised, or its result
-            if isinstance(outcome, InputError):
-                item.update(error=str(outcome), status=outcome.status)
-            elif isinstance(outcome, BaseException):
-                log.error("request %s: the detector failed on %s: %s: %s", request_id, upload.called,
-                          type(outcome).__name__, outcome, exc_info=outcome)
-                item.update(error=f"the detector failed on {upload.called} ({type(outcome).__name__}: {outcome}); "
-                                  f"it is logged as request {request_id}: check that the image shows what this "
-                                  "model inspects, and report the request id if it keeps failing",
-                            status=500, request_id=request_id)
-            else:
-                score, defect, anomaly_map = outcome
-                item.update(image_score=score, label="defect" if defect else "good")
-                if heatmap:
-                    item["heatmap_png"] = await run_in_threadpool(heatmap_png, decoded[i][1], anomaly_map, threshold,
-                                                                  heatmap_size)
-            out.append(item)
+        out = [_answer(upload, results.get(i, decoded[i]), threshold, request_id) for i, upload in enumerate(uploads)]
+        if heatmap:
+            for i, item in enumerate(out):
+                if item["image_score"] is not None:
+                    item["heatmap_png"] = await on_pictures(heatmap_png, decoded[i][1], results[i][2], threshold,
+                                                            heatmap_size)
         failed = [item for item in out if "error" in item]
         if len(failed) < len(out):
             return {"model": name, "results": out}
@@ -341,6 +337,24 @@ def create_app(detectors: dict, settings: Optional[ServeSettings] = None, *, sou
 
     app.include_router(v1)
     return app
+
+
+def _answer(upload: Upload, outcome, threshold: float, request_id: str) -> dict:
+    """One upload's result: its score and label, or why it has none (a refusal, or what the
+    detector raised: logged here, once, with the request id)."""
+    item = {"filename": upload.filename, "image_score": None, "label": None, "threshold": threshold}
+    if isinstance(outcome, InputError):
+        item.update(error=str(outcome), status=outcome.status)
+    elif isinstance(outcome, BaseException):
+        log.error("request %s: the detector failed on %s: %s: %s", request_id, upload.called,
+                  type(outcome).__name__, outcome, exc_info=outcome)
+        item.update(error=f"the detector failed on {upload.called} ({type(outcome).__name__}: {outcome}); it is "
+                          f"logged as request {request_id}: check that the image shows what this model inspects, "
+                          "and report the request id if it keeps failing", status=500, request_id=request_id)
+    else:
+        score, defect, _ = outcome
+        item.update(image_score=score, label="defect" if defect else "good")
+    return item
 
 
 def _decode_all(uploads: list[Upload], version: ModelVersion, limits: Limits, keep_picture: bool) -> list:

@@ -21,7 +21,7 @@ from pyanom.data.transforms import Preprocess, to_array
 from pyanom.visualize import heatmap_scale, overlay, resize_map
 
 MAX_ASPECT_CHANGE = 2.0  # how much the model's resize may stretch one side against the other
-STRIP_PIXELS = 1 << 20  # a heatmap is drawn this many pixels at a time, whatever the image's size
+STRIP_PIXELS = 1 << 18  # a heatmap is drawn this many pixels at a time (about 30 MB of work), whatever its size
 _KNOWN = "a PNG, JPEG, BMP or TIFF image"
 
 

@@ -29,7 +29,8 @@ def add_serve_arguments(p, serving) -> None:
     p.add_argument("--max-wait-ms", type=float, default=serving.max_wait_ms,
                    help="how long a first image waits for others to batch with (default %(default)s ms)")
     p.add_argument("--max-queue", type=int, default=serving.max_queue,
-                   help="images waiting per model before requests get 503 (default %(default)s)")
+                   help="images admitted per model (being received, decoded or waiting to be scored) before "
+                        "requests get 503 (default %(default)s)")
     p.add_argument("--max-bytes", type=int, default=serving.max_bytes, help="largest image file (default %(default)s)")
     p.add_argument("--body-timeout", type=float, default=serving.body_timeout_s,
                    help="seconds a request's body may take to arrive before it gets 408 (default %(default)s)")

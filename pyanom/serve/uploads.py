@@ -56,7 +56,6 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[Upload
     if multipart and length is None:
         raise InputError(411, "a multipart upload needs a Content-Length header: send the files with their length")
     body = _Body(request, settings.max_bytes if not multipart else request_limit)
-    came = lambda: f"{body.received}{f' of {length}' if length else ''} bytes"  # noqa: E731
     try:
         async with asyncio.timeout(settings.body_timeout_s):
             if multipart:
@@ -64,9 +63,10 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[Upload
             return [Upload("body", await body.read(), raw=True)]
     except TimeoutError:
         raise InputError(408, f"the request body did not arrive within {settings.body_timeout_s:g} s (only "
-                              f"{came()} came): check the connection and send it again") from None
+                              f"{body.came(length)} came): check the connection and send it again") from None
     except ClientDisconnect:
-        raise ClientGone(f"the client closed the connection after {came()} of its body; nothing was scored") from None
+        raise ClientGone(f"the client closed the connection after {body.came(length)} of its body; nothing was "
+                         "scored") from None
 
 
 class _Body:
@@ -85,6 +85,10 @@ class _Body:
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
+
+    def came(self, length: str | None) -> str:
+        """How much of the body has arrived, in words."""
+        return f"{self.received}{f' of {length}' if length else ''} bytes"
 
 
 async def _multipart(request: Request, body: _Body, settings: ServeSettings) -> list[Upload]:
