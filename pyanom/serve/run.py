@@ -138,6 +138,9 @@ def serve(args) -> int:
     server = uvicorn.Server(uvicorn.Config(app, timeout_graceful_shutdown=args.shutdown_timeout,
                                            log_level=args.log_level))
     with _bound(args.host, args.port) as sock:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"listening on http://{host}:{sock.getsockname()[1]}/ (the operator page; the API's documentation at "
+              "/docs); stop with Ctrl-C or SIGTERM", flush=True)
         previous = signal.signal(signal.SIGTERM, _drained)  # uvicorn drains, then raises SIGTERM again: here
         try:
             server.run(sockets=[sock])
