@@ -39,7 +39,7 @@ from pyanom import runs
 from pyanom.data import open_dataset
 from pyanom.data.files import find_images, read_image
 from pyanom.data.transforms import Preprocess
-from pyanom.visualize import draw_heatmap, heatmap_scale
+from pyanom.visualize import PNG_LEVEL, draw_heatmap, heatmap_scale
 
 DATA = Path(os.environ.get("PYANOM_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
@@ -77,7 +77,7 @@ def parts(det, paths: list[Path], rounds: int) -> dict:
     scale = heatmap_scale(det.threshold, float(maps.min()))
     drawn = [draw_heatmap(p, m, vmin=scale[0], vmax=scale[1]) for p, m in zip(pictures, maps)]
     draw = best(lambda: [draw_heatmap(p, m, vmin=scale[0], vmax=scale[1]) for p, m in zip(pictures, maps)], rounds)
-    write = best(lambda: [d.save(io.BytesIO(), format="PNG", compress_level=runs.PNG_LEVEL) for d in drawn], rounds)
+    write = best(lambda: [d.save(io.BytesIO(), format="PNG", compress_level=PNG_LEVEL) for d in drawn], rounds)
     ms = {"decode": decode, "model": model, "draw_heatmaps": draw, "write_heatmaps": write}
     total = sum(ms.values())
     return {k: {"ms_per_image": 1000 * v / len(paths), "share": v / total} for k, v in ms.items()}

@@ -160,7 +160,10 @@ def load_archive(path, *, map_location="cpu", skip: tuple[str, ...] = ()) -> tup
         with safe_open(path, framework="pt", device=str(device)) as f:
             header = _header(path, f.metadata() or {})
             _checked_version(path, header)
-            tensors = {name: f.get_tensor(name) for name in f.keys() if name not in skip}
+            # on the CPU, copies rather than views of the mapped file: a file rewritten in place
+            # (`cp new.pyanom old.pyanom`) must not change, or crash, a model already loaded from it
+            own = torch.Tensor.clone if device.type == "cpu" else (lambda t: t)
+            tensors = {name: own(f.get_tensor(name)) for name in f.keys() if name not in skip}
     except SafetensorError as err:
         raise ArchiveError(f"{path} is not a readable pyanom archive (not a safetensors file, "
                            f"or truncated or corrupt): {err}") from None

@@ -37,7 +37,6 @@ PREFETCH_PIXELS = 64_000_000  # pixels a chunk may hold (an image above it is a 
 KEEP_BYTES = 1 << 30  # decoded pictures kept for drawing heatmaps after scoring; past it, re-read
 WRITERS = 2  # threads drawing and writing heatmaps
 WRITER_PIXELS = 48_000_000  # pixels drawn at once (a larger image alone): bounds their memory
-PNG_LEVEL = 1  # zlib level of heatmap PNGs: lossless at any level, 1 is several times faster than 6
 HEATMAPS = ("all", "defects", "none")
 HEATMAP_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 
@@ -559,7 +558,7 @@ def write_heatmaps_of(folder: OutputFolder, heatmaps: list[Heatmap], scale: tupl
 
     def write(item: Heatmap) -> None:
         from pyanom.data.files import image_mode, read_image, read_mask
-        from pyanom.visualize import draw_heatmap
+        from pyanom.visualize import PNG_LEVEL, draw_heatmap
 
         picture, item.picture = item.picture, None
         width, height = (picture.width, picture.height) if picture is not None else image_mode(item.path)[:2]

@@ -159,7 +159,10 @@ def _openvino(path: Path, threads: int | None):
     config = {"INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16 on CPUs that have it
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = openvino.Core().compile_model(str(path), "CPU", config)
+    core = openvino.Core()
+    # weights read into memory, not mapped: a model.bin rewritten in place must not change a model already loaded
+    core.set_property({"ENABLE_MMAP": False})
+    compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(images):
