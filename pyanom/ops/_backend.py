@@ -151,6 +151,7 @@ class Op:
 
 
 OPS: dict[str, Op] = {}
+_LIBRARY = torch.library.Library("pyanom", "DEF")
 
 
 def _twin_backward(twin: Callable):
@@ -200,13 +201,16 @@ def define(stem: str, name: str, schema: str, *, twin: Callable | None, native: 
             return op.native(*args)
         return op.twin(*args)
 
-    library_op = torch.library.custom_op(f"pyanom::{stem}", twin_kernel, mutates_args=(),
-                                         schema=schema)
+    # The dispatcher's own registration (not torch.library.custom_op, whose kernels import
+    # torch._dynamo, seconds, at an op's first call): the twin is the default kernel of every
+    # device, a native kernel the kernel of its device's key.
+    _LIBRARY.define(f"{stem}{schema}")
+    _LIBRARY.impl(stem, twin_kernel, "CompositeExplicitAutograd")
     c = native_module()
     for device in ("cpu", "cuda"):
         if c is not None and hasattr(c, f"{stem}_{device}"):
-            library_op.register_kernel(device, native_kernel)
-    library_op.register_fake(fake)
+            _LIBRARY.impl(stem, native_kernel, device.upper())
+    torch.library.register_fake(f"pyanom::{stem}", fake, lib=_LIBRARY)
     if backward is not None:
-        library_op.register_autograd(backward, setup_context=setup_context)
-    return library_op
+        torch.library.register_autograd(f"pyanom::{stem}", backward, setup_context=setup_context, lib=_LIBRARY)
+    return getattr(torch.ops.pyanom, stem)
