@@ -122,7 +122,7 @@ def _parse_list(text: str):
 
 _BASIC = {int: _Type("int", _int, _json_or_text), float: _Type("float", _float, _json_or_text),
           bool: _Type("bool", _bool, _parse_bool), str: _Type("str", _str, lambda t: t)}
-_SIZE = _Type("int | [height, width]", _size, _parse_list)
+_SIZE = _Type("positive int | [height, width]", _size, _parse_list)
 
 
 def _tuple_of(item: _Type, length: int | None) -> _Type:
@@ -211,7 +211,8 @@ class _Declared:
             try:
                 typed = self.check(typed)
             except ValueError as err:
-                raise SettingError(f"{self.name}: {err}") from None
+                said = str(err)
+                raise SettingError(said if said.startswith(self.name) else f"{self.name}: {said}") from None
         return typed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
@@ -24,10 +25,6 @@ from pyanom_plugins.patchcore.tiling import checked_tiling, score_tiled, tile_fe
 ATTENTIONS = ("channel", "spatial")
 
 
-def _image_size(size):
-    return checked_image_size(size, minimum=32)
-
-
 @dataclass
 class PatchCoreConfig(MemoryBankSettings):
     """PatchCore's settings; defaults follow the PatchCore paper and anomalib."""
@@ -41,7 +38,8 @@ class PatchCoreConfig(MemoryBankSettings):
     precision: str = setting("float32", "backbone arithmetic: bfloat16 is faster on CPUs with AVX512-BF16 or AMX, "
                              "slower elsewhere", choices=tuple(PRECISIONS))
     image_size: Optional[Size] = setting(256, "images are resized to this (an int: square); null keeps each "
-                                         "image's own size (tiling only)", check=_image_size)
+                                         "image's own size (tiling only)",
+                                         check=partial(checked_image_size, minimum=32))
     num_neighbors: int = setting(9, "memory entries whose neighbourhood reweights the image score (eq. 7)",
                                  bounds=(1, None))
     reweight: bool = setting(True, "reweight the image score by the density of memory around its worst patch")
@@ -49,7 +47,8 @@ class PatchCoreConfig(MemoryBankSettings):
     batch_size: int = setting(8, "images per backbone pass: small keeps memory down and is no slower",
                               bounds=(1, None))
     tile_size: Optional[Size] = setting(None, "cut each image (after image_size) into tiles of this size; "
-                                        "null scores the whole image", check=_image_size)
+                                        "null scores the whole image",
+                                        check=partial(checked_image_size, minimum=32, name="tile_size"))
     tile_overlap: int = setting(0, "pixels neighbouring tiles share", bounds=(0, None))
 
     def validate(self) -> None:

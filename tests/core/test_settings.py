@@ -82,8 +82,8 @@ def test_set_text_is_parsed_by_the_declared_type(key, text, value):
 @pytest.mark.parametrize("key, text, message", [
     ("ratio", "0", "ratio must be a float in (0, 1], got 0"),
     ("ratio", "nan", "ratio must be a float in (0, 1], got 'nan'"),
-    ("size", "0", "size must be an int | [height, width] | null, got 0"),
-    ("size", "[1, 2, 3]", "size must be an int | [height, width] | null, got [1, 2, 3]"),
+    ("size", "0", "size must be a positive int | [height, width] | null, got 0"),
+    ("size", "[1, 2, 3]", "size must be a positive int | [height, width] | null, got [1, 2, 3]"),
     ("mode", "z", "mode must be one of x, y, got 'z'"),
     ("flag", "2", "flag must be a bool, got '2'"),
     ("betas", "[0.5, 1]", "betas must be a [float, float] in [0, 1), got [0.5, 1]"),

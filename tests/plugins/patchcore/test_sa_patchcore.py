@@ -92,10 +92,10 @@ def test_spatial_keeps_patchcore_width(texture_set):
 @pytest.mark.parametrize("kwargs, message", [
     ({"attention": "global"}, "attention must be one of channel, spatial"),
     ({"attention_layer": "stride16"}, "attention_layer must differ from layers"),
-    ({"attention_temperature": 0}, "attention_temperature must be > 0"),
-    ({"attention_weight": -1.0}, "attention_weight must be > 0"),
-    ({"context_coreset_ratio": 0}, "context_coreset_ratio must be in"),
-    ({"context_margin": 1.5}, "context_margin must be a quantile"),
+    ({"attention_temperature": 0}, r"attention_temperature must be a float in \(0, inf\)"),
+    ({"attention_weight": -1.0}, r"attention_weight must be a float in \(0, inf\)"),
+    ({"context_coreset_ratio": 0}, r"context_coreset_ratio must be a float in \(0, 1\]"),
+    ({"context_margin": 1.5}, r"context_margin must be a float in \[0, 1\]"),
 ])
 def test_bad_attention_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -107,9 +107,9 @@ def test_tiles_are_the_units_of_the_bounded_memory_plan(tmp_path):
 
 
 def test_tiling_settings_are_checked():
-    with pytest.raises(ValueError, match="tile_size 256 covers the whole 256 image: set image_size=None"):
+    with pytest.raises(ValueError, match="tile_size 256 covers the whole 256 image: set image_size=null"):
         pyanom.create("patchcore", tile_size=256)
-    with pytest.raises(ValueError, match="image_size=None keeps each image's own size, which only tiling"):
+    with pytest.raises(ValueError, match="image_size=null keeps each image's own size, which only tiling"):
         pyanom.create("patchcore", image_size=None)
     with pytest.raises(ValueError, match=r"tile_overlap must be an int number of pixels in \[0, 64\)"):
         pyanom.create("patchcore", image_size=None, tile_size=64, tile_overlap=64)
