@@ -9,6 +9,8 @@ A case a hunt finds is kept as a plain regression test beside the property that 
 from __future__ import annotations
 
 import os
+import resource
+from contextlib import contextmanager
 
 from hypothesis import HealthCheck, settings
 
@@ -21,3 +23,21 @@ def fuzz(scale: float = 1.0) -> settings:
     return settings(max_examples=max(1, round(EXAMPLES * scale)), derandomize=True, deadline=None, database=None,
                     print_blob=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                             HealthCheck.data_too_large])
+
+
+def _mapped_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
+@contextmanager
+def memory_cap(headroom: int = 256 << 20):
+    """The process's address space limited to what it maps now plus `headroom` for the block: an
+    allocation of the size a damaged header claims fails as a MemoryError instead of taking the
+    machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (_mapped_bytes() + headroom, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

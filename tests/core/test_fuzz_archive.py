@@ -2,19 +2,17 @@
 length, headers that claim huge sizes. Loading either gives back exactly what was saved or
 refuses with an ArchiveError naming the file: never a crash, a hang, another exception, or an
 allocation of the size a damaged header claims. Each load runs in this process under a memory
-cap (RLIMIT_AS raised by what the process already maps), so a huge allocation fails the test
-instead of the machine."""
+cap (256 MB beyond what the process already maps), so a huge allocation fails the test instead of
+the machine."""
 
 from __future__ import annotations
 
 import json
-import resource
 import struct
-from contextlib import contextmanager
 
 import pytest
 import torch
-from fuzzing import fuzz
+from fuzzing import fuzz, memory_cap
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,7 +23,6 @@ CONFIG = {"detector": "patchcore", "config": {"seed": 0, "layers": ["stride8", "
           "threshold": 1.5}
 TENSORS = {"memory_bank": torch.arange(24, dtype=torch.float32).reshape(6, 4), "labels": torch.tensor([0, 1, 1]),
            "scalar": torch.tensor(2.5, dtype=torch.float64), "flags": torch.tensor([True, False])}
-HEADROOM = 256 << 20  # what a load may allocate beyond the process's current mappings
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +30,6 @@ def original(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("archive") / "m.pyanom"
     save_archive(path, CONFIG, TENSORS)
     return path.read_bytes()
-
-
-def _mapped_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * resource.getpagesize()
-
-
-@contextmanager
-def memory_cap():
-    """The address space limited to what is mapped now plus HEADROOM, for the block."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (_mapped_bytes() + HEADROOM, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _load_damaged(path, data: bytes, original: bytes) -> None:
