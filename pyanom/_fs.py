@@ -32,9 +32,19 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[P
     except OSError as err:
         raise WriteFailed.of(path, err, existed) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
     if durable:
         fsync_dir(path.parent)
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file if it is there; a folder that refuses (read-only) keeps it, and the
+    error that brought us here is the one to report."""
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def file_mode(path: Path) -> int:

@@ -18,8 +18,10 @@ metadata key per field) and 2 (no digest) are still read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -90,7 +92,11 @@ def save_archive(path, config: dict, tensors: dict) -> Path:
     tensors = _tensors_for_save(tensors)
     mode = file_mode(path)
     with atomic_path(path, durable=True) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:  # its I/O errors are not OSErrors: make them one (atomic_path names the file)
+            code = re.search(r"os error (\d+)", str(err))
+            raise OSError(int(code.group(1)) if code else errno.EIO, str(err)) from None
         with open(tmp, "rb+") as f:
             at = _digest_offset(f, _UNSET)
             digest = _file_sha256(f, at)
