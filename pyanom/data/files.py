@@ -137,16 +137,16 @@ def _decoded(img: Image.Image) -> Image.Image:
     return img.transpose(_SHOWN[orientation]) if orientation in _SHOWN else img
 
 
-def _read(path: Path, what: str, convert):
-    """convert(decoded image) for the file at path; a file that fails to decode is a ValueError
-    naming it (checked_size trusts a JPEG's end marker, so its body is first decoded here)."""
+def _read(path: Path, what: str, use):
+    """use(opened image) for the file at path; a file that fails to decode is a ValueError naming
+    it, `what` ("image", "mask") saying what it was read as."""
     try:
         with open_image(path) as img:
-            return convert(_decoded(img))
+            return use(img)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not {what} (unknown or corrupt header)") from None
+        raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
     except ImageTooLarge:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
@@ -155,7 +155,7 @@ def _read(path: Path, what: str, convert):
 
 def read_image(path: Path) -> Image.Image:
     """An image file as 8-bit RGB (see to_rgb), turned as its EXIF orientation says."""
-    return _read(path, "an image", to_rgb)
+    return _read(path, "image", lambda img: to_rgb(_decoded(img)))  # a JPEG body is first decoded here
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -173,7 +173,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def read_mask(path: Path) -> np.ndarray:
     """A defect mask as bool [H, W]: any channel above 127, or above 0 for masks stored as 0/1."""
-    values = _read(path, "a mask", np.asarray)
+    values = _read(path, "mask", lambda img: np.asarray(_decoded(img)))
     if values.ndim == 3:
         values = values[..., :1] if values.shape[-1] <= 2 else values[..., :3]  # drop alpha
         values = values.max(axis=-1)
@@ -187,25 +187,18 @@ def checked_size(path: Path) -> tuple[int, int]:
     with its end-of-image marker is trusted; anything else is decoded fully, so a truncated
     file of any format is caught. The size is the image's as read: after its EXIF orientation.
     """
-    try:
-        with open_image(path) as img:
-            size, fmt = img.size, img.format
-            if _orientation(img) in (5, 6, 7, 8):  # a quarter turn
-                size = size[::-1]
-            if fmt == "PNG":
-                img.verify()
-            elif fmt != "JPEG" or not _ends_with_jpeg_eoi(path):
-                size = _decoded(img).size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
-    except ImageTooLarge:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
-        raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
+    size = _read(path, "image", _checked)
     if size[0] < 1 or size[1] < 1:
         raise ValueError(f"{path}: image has no pixels ({size[0]}x{size[1]})")
+    return size
+
+
+def _checked(img: Image.Image) -> tuple[int, int]:
+    size = img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size  # a quarter turn
+    if img.format == "PNG":
+        img.verify()
+    elif img.format != "JPEG" or not _ends_with_jpeg_eoi(Path(img.filename)):
+        size = _decoded(img).size
     return size
 
 
