@@ -3,32 +3,48 @@ leaves the previous file as it was. The bottom layer: imports nothing of pyanom.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["OutputError", "atomic_path", "file_mode", "fsync_dir", "writable_folder"]
+__all__ = ["OutputError", "WriteFailed", "atomic_path", "file_mode", "fsync_dir", "writable_folder"]
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     """A temporary path in ``path``'s folder to write to; renamed over ``path`` when the block
     succeeds, removed when it fails. ``durable``: flushed to disk before the rename and the
-    folder entry after it, so a power cut leaves the old file or the new one (model files)."""
+    folder entry after it, so a power cut leaves the old file or the new one (model files).
+    An OSError of the write (a full disk, a read-only folder, an I/O error) comes out as
+    `WriteFailed`, naming ``path`` and saying that the previous file is unchanged."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    existed = path.exists()
     try:
         yield tmp
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise WriteFailed.of(path, err, existed) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
     if durable:
         fsync_dir(path.parent)
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file if it is there; a folder that refuses (read-only) keeps it, and the
+    error that brought us here is the one to report."""
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def file_mode(path: Path) -> int:
@@ -74,3 +90,21 @@ def writable_folder(folder: Path, what: str) -> None:
 
 class OutputError(ValueError):
     """An output that cannot be written as asked; the message names the path and what to do."""
+
+
+class WriteFailed(OutputError, OSError):
+    """A write the file system refused part-way (a full disk, a folder made read-only, an I/O
+    error); ``errno`` is the system's. An OSError too, so callers that catch OSError still do."""
+
+    @classmethod
+    def of(cls, path: Path, err: OSError, existed: bool) -> "WriteFailed":
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EFBIG: "the file is larger than allowed"}.get(err.errno, err.strerror or str(err))
+        kept = f"the previous {path.name} is unchanged" if existed else "no file was left"
+        failed = cls(f"{path}: cannot write it: {reason}; {kept}")
+        failed.errno, failed.filename = err.errno, str(path)
+        return failed
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return self.args[0]

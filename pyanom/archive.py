@@ -7,14 +7,22 @@ one key, ``pyanom``, whose value is canonical JSON (sorted keys, no spaces):
   format_version  the archive layout version (an integer)
   pyanom_version  the pyanom release that wrote the file, for error messages
   config          the config
+  file_sha256     the SHA-256 of the whole file as written with these 64 characters all "0"
 
 One key, canonically written, so equal models are equal files (safetensors keeps its metadata in a
-hash map, whose order varies from run to run). Format 1 (one metadata key per field) is still read.
+hash map, whose order varies from run to run). The digest covers every byte, so a file changed
+anywhere (a flipped bit in a weight, a cut, an edit) is refused on load instead of scoring with
+wrong numbers, and an auditor can check a model file's integrity with pyanom alone. Formats 1 (one
+metadata key per field) and 2 (no digest) are still read.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +35,13 @@ from pyanom._fs import atomic_path, file_mode
 
 __all__ = ["FORMAT_VERSION", "ArchiveError", "is_archive", "save_archive", "load_archive", "read_header"]
 
-FORMAT_VERSION = 2
-_READS = (1, 2)
+FORMAT_VERSION = 3
+_READS = (1, 2, 3)
 _FORMAT = "pyanom-archive"
 _KEY = "pyanom"
+_DIGEST = "file_sha256"
+_UNSET = "0" * 64
+_CHUNK = 1 << 22
 
 
 class ArchiveError(ValueError):
@@ -73,7 +84,7 @@ def save_archive(path, config: dict, tensors: dict) -> Path:
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     header = {"format": _FORMAT, "format_version": FORMAT_VERSION, "pyanom_version": __version__,
-              "config": config}
+              "config": config, _DIGEST: _UNSET}
     try:
         metadata = {_KEY: canonical_json(header)}
     except (TypeError, ValueError) as err:
@@ -81,9 +92,57 @@ def save_archive(path, config: dict, tensors: dict) -> Path:
     tensors = _tensors_for_save(tensors)
     mode = file_mode(path)
     with atomic_path(path, durable=True) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:  # its I/O errors are not OSErrors: make them one (atomic_path names the file)
+            code = re.search(r"os error (\d+)", str(err))
+            raise OSError(int(code.group(1)) if code else errno.EIO, str(err)) from None
+        with open(tmp, "rb+") as f:
+            at = _digest_offset(f, _UNSET)
+            digest = _file_sha256(f, at)
+            f.seek(at)
+            f.write(digest.encode())
         tmp.chmod(mode)
     return path
+
+
+def _digest_offset(f, digest: str) -> int:
+    """Where in the file the header's digest value starts. The header's keys are sorted and the
+    config sorts first, so the top-level digest is the last "file_sha256" entry of the header."""
+    f.seek(0)
+    (length,) = struct.unpack("<Q", f.read(8))
+    raw = f.read(length)
+    marker = f'{_DIGEST}\\":\\"{digest}'.encode()  # escaped: the header is a JSON string in JSON
+    at = raw.rfind(marker)
+    if at < 0:
+        raise ArchiveError(f"{f.name}: the header's {_DIGEST} was not found")
+    return 8 + at + len(marker) - len(digest)
+
+
+def _file_sha256(f, at: int) -> str:
+    """SHA-256 of the whole file with the 64 characters at offset `at` read as "0"."""
+    h = hashlib.sha256()
+    f.seek(0)
+    h.update(f.read(at))
+    h.update(_UNSET.encode())
+    f.seek(at + len(_UNSET))
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_digest(path: Path, header: dict) -> None:
+    """Refuse a file whose bytes are not those it was written with (formats 1 and 2 carry no digest)."""
+    digest = header.get(_DIGEST)
+    if digest is None and str(header.get("format_version")) in ("1", "2"):
+        return
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ArchiveError(f"{path} has a damaged header (no valid {_DIGEST})")
+    with open(path, "rb") as f:
+        actual = _file_sha256(f, _digest_offset(f, digest))
+    if actual != digest:
+        raise ArchiveError(f"{path} is damaged: its bytes do not match the SHA-256 it was written with "
+                           "(changed or corrupted since it was saved); save or copy the model again")
 
 
 def _header(path: Path, metadata: dict) -> dict:
@@ -160,6 +219,7 @@ def load_archive(path, *, map_location="cpu", skip: tuple[str, ...] = ()) -> tup
         with safe_open(path, framework="pt", device=str(device)) as f:
             header = _header(path, f.metadata() or {})
             _checked_version(path, header)
+            _check_digest(path, header)
             # on the CPU, copies rather than views of the mapped file: a file rewritten in place
             # (`cp new.pyanom old.pyanom`) must not change, or crash, a model already loaded from it
             own = torch.Tensor.clone if device.type == "cpu" else (lambda t: t)

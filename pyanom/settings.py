@@ -97,9 +97,12 @@ def _positive(v):
 
 
 def _json_or_text(text: str):
+    """JSON where the text is JSON a setting can hold, else the text itself (which the declared type
+    then refuses by name): nesting too deep for the parser and integers of more digits than Python
+    converts are text too."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, the integer digit limit, deep nesting
         return text
 
 
@@ -200,13 +203,13 @@ class _Declared:
         try:
             typed = self.type.convert(v)
         except (ValueError, TypeError):
-            raise SettingError(f"{self.name} must be {self.what()}, got {v!r}") from None
+            raise SettingError(f"{self.name} must be {self.what()}, got {_shown(v)}") from None
         if typed is None:
             return None
         if self.choices is not None and typed not in self.choices:
-            raise SettingError(f"{self.name} must be {self.what()}, got {v!r}")
+            raise SettingError(f"{self.name} must be {self.what()}, got {_shown(v)}")
         if self.bounds is not None and not _within(typed, self.bounds, self.open):
-            raise SettingError(f"{self.name} must be {self.what()}, got {v!r}")
+            raise SettingError(f"{self.name} must be {self.what()}, got {_shown(v)}")
         if self.check is not None:
             try:
                 typed = self.check(typed)
@@ -214,6 +217,12 @@ class _Declared:
                 said = str(err)
                 raise SettingError(said if said.startswith(self.name) else f"{self.name}: {said}") from None
         return typed
+
+
+def _shown(value, limit: int = 60) -> str:
+    """repr(value), its middle cut out when long: an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text)} characters)"
 
 
 def _within(value, bounds, open_: str) -> bool:

@@ -10,7 +10,10 @@ averages weights over a stage's last epochs (`torch.optim.swa_utils`), and check
 Every random choice of training (batch order, augmentation, noise) draws from one seeded
 generator, `Trainer.rng`, and the checkpoint stores it with the weights, optimizer state, sampler
 state, loss history, stage and epoch: a run resumed after epoch n repeats the uninterrupted run
-bit for bit.
+bit for bit. Training runs with PyTorch's deterministic algorithms (`torch.use_deterministic_algorithms`,
+restored afterwards): a kernel that would add in the order its threads arrive (a scatter-add into
+repeated rows, for one) takes its fixed-order path instead, so the same data, settings, seed and
+thread count give the same bytes however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, TypeVar
@@ -34,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pyanom.data.transforms import pair
 from pyanom.settings import Settings, setting
+from pyanom._fs import writable_folder
 from pyanom.archive import ArchiveError, load_archive, save_archive
 
 __all__ = ["BalancedBatches", "DecodedSet", "LossHistory", "ShuffledBatches", "Stage", "StratifiedBatches",
@@ -282,6 +287,19 @@ class StepContext:
         optimizer.step()
 
 
+@contextmanager
+def deterministic_kernels():
+    """PyTorch's deterministic algorithms for the block, the caller's choice restored after. An
+    op without a deterministic version warns instead of failing (warn_only)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training after writing the checkpoint; the message says where."""
 
@@ -324,9 +342,11 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(int(cfg.seed))
         self.checkpoint = getattr(cfg, "checkpoint", None)
         self.every = int(getattr(cfg, "checkpoint_every", 1))
-        if self.checkpoint is not None and not Path(self.checkpoint).parent.is_dir():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint}: folder {Path(self.checkpoint).parent} "
-                                    "does not exist")
+        if self.checkpoint is not None:
+            folder = Path(self.checkpoint).parent
+            if not folder.is_dir():
+                raise FileNotFoundError(f"checkpoint {self.checkpoint}: folder {folder} does not exist")
+            writable_folder(folder, "checkpoint")  # before the first epoch, not after it
 
     def run(self, stages: list[Stage]) -> LossHistory:
         """Train every stage to its epoch count, resuming from the checkpoint when there is one."""
@@ -342,7 +362,7 @@ class Trainer:
                 if self.progress:
                     print(self._resuming(stages, done), file=sys.stderr, flush=True)
         try:
-            with _StopOnInterrupt(self.checkpoint is not None) as interrupt:
+            with _StopOnInterrupt(self.checkpoint is not None) as interrupt, deterministic_kernels():
                 for s in stages:
                     self._run_stage(s, stages, done, history, interrupt)
         except KeyboardInterrupt as stop:

@@ -147,7 +147,7 @@ def test_other_format_version(tmp_path):
     message = str(err.value)
     assert str(path) in message
     assert "written by pyanom 9.0 in archive format 99" in message
-    assert f"this pyanom ({pyanom.__version__}) reads formats 1, 2" in message
+    assert f"this pyanom ({pyanom.__version__}) reads formats 1, 2, 3" in message
 
 
 def test_format_1_is_still_read(tmp_path):
@@ -158,6 +158,41 @@ def test_format_1_is_still_read(tmp_path):
     config, tensors_ = load_archive(path)
     assert config == {"a": [1, 2]} and torch.equal(tensors_["x"], torch.ones(2))
     assert archive.is_archive(path) and archive.read_header(path) == {"a": [1, 2]}
+
+
+def test_format_2_without_a_digest_is_still_read(tmp_path):
+    path = tmp_path / "two.pyanom"
+    save_file({"x": torch.ones(2)}, path, metadata={"pyanom": archive.canonical_json(
+        {"format": "pyanom-archive", "format_version": 2, "pyanom_version": "0.1.0", "config": {"a": 1}})})
+    config, tensors_ = load_archive(path)
+    assert config == {"a": 1} and torch.equal(tensors_["x"], torch.ones(2))
+
+
+def test_a_changed_weight_is_refused_by_the_digest(tmp_path):
+    """A flipped bit in the tensor data keeps the file well-formed; only the digest catches it."""
+    path = tmp_path / "m.pyanom"
+    save_archive(path, CONFIG, {"w": torch.zeros(64)})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="is damaged: its bytes do not match the SHA-256") as err:
+        load_archive(path)
+    assert str(path) in str(err.value)
+    assert archive.read_header(path) == CONFIG  # the header alone is not checked: it reads no tensor
+
+
+def test_the_digest_is_of_the_file_as_written(tmp_path):
+    """file_sha256 is the SHA-256 of the file with its own 64 characters as zeros: checkable
+    with any SHA-256 tool."""
+    import hashlib
+    import json
+
+    path = tmp_path / "m.pyanom"
+    save_archive(path, CONFIG, tensors())
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    digest = json.loads(json.loads(data[8:8 + n])["__metadata__"]["pyanom"])["file_sha256"]
+    assert hashlib.sha256(data.replace(digest.encode(), b"0" * 64)).hexdigest() == digest
 
 
 def test_equal_models_are_equal_files(tmp_path):
