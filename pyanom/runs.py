@@ -18,11 +18,12 @@ import json
 import os
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from pyanom._fs import WriteFailed
 from pyanom.outputs import OutputError, OutputFolder, Reading, atomic_path, check_file_target, check_model_target, \
     common_root, output_name, writable_folder
 
@@ -510,9 +511,16 @@ def predict_folder(model, images: Sequence, out, *, recursive: bool = True, devi
         result.heatmaps = folder.path / "heatmaps"
         row = {p: i for i, p in enumerate(good)}
         scale = heatmap_scale(det.threshold, min(float(m.min()) for m in pred.anomaly_maps))
-        failed = write_heatmaps_of(OutputFolder(result.heatmaps), [
-            Heatmap(p, names[p], pred.anomaly_maps[row[p]], kept.pop(p, None)) for p in drawn],
-            scale, heatmap_format, heatmap_size)
+        try:
+            failed = write_heatmaps_of(OutputFolder(result.heatmaps), [
+                Heatmap(p, names[p], pred.anomaly_maps[row[p]], kept.pop(p, None)) for p in drawn],
+                scale, heatmap_format, heatmap_size)
+        except WriteFailed:  # the scores are kept; their rows point at the heatmaps that are there, if room allows
+            with suppress(WriteFailed):
+                _write_scores(result.scores_csv, paths, errors, good, pred,
+                              {p: (Path("heatmaps") / names[p]).as_posix() for p in drawn
+                               if (result.heatmaps / names[p]).exists()})
+            raise
         if failed:  # the rows must not point at heatmaps that were not written
             _write_scores(result.scores_csv, paths, errors, good, pred,
                           {p: (Path("heatmaps") / names[p]).as_posix() for p in drawn if p not in failed})
@@ -551,7 +559,8 @@ def write_heatmaps_of(folder: OutputFolder, heatmaps: list[Heatmap], scale: tupl
                       fmt: str = "png", max_side: int | None = None) -> dict:
     """Draw and write heatmap pictures on a pool of threads (PIL and numpy release the GIL), at
     most WRITER_PIXELS pixels being drawn at once (a larger image alone), atomically; a picture
-    that cannot be written is reported, not fatal. Returns {path: why} for those that failed."""
+    that cannot be drawn is reported, not fatal. Returns {path: why} for those that failed. A write
+    the file system refuses (a full disk, a read-only folder) stops the writing: WriteFailed."""
     from concurrent.futures import ThreadPoolExecutor
 
     budget = _PixelBudget(WRITER_PIXELS)
@@ -575,9 +584,14 @@ def write_heatmaps_of(folder: OutputFolder, heatmaps: list[Heatmap], scale: tupl
 
     failed = {}
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="pyanom-heatmap") as pool:
-        for item, future in zip(heatmaps, [pool.submit(write, h) for h in heatmaps]):
+        futures = [pool.submit(write, h) for h in heatmaps]
+        for item, future in zip(heatmaps, futures):
             try:
                 future.result()
+            except WriteFailed:
+                for f in futures:
+                    f.cancel()
+                raise
             except (ValueError, OSError, MemoryError) as err:
                 failed[item.path] = f"{item.name}: {err}"
     return failed
