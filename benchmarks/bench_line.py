@@ -156,7 +156,10 @@ def main() -> None:
         paths = find_images(folder, recursive=True)
         pre = Preprocess(det.image_size)
         batch = torch.from_numpy(np.stack([pre.array(read_image(p)) for p in paths]))
+        say = lambda what: print(f"bench_line: {what}", file=sys.stderr, flush=True)  # noqa: E731
+        say("the model alone")
         alone = model_alone(det, batch, args.rounds)
+        say("pyanom predict, then the parts, then pyanom serve")
         result = {
             "command": "OMP_NUM_THREADS=2 python3 -P benchmarks/bench_line.py" + (f" --rounds {args.rounds}"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}",

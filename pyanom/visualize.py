@@ -19,6 +19,9 @@ from pyanom._fs import atomic_path
 __all__ = ["COLORMAPS", "colorize", "draw_heatmap", "heatmap_scale", "overlay", "resize_map", "save_overlay"]
 
 
+# Pixels blended at once: memory beyond the picture, its map and the result stays this small.
+STRIP_PIXELS = 1 << 20
+
 def _jet(x: np.ndarray) -> np.ndarray:
     # The classic piecewise-linear jet: dark blue, blue, cyan, yellow, red, dark red.
     return np.clip(1.5 - np.abs(4 * x[:, None] - np.array([3.0, 2.0, 1.0])), 0, 1)
@@ -105,7 +108,7 @@ def overlay(image, anomaly_map, *, vmin: float | None = None, vmax: float | None
     low, high = _range(a, vmin, vmax)
     out = np.empty((*a.shape, 3), np.uint8)
     table = _blend_table(colormap, alpha) if background.uint8 else None
-    step = max(1, (1 << 20) // max(1, a.shape[1]))
+    step = max(1, STRIP_PIXELS // max(1, a.shape[1]))
     for top in range(0, a.shape[0], step):
         rows = slice(top, min(top + step, a.shape[0]))
         index = _levels(a[rows], low, high)

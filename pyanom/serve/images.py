@@ -83,7 +83,7 @@ def heatmap_png(picture: Image.Image, anomaly_map, threshold: float, longest: Op
     """The anomaly map over the picture as a base64 PNG, drawn as `pyanom predict` draws its
     heatmaps (`pyanom.visualize.draw_heatmap`: red from 1.5x the threshold up, in strips of rows)
     at the picture's own size or ``longest`` pixels on its longest side."""
-    low, high = heatmap_scale(threshold, float(np.min(anomaly_map)))
+    low, high = heatmap_scale(threshold, float(anomaly_map.min()))  # a tensor or an array
     buf = io.BytesIO()
     draw_heatmap(picture, anomaly_map, vmin=low, vmax=high, max_side=longest).save(buf, format="PNG",
                                                                                    compress_level=PNG_LEVEL)

@@ -90,18 +90,19 @@ def test_heatmaps_are_drawn_as_pyanom_predict_draws_them_or_at_a_requested_size(
 
 
 def test_a_large_heatmap_is_drawn_in_strips(monkeypatch):
-    """Strips give the very pixels of one overlay over the whole picture."""
+    """Strips give the very pixels of one pass over the whole picture: the service's heatmap equals
+    what `pyanom predict` draws."""
+    from pyanom import visualize
     from pyanom.serve import images
-    from pyanom.data.transforms import to_array
-    from pyanom.visualize import heatmap_scale, overlay, resize_map
 
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (301, 517, 3), dtype=np.uint8))
     anomaly_map = rng.random((32, 32), dtype=np.float32) * 3
-    monkeypatch.setattr(images, "STRIP_PIXELS", 517 * 7)  # 43 strips, the last one short
+    monkeypatch.setattr(visualize, "STRIP_PIXELS", 517 * 7)  # 43 strips, the last one short
     drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(images.heatmap_png(picture, anomaly_map, 1.0)))))
-    low, high = heatmap_scale(1.0, float(anomaly_map.min()))
-    whole = overlay(to_array(picture), resize_map(anomaly_map, (301, 517)), vmin=low, vmax=high)
+    monkeypatch.setattr(visualize, "STRIP_PIXELS", 1 << 30)  # one strip
+    low, high = visualize.heatmap_scale(1.0, float(anomaly_map.min()))
+    whole = np.asarray(visualize.draw_heatmap(picture, anomaly_map, vmin=low, vmax=high))
     np.testing.assert_array_equal(drawn, whole)
 
 
