@@ -59,6 +59,33 @@ def texture_set(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cracked_parts():
+    """write_cracked_parts(root, good, cracked, seed): labelled folders of tiny parts."""
+    return write_cracked_parts
+
+
+def write_cracked_parts(root: Path, good: int, cracked: int, seed: int) -> Path:
+    """Labelled folders of 32 px parts, a mask beside each image (the magnetic-tile layout): good/
+    and crack/, a cracked part carrying a bright 9 px square that its mask marks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, count in (("good", good), ("crack", cracked)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(70, 130, (32, 32), dtype=np.uint8)
+            mask = np.zeros((32, 32), np.uint8)
+            if name == "crack":
+                y, x = rng.integers(0, 22, 2)
+                image[y:y + 9, x:x + 9] = 245
+                mask[y:y + 9, x:x + 9] = 255
+            Image.fromarray(image).save(root / name / f"{i:02d}.jpg", quality=95)
+            Image.fromarray(mask).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def readme_detector_examples() -> list[str]:
     """The detector classes of the guide "Writing a detector plugin" (docs/guides/plugins.md):
     [MeanColour, TinyAutoencoder], so the docs are what the tests run."""

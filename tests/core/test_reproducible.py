@@ -15,9 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 RUN = """
 import sys
@@ -48,22 +46,9 @@ DETECTORS = {
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> Path:
+def folders(tmp_path_factory, cracked_parts) -> Path:
     """Good and cracked 32 px parts with their masks: 20 good, 12 cracked."""
-    root = tmp_path_factory.mktemp("parts")
-    rng = np.random.default_rng(3)
-    for name, count in (("good", 20), ("crack", 12)):
-        (root / name).mkdir()
-        for i in range(count):
-            image = rng.integers(70, 130, (32, 32), dtype=np.uint8)
-            mask = np.zeros((32, 32), np.uint8)
-            if name == "crack":
-                y, x = rng.integers(0, 22, 2)
-                image[y:y + 9, x:x + 9] = 245
-                mask[y:y + 9, x:x + 9] = 255
-            Image.fromarray(image).save(root / name / f"{i:02d}.jpg", quality=95)
-            Image.fromarray(mask).save(root / name / f"{i:02d}.png")
-    return root
+    return cracked_parts(tmp_path_factory.mktemp("parts"), 20, 12, seed=3)
 
 
 def _run(name: str, data: Path, images: Path, where: Path, settings: list[str]) -> dict[str, bytes]:

@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pyanom
 from pyanom.cli import main
@@ -131,22 +129,9 @@ def test_stratified_batches_draw_each_class_without_replacement():
 
 # -- a real Ctrl-C of `pyanom fit`, then the same command again ---------------------------------
 @pytest.fixture(scope="module")
-def labelled_folders(tmp_path_factory) -> Path:
+def labelled_folders(tmp_path_factory, cracked_parts) -> Path:
     """Good and cracked 32 px parts (a bright square, its mask beside the image): 8 of each."""
-    root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(0)
-    for name in ("good", "crack"):
-        (root / name).mkdir()
-        for i in range(8):
-            image = rng.integers(80, 120, (32, 32), dtype=np.uint8)
-            mask = np.zeros((32, 32), np.uint8)
-            if name == "crack":
-                y, x = rng.integers(0, 20, 2)
-                image[y:y + 10, x:x + 10] = 250
-                mask[y:y + 10, x:x + 10] = 255
-            Image.fromarray(image).save(root / name / f"{i}.jpg", quality=95)
-            Image.fromarray(mask).save(root / name / f"{i}.png")
-    return root
+    return cracked_parts(tmp_path_factory.mktemp("folders"), 8, 8, seed=0)
 
 
 # Each runs long enough (a second or more) that the Ctrl-C after its first checkpoint lands
