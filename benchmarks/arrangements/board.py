@@ -63,19 +63,10 @@ def render(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, 
     scene.paint(window, board_alpha[window], jitter(rng, GREEN, 0.04) * mask_tone[..., None])
     _copper(scene, board, k)
 
-    parts = [(i, p) for i, p in enumerate(layout) if p]
-    layers = [(i, _part(scene, rng, board.place(SITES[i][0] * k + rng.uniform(-0.007, 0.007) * k,
-                                                SITES[i][1] * k + rng.uniform(-0.007, 0.007) * k,
-                                                math.radians(rng.uniform(-5, 5))), p, k * rng.uniform(0.96, 1.04)))
-              for i, p in parts]
-    shadow = scene.canvas()
-    for _, part in layers:
-        for w, alpha, _ in part:
-            shadow[w] = np.maximum(shadow[w], alpha)
-    scene.drop_shadow(shadow, blur=1.5, offset=2, depth=0.45)
-    for _, part in layers:
-        for w, alpha, colour in part:
-            scene.paint(w, alpha, colour)
+    scene.lay([_part(scene, rng, board.place(SITES[i][0] * k + rng.uniform(-0.007, 0.007) * k,
+                                             SITES[i][1] * k + rng.uniform(-0.007, 0.007) * k,
+                                             math.radians(rng.uniform(-5, 5))), p, k * rng.uniform(0.96, 1.04))
+               for i, p in enumerate(layout) if p], blur=1.5, offset=2, depth=0.45)
 
     mask = np.zeros((size, size), bool)
     for i in changed:

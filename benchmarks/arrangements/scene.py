@@ -8,7 +8,6 @@ index), so a set is reproducible and its image i does not change when the counts
 from __future__ import annotations
 
 import math
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +93,19 @@ class Scene:
         shadow = ndimage.shift(shadow, (-LIGHT[1] * offset * ss, -LIGHT[0] * offset * ss), order=1)
         self.rgb *= (1 - depth * shadow)[..., None]
 
+    def lay(self, parts: list[list], *, blur: float, offset: float, depth: float) -> np.ndarray:
+        """Put parts down: each a list of layers (window, alpha, colour), their shadow first; the
+        parts' whole-canvas alpha (where they lie)."""
+        alpha = self.canvas()
+        for layers in parts:
+            for window, a, _ in layers:
+                alpha[window] = np.maximum(alpha[window], a)
+        self.drop_shadow(alpha, blur=blur, offset=offset, depth=depth)
+        for layers in parts:
+            for window, a, colour in layers:
+                self.paint(window, a, colour)
+        return alpha
+
     def image(self) -> np.ndarray:
         """[size, size, 3] in [0, 1]: the canvas box-filtered to the output size."""
         n, ss = self.size, self.ss
@@ -156,17 +168,12 @@ Render = Callable[[np.random.Generator, int, str], tuple[np.ndarray, np.ndarray]
 
 def write_set(root: str | Path, name: str, render: Render, types: tuple[str, ...], *, n_train: int,
               n_test_good: int, n_test_per_type: int, size: int = 256, seed: int = 0,
-              overwrite: bool = False) -> Path:
-    """Write `render`'s images in the MVTec AD layout under root: n_train good training images,
-    n_test_good good and n_test_per_type of each of `types` test images with their masks.
-    render(rng, size, type) gives an RGB image in [0, 1] and a boolean mask."""
+) -> Path:
+    """Write `render`'s images in the MVTec AD layout under root (a new folder): n_train good
+    training images, n_test_good good and n_test_per_type of each of `types` test images with
+    their masks. render(rng, size, type) gives an RGB image in [0, 1] and a boolean mask."""
     root = Path(root)
-    parts = [root / p for p in ("train", "test", "ground_truth")]
-    if any(p.exists() for p in parts):
-        if not overwrite:
-            raise FileExistsError(f"{root}: already holds a data set (pass overwrite=True to replace it)")
-        for p in parts:
-            shutil.rmtree(p, ignore_errors=True)
+    root.mkdir(parents=True)
     jobs = [("train", "good", i) for i in range(n_train)] + [("test", "good", i) for i in range(n_test_good)]
     jobs += [("test", t, i) for t in types for i in range(n_test_per_type)]
     for split, kind, index in jobs:

@@ -6,6 +6,7 @@ arrangement types the set has (too many, missing, wrong place), "local" the loca
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import board
@@ -28,6 +29,7 @@ def set_root(name: str, seed: int, cache: Path = CACHE) -> Path:
     root = cache / f"{name}-seed{seed}"
     if not (root / "ground_truth").is_dir():
         partial = cache / f".{name}-seed{seed}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run left
         SETS[name].make(partial, n_train=N_TRAIN, n_test_good=N_TEST_GOOD, n_test_per_type=N_TEST_PER_TYPE,
                         seed=seed)
         partial.rename(root)

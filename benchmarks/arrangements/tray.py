@@ -79,15 +79,8 @@ def render(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, 
     for (cu, cv), names in zip(SLOTS, contents):
         for name, (pu, pv, turn) in zip(names, _placements(rng, names)):
             pose = tray.place((cu + pu) * k, (cv + pv) * k, turn)
-            parts.append((name, _part(scene, rng, pose, name, PART * k * rng.uniform(0.96, 1.04))))
-    shadow = scene.canvas()
-    for _, layers in parts:
-        for w, alpha, _ in layers:
-            shadow[w] = np.maximum(shadow[w], alpha)
-    scene.drop_shadow(shadow, blur=1.2, offset=1.8, depth=0.45)
-    for _, layers in parts:
-        for w, alpha, colour in layers:
-            scene.paint(w, alpha, colour)
+            parts.append(_part(scene, rng, pose, name, PART * k * rng.uniform(0.96, 1.04)))
+    on_parts = scene.lay(parts, blur=1.2, offset=1.8, depth=0.45)
 
     mask = np.zeros((size, size), bool)
     for i in changed:
@@ -97,7 +90,7 @@ def render(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, 
     if kind == "scratch":
         mask = _scratch_on(scene, rng, scene.mask(tray_alpha, 0.99), tray, k, plastic.mean((0, 1)))
     elif kind == "spot":
-        mask = _spot_on(scene, rng, shadow, floors, tray, k)
+        mask = _spot_on(scene, rng, on_parts, floors, tray, k)
     scene.rgb *= (lighting(rng, size * scene.ss, rng.uniform(0.05, 0.15)) * rng.uniform(0.85, 1.15))[..., None]
     return scene.image(), mask
 

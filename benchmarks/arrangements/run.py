@@ -1,0 +1,129 @@
+"""PatchCore vs SA-PatchCore on the arrangement sets and MVTec AD bottle, end to end, and the
+figures written to a JSON file (benchmarks/results/arrangements.json by default).
+
+Every set (sets.py: rods, board, tray), seed and training count: both detectors fitted through
+the public API on the first N good training images (each holds 10% out for its threshold, as
+`Detector.fit` does) at the same coreset ratio (SA-PatchCore's default, 0.01), SA-PatchCore with
+its defaults plus any --set; per defect type the image AUROC against the good test images,
+"co-occurrence" the mean over the arrangement types (too many, missing, wrong place), "local" the
+local defects together. Bottle: image and pixel AUROC at 256 px (fit on its 209 good images).
+
+    OMP_NUM_THREADS=2 python3 -P benchmarks/arrangements/run.py [--sets rods board tray] [--seeds 0 1 2]
+        [--n-train 50 200] [--bottle] [--set KEY=VALUE] [--out benchmarks/results/arrangements.json]
+
+The generated sets are written once to $PYANOM_ARRANGEMENTS (default /tmp/pyanom-arrangements),
+never into the repository. A run adds to the file's entries and replaces those it measures again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pyanom  # noqa: E402
+from pyanom.data import open_dataset  # noqa: E402
+from pyanom.metrics import evaluate  # noqa: E402
+from pyanom_plugins.patchcore.detector import SAPatchCoreConfig  # noqa: E402
+from sets import SETS, open_set, type_aurocs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def detectors(overrides: dict) -> dict[str, tuple[str, dict]]:
+    ratio = overrides.get("coreset_ratio", SAPatchCoreConfig().coreset_ratio)
+    return {"patchcore": ("patchcore", {"coreset_ratio": ratio}), "sa_patchcore": ("sa_patchcore", overrides)}
+
+
+def run_set(name: str, seed: int, n: int, dets: dict) -> dict:
+    train, test = open_set(name, seed, n)
+    out = {}
+    for label, (detector, settings) in dets.items():
+        start = time.perf_counter()
+        det = pyanom.create(detector, **settings).fit(train, progress=False)
+        scores = det.predict(test).image_scores.numpy()
+        out[label] = type_aurocs(test.defect_types, scores)
+        print(f"{name} seed {seed} n {n} {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[label].items())
+              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    return out
+
+
+def run_bottle(data: Path, dets: dict) -> dict:
+    root = data / "mvtec" / "bottle"
+    train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
+    masks = test.masks()
+    out = {}
+    for label, (detector, settings) in dets.items():
+        det = pyanom.create(detector, **settings).fit(train, progress=False)
+        pred = det.predict(test, map_size="model")
+        report = evaluate(test.labels, pred.image_scores, masks=masks, maps=pred.anomaly_maps)
+        out[label] = {k: report[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+        print(f"bottle {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in out[label].items()), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n-train", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--bottle", action="store_true", help="also MVTec AD bottle (image and pixel AUROC)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="sa_patchcore setting (JSON value), repeatable")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("PYANOM_DATA") or ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "arrangements.json")
+    args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    dets = detectors(overrides)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    settings = dataclasses.asdict(SAPatchCoreConfig(**overrides))
+    if results.get("sa_patchcore_settings", settings) != settings:
+        raise SystemExit(f"{args.out} holds figures of other sa_patchcore settings "
+                         f"({results['sa_patchcore_settings']}); write to another --out")
+    results["sa_patchcore_settings"] = settings
+    results["command"] = "python3 -P benchmarks/arrangements/run.py " + " ".join(sys.argv[1:])
+    sets = results.setdefault("sets", {})
+    for name in args.sets:
+        for seed in args.seeds:
+            for n in args.n_train:
+                sets.setdefault(name, {}).setdefault(f"seed{seed}", {})[f"n{n}"] = run_set(name, seed, n, dets)
+                _write(args.out, results)
+    if args.bottle:
+        results["bottle"] = run_bottle(args.data, dets)
+        _write(args.out, results)
+    summary(results)
+
+
+def _write(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def summary(results: dict) -> None:
+    """The table: per set and training count, the mean over seeds (min in brackets)."""
+    keys = ("co-occurrence", "too_many", "missing", "wrong_place", "local")
+    print("\n| set | n | detector | " + " | ".join(keys) + " | seeds |\n|---|---|---|" + "---|" * (len(keys) + 1))
+    for name, seeds in results.get("sets", {}).items():
+        counts = sorted({n for s in seeds.values() for n in s}, key=lambda n: int(n[1:]))
+        for n in counts:
+            runs = [s[n] for s in seeds.values() if n in s]
+            for label in runs[0]:
+                cells = []
+                for k in keys:
+                    vals = [r[label][k] for r in runs if k in r[label]]
+                    cells.append(f"{sum(vals) / len(vals):.3f} ({min(vals):.3f})" if vals else "-")
+                print(f"| {name} | {n[1:]} | {label} | " + " | ".join(cells) + f" | {len(runs)} |")
+    for label, r in results.get("bottle", {}).items():
+        print(f"bottle {label}: image {r['image_auroc']:.4f}, pixel {r['pixel_auroc']:.4f}, aupro {r['aupro']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
