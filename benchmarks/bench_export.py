@@ -279,7 +279,9 @@ def predict_parts(args) -> None:
     """PatchCore float32 (bottle, coreset 0.01) on 32 test images at batch 32: the whole predict
     and its parts, interleaved: backbone (8 images per pass), patch embedding, kNN (pyanom's op,
     and the same distance product through torch.mm in float32 and bfloat16), the maps (pyanom's
-    one-matrix-per-axis upsample_scores, and bilinear upsampling then gaussian_blur)."""
+    one-matrix-per-axis upsample_scores, and bilinear upsampling then gaussian_blur). Then the
+    same parts at batch 1 against batch 32 (images one at a time against all 32 together),
+    interleaved: where a single image pays more per image than the batch does."""
     import torch
     import torch.nn.functional as F
 
@@ -323,6 +325,54 @@ def predict_parts(args) -> None:
     for name, ts in times.items():
         rate = f"; {flop / min(ts) / 1e6:.0f} GFLOP/s" if name.startswith(("kNN", "q @")) else ""
         print(f"{name:<30} {min(ts):7.3f} / {statistics.median(ts):7.3f}{rate}")
+    batch_sizes(det, x, args.rounds)
+
+
+def batch_sizes(det, x, rounds: int) -> None:
+    """predict and its parts (those of PatchCore._score) at batch 1 and batch 32, interleaved,
+    ms per image; the batch-1 scores checked equal to batch 32's."""
+    import numpy as np
+    import torch
+
+    from pyanom.anomaly_map import upsample_scores
+
+    one = np.concatenate([det.predict(image[None], batch_size=1).image_scores.numpy() for image in x])
+    np.testing.assert_allclose(one, det.predict(x, batch_size=32).image_scores.numpy(), rtol=1e-5)
+    with torch.inference_mode():
+        emb = [det._embed(image[None])[0] for image in x]
+        (h, w), size = det._embed(x[:1])[1], x.shape[-2:]
+        queries = [e.reshape(-1, e.shape[-1]) for e in emb]
+        all_queries = torch.cat(queries)
+        nearest = [det._nearest(q, 1) for q in queries]
+        scores = [d[:, 0].reshape(1, h, w) for d, _ in nearest]
+        all_scores = torch.cat(scores)
+        all_nearest = det._nearest(all_queries, 1)
+
+    def rows(parts, n_patches):
+        """The kNN's (queries, nearest) and the worst patch of each image, for _reweight."""
+        queries, (dist, near) = parts
+        patch = dist[:, 0].reshape(-1, n_patches)
+        return queries, near[:, 0], patch.argmax(1), n_patches
+
+    variants = {
+        (name, b): fn for name, by_batch in {
+            "predict": (lambda: [det.predict(image[None], batch_size=1) for image in x],
+                        lambda: det.predict(x, batch_size=32)),
+            "backbone + embedding (_embed)": (lambda: [det._embed(image[None]) for image in x],
+                                              lambda: det._embed(x)),
+            "kNN, k=1": (lambda: [det._nearest(q, 1) for q in queries], lambda: det._nearest(all_queries, 1)),
+            "reweight": (lambda: [det._reweight(*rows((q, n), h * w)) for q, n in zip(queries, nearest)],
+                         lambda: det._reweight(*rows((all_queries, all_nearest), h * w))),
+            "maps": (lambda: [upsample_scores(s, size, det.config.blur_sigma) for s in scores],
+                     lambda: upsample_scores(all_scores, size, det.config.blur_sigma)),
+        }.items() for b, fn in zip((1, 32), by_batch)}
+    with torch.inference_mode():
+        times = interleaved(variants, rounds, len(x))
+    print(f"\nbatch 1 against batch 32, {len(x)} images, ms per image, min / median of {rounds} rounds")
+    for name in dict.fromkeys(name for name, _ in variants):
+        one, all32 = min(times[name, 1]), min(times[name, 32])
+        print(f"{name:<30} batch 1 {one:7.3f} / {statistics.median(times[name, 1]):7.3f}, "
+              f"batch 32 {all32:7.3f} / {statistics.median(times[name, 32]):7.3f}; ratio {one / all32:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,15 @@ inputs too small for the kernels to matter: what every op pays through pyanom.op
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python3 -P -m pytest benchmarks/bench_op_overhead.py \
         --benchmark-columns=min,median,rounds
+
+Run as a script, it prints one core's CPU time per call (min of 7 x 300 calls), which a loaded
+machine disturbs far less than pytest-benchmark's wall time:
+
+    OMP_NUM_THREADS=1 python3 -P benchmarks/bench_op_overhead.py
 """
+
+import time
+import timeit
 
 import pytest
 import torch
@@ -32,3 +40,14 @@ CALLS = {
 def test_call(benchmark, name, backend):
     benchmark.group = name
     benchmark(CALLS[name], backend)
+
+
+if __name__ == "__main__":
+    print("| call | native us | torch us | torch / native |\n|---|---|---|---|")
+    for name, call in CALLS.items():
+        us = {}
+        for backend in ("native", "torch"):
+            call(backend)
+            timer = timeit.Timer(lambda: call(backend), timer=time.process_time)
+            us[backend] = min(timer.repeat(repeat=7, number=300)) / 300 * 1e6
+        print(f"| {name} | {us['native']:.1f} | {us['torch']:.1f} | {us['torch'] / us['native']:.2f} |")

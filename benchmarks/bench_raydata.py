@@ -27,7 +27,7 @@ import numpy as np, torch
 import pyanom
 from pyanom.data import open_dataset
 from pyanom.distributed import connect
-from pyanom.memory_bank import MemoryBankPlan, merge_picks
+from pyanom.memory import MemoryBankPlan, merge_picks
 
 engine, root, n, shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(image_size=128, coreset_ratio=0.01, coreset_mode="sharded", shard_images=shard)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -71,10 +72,43 @@ class InProcess:
                 batch_images = self.tensors[idx]
             else:
                 decoded = [decode(bodies[i], "bench", self.preprocess, LIMITS) for i in idx]
-                batch_images = torch.from_numpy(np.stack(decoded))
+                batch_images = torch.from_numpy(np.stack([array for array, _ in decoded]))
             self.det.predict(batch_images, batch_size=batch)
             done += batch
         return done / (time.perf_counter() - start)
+
+
+def test_images() -> list[Path]:
+    """Eight bottle test images of each folder (good and every defect type)."""
+    return [p for folder in sorted((DATA / "mvtec" / "bottle" / "test").iterdir())
+            for p in sorted(folder.glob("*.png"))[:8]]
+
+
+@contextlib.contextmanager
+def serving(model: Path, *options: str, name: str = "bench"):
+    """`pyanom serve` of ``model`` as ``name`` on a free loopback port, ready; yields (url, process);
+    stopped by SIGTERM at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "pyanom.cli", "serve", f"{name}={model}", "--port", str(port),
+                               "--log-level", "warning", *options])
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(60)
 
 
 def rss_mb(pid: int) -> float:
@@ -125,31 +159,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     model = args.model or fit_model(tmp / "bench.pyanom", args.image_size)
-    images = [p for folder in sorted((DATA / "mvtec" / "bottle" / "test").iterdir())
-              for p in sorted(folder.glob("*.png"))[:8]]
+    images = test_images()
     bodies = [p.read_bytes() for p in images]
     direct = InProcess(model, images)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "pyanom.cli", "serve", f"bench={model}", "--port", str(port),
-                               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                               "--max-queue", "256", "--log-level", "warning"])
     rss, stop = [], threading.Event()
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.2)
-
+    with serving(model, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                 "--max-queue", "256") as (url, server):
         def sample():
             while not stop.wait(0.1):
                 rss.append(rss_mb(server.pid))
@@ -171,9 +187,6 @@ def main() -> None:
             rows.append(row)
         stop.set()
         sampler.join()
-    finally:
-        server.terminate()
-        server.wait(60)
 
     print(f"\nmodel {model}, {args.requests} requests per level, server --max-batch {args.max_batch} "
           f"--max-wait-ms {args.max_wait_ms}, torch threads {torch.get_num_threads()}")

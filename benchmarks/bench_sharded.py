@@ -1,7 +1,7 @@
 """Memory banks past one machine's memory: peak RSS and fit time against the number of training
-images, exact vs sharded (pyanom.memory_bank); and bottle fitted locally vs on 1 and 2 Ray workers.
+images, exact vs sharded (pyanom.memory); and bottle fitted locally vs on 1 and 2 Ray workers.
 
-    PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 1000 3000
+    PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py scale 200 1000 3000 [--json]
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py ray
     PYANOM_DATA=../shared/data python3 -P benchmarks/bench_sharded.py bank
 
@@ -11,8 +11,9 @@ the bank, not the images, is what grows: 39 KB of features per image. Each (mode
 fresh process; sharded runs with a 32 MB budget (shards of 420 images). Coreset ratio 0.01.
 `ray`: the whole bottle fit (features, coreset, threshold) and its test AUROC, in one run.
 `bank`: bottle's test set scored with the memory bank here and on 1, 2 and 4 actors of a local
-cluster of 2 CPUs (PatchCore.shard_memory_bank), in one process: predict time and the largest
+cluster of 2 CPUs (pyanom.distributed.shard_memory_bank), in one process: predict time and the largest
 relative difference of the image scores from the local ones.
+`--json` (scale only) records the rows in benchmarks/results/memory.json, which the docs plot.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ root, workers = sys.argv[1], int(sys.argv[2])
 train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
 det = pyanom.create("patchcore", coreset_ratio=0.01, coreset_mode="sharded", shard_images=24)
 if workers:
-    from pyanom.distributed import connect
+    from pyanom.distributed import connect, use_ray
     connect(None, num_cpus=workers)
-    det.use_ray()
+    use_ray(det)
 start = time.perf_counter()
 det.fit(train, progress=False)
 fit_s = time.perf_counter() - start
@@ -92,7 +93,7 @@ import json, sys, time
 import torch
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.distributed import connect
+from pyanom.distributed import connect, shard_memory_bank
 
 root = sys.argv[1]
 train, test = open_dataset(root, "train").normal(), open_dataset(root, "test")
@@ -100,9 +101,9 @@ det = pyanom.create("patchcore", coreset_ratio=0.01).fit(train, progress=False)
 bank = det.memory_bank
 connect(None, num_cpus=2)
 for parts in (0, 1, 2, 4):
-    det.memory_bank = bank
+    det.attach_memory_bank(bank)
     if parts:
-        det.shard_memory_bank(parts)
+        shard_memory_bank(det, parts)
     start = time.perf_counter()
     scores = det.predict(test).image_scores
     seconds = time.perf_counter() - start
@@ -120,13 +121,23 @@ def run(script: str, *args: str) -> dict:
 
 def main(argv: list[str]) -> None:
     bottle = str(DATA / "mvtec" / "bottle")
+    to_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
     if argv[:1] == ["scale"]:
         print("| images | mode | shards | fit s | peak RSS MB | RSS before fit MB | bank rows |\n|---|---|---|---|---|---|---|")
+        rows = []
         for n in map(int, argv[1:] or ["200", "2000", "10000"]):
             for mode in ("exact", "sharded"):
                 r = run(SCALE, str(n), mode, bottle)
+                rows.append({"case": f"{n} {mode}", "images": n, **r})
                 print(f"| {n} | {r['mode']} | {r['shards']} | {r['fit_s']:.1f} | {r['peak_rss_mb']:.0f} | "
                       f"{r['rss_before_fit_mb']:.0f} | {r['bank']} |", flush=True)
+        if to_json:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))  # -P leaves the script's folder out
+            from results import record
+
+            print(record("memory", "PatchCore fit's peak RSS against the number of training images (64 px, "
+                         "coreset ratio 0.01), exact vs sharded with a 32 MB budget.", rows))
     elif argv[:1] == ["ray"]:
         print("| path | fit s | image AUROC | pixel AUROC | shards |\n|---|---|---|---|---|")
         for workers in (0, 1, 2):

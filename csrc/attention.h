@@ -4,21 +4,26 @@
 #include <cstdint>
 #include <string>
 
+#include "common.h"
+
+#define PYANOM_ATTENTION_SHAPE(X) X(int64_t, batch) X(int64_t, channels) X(int64_t, positions)
+// Maps of at most full_limit positions hold their whole (symmetric) score matrix on the CPU and
+// compute half of it; longer ones go flash-attention style.
+#define PYANOM_ATTENTION_SIZES(X) PYANOM_ATTENTION_SHAPE(X) X(int64_t, full_limit)
+#define PYANOM_ATTENTION_ARGS(X)                                                                \
+  X(std::uintptr_t, x) X(std::uintptr_t, out) X(std::uintptr_t, workspace)                      \
+  X(int64_t, workspace_bytes) PYANOM_ATTENTION_SIZES(X)
+// The CUDA kernel is fused in one launch: no workspace.
+#define PYANOM_ATTENTION_CUDA_ARGS(X) X(std::uintptr_t, x) X(std::uintptr_t, out) PYANOM_ATTENTION_SHAPE(X)
+
 namespace pyanom {
 
-// Maps of at most full_limit positions hold their whole (symmetric) score matrix and compute
-// half of it; longer ones go flash-attention style. Raises "x contains NaN or Inf" when x does.
-std::int64_t attention_workspace_bytes_cpu(std::int64_t batch, std::int64_t channels,
-                                           std::int64_t positions, std::int64_t full_limit,
-                                           const std::string& dtype);
-void attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
-                   std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
-                   std::int64_t positions, std::int64_t full_limit, const std::string& dtype);
+// Raises "x contains NaN or Inf" when x does.
+int64_t attention_workspace_bytes_cpu(PYANOM_PARAMS(PYANOM_ATTENTION_SIZES) const std::string& dtype);
+void attention_cpu(PYANOM_PARAMS(PYANOM_ATTENTION_ARGS) const std::string& dtype);
 #ifdef PYANOM_WITH_CUDA
-// The same on device buffers, fused in one kernel launched on `stream` (a cudaStream_t). Inputs
-// are checked finite by the caller.
-void attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                    std::int64_t channels, std::int64_t positions, const std::string& dtype,
+// On device buffers, launched on `stream` (a cudaStream_t). Inputs are checked finite by the caller.
+void attention_cuda(PYANOM_PARAMS(PYANOM_ATTENTION_CUDA_ARGS) const std::string& dtype,
                     std::uintptr_t stream);
 #endif
 

@@ -8,11 +8,22 @@
 
 namespace pyanom {
 
+// Each op declares the arguments of its entry points once, in csrc/<op>.h, as a list of
+// X(type, name): the declarations below it (PYANOM_PARAMS), the definitions, the binding's
+// argument names and the table _C.kernel_args (bindings.cpp) all expand it, and pyanom.ops passes
+// the arguments by these names (pyanom.ops._backend.launch checks them against the table).
+// Every entry point ends with the dtype name (then, on CUDA, the stream), which stay outside.
+#define PYANOM_PARAM(type, name) type name,
+#define PYANOM_PARAMS(LIST) LIST(PYANOM_PARAM)
+
 // Raised as ValueError on the Python side (pybind11 maps std::invalid_argument).
 #define PYANOM_CHECK(cond, msg)                                  \
   do {                                                           \
     if (!(cond)) throw std::invalid_argument(std::string(msg));  \
   } while (0)
+
+// x rounded up to a multiple of m.
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 template <typename T>
 inline T* as_ptr(std::uintptr_t address) {

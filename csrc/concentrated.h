@@ -5,7 +5,22 @@
 #include <cstdint>
 #include <string>
 
+#include "common.h"
 #include "host_device.h"
+
+// Images of pixels each (everything after the batch dimension): what the workspace size depends on.
+#define PYANOM_CONCENTRATED_SIZES(X) X(std::int64_t, batch) X(std::int64_t, pixels)
+#define PYANOM_CONCENTRATED_PARAMETERS(X) X(double, gamma) X(double, lam) X(double, eps)
+// Forward. loss: one element of the logits' dtype; sums: [batch, 4] float64.
+#define PYANOM_CONCENTRATED_ARGS(X)                                                             \
+  X(std::uintptr_t, logits) X(std::uintptr_t, target) PYANOM_CONCENTRATED_SIZES(X)              \
+  PYANOM_CONCENTRATED_PARAMETERS(X) X(std::uintptr_t, loss) X(std::uintptr_t, sums)             \
+  X(std::uintptr_t, workspace) X(std::size_t, workspace_bytes)
+// Backward. grad_loss: one element of the logits' dtype; grad_logits: like logits.
+#define PYANOM_CONCENTRATED_BACKWARD_ARGS(X)                                                    \
+  X(std::uintptr_t, grad_loss) X(std::uintptr_t, logits) X(std::uintptr_t, target)              \
+  X(std::uintptr_t, sums) PYANOM_CONCENTRATED_SIZES(X) PYANOM_CONCENTRATED_PARAMETERS(X)        \
+  X(bool, detach_factor) X(std::uintptr_t, grad_logits)
 
 namespace pyanom {
 
@@ -22,35 +37,19 @@ PYANOM_HOST_DEVICE constexpr std::int64_t concentrated_loss_blocks_per_image(std
 }
 
 // Bytes of float64 workspace the forward pass needs (the same for either dtype and device).
-std::size_t concentrated_workspace_bytes(std::int64_t batch, std::int64_t pixels,
-                                         const std::string& dtype);
-// Raises ValueError unless batch, pixels >= 1, gamma >= 0, 0 <= lam <= 1 and eps > 0.
+std::size_t concentrated_workspace_bytes(PYANOM_PARAMS(PYANOM_CONCENTRATED_SIZES) const std::string& dtype);
+// Raises ValueError unless batch, pixels >= 1, gamma >= 0, 0 <= lam <= 1 and 0 < eps <= 1.
 void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gamma, double lam,
                              double eps);
 
-// Forward. loss: one element of the logits' dtype; sums: [batch, 4] float64.
-void concentrated_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                      std::int64_t pixels, double gamma, double lam, double eps,
-                      std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                      std::size_t workspace_bytes, const std::string& dtype);
-// Backward. grad_loss: one element of the logits' dtype; grad_logits: like logits.
-void concentrated_backward_cpu(std::uintptr_t grad_loss, std::uintptr_t logits,
-                               std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                               std::int64_t pixels, double gamma, double lam, double eps,
-                               bool detach_factor, std::uintptr_t grad_logits,
-                               const std::string& dtype);
+void concentrated_cpu(PYANOM_PARAMS(PYANOM_CONCENTRATED_ARGS) const std::string& dtype);
+void concentrated_backward_cpu(PYANOM_PARAMS(PYANOM_CONCENTRATED_BACKWARD_ARGS) const std::string& dtype);
 #ifdef PYANOM_WITH_CUDA
 // Same contracts on device buffers, enqueued on `stream` (a cudaStream_t).
-void concentrated_cuda(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                       std::int64_t pixels, double gamma, double lam, double eps,
-                       std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                       std::size_t workspace_bytes, const std::string& dtype,
+void concentrated_cuda(PYANOM_PARAMS(PYANOM_CONCENTRATED_ARGS) const std::string& dtype,
                        std::uintptr_t stream);
-void concentrated_backward_cuda(std::uintptr_t grad_loss, std::uintptr_t logits,
-                                std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                                std::int64_t pixels, double gamma, double lam, double eps,
-                                bool detach_factor, std::uintptr_t grad_logits,
-                                const std::string& dtype, std::uintptr_t stream);
+void concentrated_backward_cuda(PYANOM_PARAMS(PYANOM_CONCENTRATED_BACKWARD_ARGS) const std::string& dtype,
+                                std::uintptr_t stream);
 #endif
 
 // One image's loss and the closed form of its gradient, shared by the CPU and CUDA kernels.

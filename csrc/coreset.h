@@ -7,23 +7,26 @@
 #include <cstdint>
 #include <string>
 
+#include "common.h"
 #include "host_device.h"
+
+// Points [n, d] of the dtype (already projected) and k centers: what the workspace size depends on.
+#define PYANOM_CORESET_SIZES(X) X(int64_t, n) X(int64_t, d) X(int64_t, k)
+#define PYANOM_CORESET_ARGS(X)                                                                      \
+  X(std::uintptr_t, points) PYANOM_CORESET_SIZES(X) X(int64_t, start) X(std::uintptr_t, out)        \
+  X(std::uintptr_t, workspace) X(int64_t, workspace_bytes)
 
 namespace pyanom {
 
-// Bytes of scratch coreset_cpu needs for points [n, d] of `dtype` and k centers.
-int64_t coreset_workspace_bytes_cpu(int64_t n, int64_t d, int64_t k, const std::string& dtype);
-// k-center greedy on points [n, d] (already projected) from `start`; writes k int64 indices
-// in selection order to out. Same selection as the unpruned float64 loop, ties to the lowest index.
-void coreset_cpu(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                 std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                 const std::string& dtype);
+// Bytes of scratch coreset_cpu needs.
+int64_t coreset_workspace_bytes_cpu(PYANOM_PARAMS(PYANOM_CORESET_SIZES) const std::string& dtype);
+// k-center greedy on the points from `start`; writes k int64 indices in selection order to out.
+// Same selection as the unpruned float64 loop, ties to the lowest index.
+void coreset_cpu(PYANOM_PARAMS(PYANOM_CORESET_ARGS) const std::string& dtype);
 #ifdef PYANOM_WITH_CUDA
 // The same on CUDA buffers of the current device, launched on `stream` (a cudaStream_t).
-int64_t coreset_workspace_bytes_cuda(int64_t n, int64_t d, int64_t k, const std::string& dtype);
-void coreset_cuda(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                  std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                  const std::string& dtype, std::uintptr_t stream);
+int64_t coreset_workspace_bytes_cuda(PYANOM_PARAMS(PYANOM_CORESET_SIZES) const std::string& dtype);
+void coreset_cuda(PYANOM_PARAMS(PYANOM_CORESET_ARGS) const std::string& dtype, std::uintptr_t stream);
 #endif
 
 constexpr double kSlack = 1e-6;   // relative slack on pruning tests (float64 error ~ D 2^-53)

@@ -41,11 +41,15 @@ def kernels_for(level: str):
 
     if ISA_MODULES.get(level, "_C") == "_C":
         return _C
-    cpu = importlib.import_module(f"pyanom.{ISA_MODULES[level]}")
-    merged = {name: getattr(_C, name) for name in dir(_C) if not name.startswith("__")}
+    return merged_kernels(_C, importlib.import_module(f"pyanom.{ISA_MODULES[level]}"), level)
+
+
+def merged_kernels(base, cpu, level: str) -> types.SimpleNamespace:
+    """The CPU kernels of module `cpu` (level `level`) with everything else of `base` (_C)."""
+    merged = {name: getattr(base, name) for name in dir(base) if not name.startswith("__")}
     merged.update({name: getattr(cpu, name) for name in dir(cpu)
                    if not name.startswith("__") and name != "build_info"})
-    merged["build_info"] = lambda: {**_C.build_info(), "cpu_isa": level}
+    merged["build_info"] = lambda: {**base.build_info(), "cpu_isa": level}
     return types.SimpleNamespace(**merged)
 
 

@@ -1,10 +1,9 @@
 """Keep freed activation memory in the process instead of handing it back to the OS.
 
 glibc serves every allocation above its mmap threshold (32 MiB at most by default) with a
-fresh mmap and unmaps it on free, so each batch of a CNN page-faults its activations back in:
-on a 2-core line PC that kernel work made batch-32 PatchCore scoring 1.7x slower per image
-than with the memory kept (benchmarks/RESULTS.md). Raising the mmap and trim thresholds keeps up to `limit` bytes of
-freed memory for reuse. Process-wide, glibc only, done once; PYANOM_MALLOC=system opts out.
+fresh mmap and unmaps it on free, so each batch of a CNN page-faults its activations back in,
+and on a small line PC that kernel work can cost more than the arithmetic. Raising the mmap and
+trim thresholds keeps up to `limit` bytes of freed memory for reuse. Process-wide, glibc only, done once; PYANOM_MALLOC=system opts out.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,16 +47,32 @@ def _axis_operator(n_in: int, n_out: int, kernel: torch.Tensor, mode: str) -> to
 def upsample_scores(patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float) -> torch.Tensor:
     """Patch scores [B, h, w] -> anomaly maps [B, H, W]: bilinear upsampling, then Gaussian blur
     (as `gaussian_blur`). Both are linear and separable, so the two together are one small matrix
-    per axis: A_h @ scores @ A_w.T, far cheaper than blurring the upsampled map (bench_export --parts)."""
+    per axis: A_h @ scores @ A_w.T, far cheaper than blurring the upsampled map."""
     size = (size, size) if isinstance(size, int) else tuple(size)
-    if sigma > 0:
-        kernel = gaussian_kernel1d(sigma, patch_scores.dtype, patch_scores.device)
-    else:  # one tap of 1: no blur
-        kernel = torch.ones(1, dtype=patch_scores.dtype, device=patch_scores.device)
-    mode = _border_mode(size, kernel.numel() // 2)
-    rows = _axis_operator(patch_scores.shape[-2], size[0], kernel, mode)
-    cols = _axis_operator(patch_scores.shape[-1], size[1], kernel, mode)
+    (h, w), key = patch_scores.shape[-2:], (size, float(sigma), patch_scores.dtype, patch_scores.device)
+    # A traced graph (pyanom.export) computes them in the graph; elsewhere one image pays for
+    # them as much as a batch does, so they are kept.
+    operators = _axis_operators if torch.jit.is_tracing() or torch.compiler.is_compiling() else _kept_operators
+    rows, cols = operators(h, w, *key)
     return rows @ patch_scores @ cols.T
+
+
+def _axis_operators(h: int, w: int, size: tuple[int, int], sigma: float, dtype, device):
+    """The [H, h] and [W, w] operators of upsample_scores."""
+    if sigma > 0:
+        kernel = gaussian_kernel1d(sigma, dtype, device)
+    else:  # one tap of 1: no blur
+        kernel = torch.ones(1, dtype=dtype, device=device)
+    mode = _border_mode(size, kernel.numel() // 2)
+    return _axis_operator(h, size[0], kernel, mode), _axis_operator(w, size[1], kernel, mode)
+
+
+@functools.lru_cache(maxsize=16)
+def _kept_operators(h: int, w: int, size: tuple[int, int], sigma: float, dtype, device):
+    """_axis_operators, kept for the next call with the same sizes: plain tensors (not inference
+    ones, which autograd could not save), never written to."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _axis_operators(h, w, size, sigma, dtype, device)
 
 
 def at_sizes(maps: torch.Tensor, sizes) -> list[torch.Tensor]:

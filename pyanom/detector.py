@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
@@ -17,8 +18,11 @@ import torch
 from pyanom.allocator import retain_freed_memory
 from pyanom.anomaly_map import at_sizes, join_maps
 from pyanom.data.batches import iterate_images, iterate_sized
+from pyanom.data.dataset import ImageList
+from pyanom.data.inputs import is_batch_array
 from pyanom.data.transforms import pair
-from pyanom.io import save_archive
+from pyanom.archive import save_archive
+from pyanom.settings import SettingError
 
 
 @dataclass
@@ -53,7 +57,8 @@ class Detector(abc.ABC):
     """Base class of every detector plugin.
 
     Subclasses set `name`, `supervision` ("unsupervised", "few-shot" or "supervised") and
-    `Config` (a dataclass of hyper-parameters with the published defaults), and implement
+    `Config` (a `pyanom.settings.Settings` dataclass: each setting declared with its default, the
+    published one, its help and bounds), and implement
     `_fit`, `_score`, `state_tensors` and `load_state_tensors`; one that labels images by more
     than its score overrides `_decide`. A detector that trains networks fits through
     `pyanom.training`. Images reaching a detector are float [B, 3, H, W] in [0, 1] with
@@ -73,13 +78,14 @@ class Detector(abc.ABC):
         known = {f.name for f in dataclasses.fields(self.Config)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"{self.name}: unknown hyper-parameter(s) {unknown}; known: {sorted(known)}")
+            raise SettingError(f"{self.name}: no setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         self.config = dataclasses.replace(base, **overrides)
         retain_freed_memory()  # activations are reused batch after batch (see pyanom.allocator)
         self.device = torch.device(device)
         self.threshold: float | None = None
         self.data_split: dict | None = None  # how the CLI split the data at fit, reused by evaluate
         self.fitted_on: dict | None = None  # image counts of the last fit, shown by `pyanom serve`
+        self.training_data: dict | None = None  # folder and files_fingerprint of the set fitted on (InspectionSet.record)
 
     # -- what plugins implement -------------------------------------------------
     @abc.abstractmethod
@@ -109,6 +115,12 @@ class Detector(abc.ABC):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what state_tensors returned."""
 
+    @classmethod
+    def saved_config(cls, values: dict) -> Any:
+        """The Config of a model file's settings. A plugin that retires settings overrides it to
+        read older files without them, or to refuse by name those it can no longer score."""
+        return cls.Config(**values)
+
     def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
         """Optional export hook (pyanom.export): the fitted inference as one traceable module
         mapping float images [B, 3, S, S] in [0, 1] to (image_scores [B], anomaly_maps [B, S, S]
@@ -130,6 +142,7 @@ class Detector(abc.ABC):
 
     @property
     def fitted(self) -> bool:
+        """True once `fit` or `pyanom.load` has set the decision threshold."""
         return self.threshold is not None
 
     def fit(self, train, *, validation=None, holdout_fraction: float = 0.1, seed: int = 0,
@@ -145,6 +158,7 @@ class Detector(abc.ABC):
             where = getattr(train, "root", None) or "the training set"
             raise ValueError(f"{self.name} learns from pixel masks, but {where} has image labels only (no masks); "
                              "add masks, or use a detector that needs none (e.g. patchcore, siamese)")
+        record = train.record() if hasattr(train, "record") else None
         if self.supervision == "unsupervised":
             train = train.normal()
         if validation is None:
@@ -154,26 +168,32 @@ class Detector(abc.ABC):
         self.threshold = calibrate(validation.labels, scores)
         self.fitted_on = {"train_images": len(train), "train_defective": int(train.labels.sum()),
                           "threshold_images": len(validation), "threshold_defective": int(validation.labels.sum())}
+        self.training_data = record
         return self
 
     def predict(self, images, *, batch_size: int = 32, map_size: str = "input") -> Prediction:
-        """Score a tensor [B, 3, H, W] in [0, 1] or a data set (InspectionSet, ImageList).
+        """Score images: a path, a PIL image, a numpy array (H x W x 3 uint8, or H x W grey), a list
+        of them, a float tensor [B, 3, H, W] in [0, 1], or a data set (InspectionSet, ImageList).
 
-        map_size "input": each anomaly map at its image's own (height, width) as stored in its
-        file, resized bilinearly from the size the detector scored at (a tensor's images are
-        their own input: nothing is resized; under a data set's crop the map covers the crop).
-        "model": at the size the detector scored at, which `InspectionSet.masks()` has: what
-        pixel metrics compare, without the cost of full-resolution maps.
+        Paths, PIL images and arrays are read as `pyanom predict` reads files (converted to RGB and
+        resized to the detector's image_size), so they score as the command does; a missing or
+        unreadable file is an error naming it. A tensor is taken as given: prepared by the caller
+        (a warning says so when its size is not the detector's).
+
+        map_size "input": each anomaly map at its image's own (height, width) (under a data set's
+        crop, the crop's). "model": at the size the detector scored at, which
+        `InspectionSet.masks()` has: what pixel metrics compare, without full-resolution maps.
         """
         if not self.fitted:
             raise RuntimeError(f"{self.name}: call fit() or pyanom.load() before predict()")
         if map_size not in ("input", "model"):
             raise ValueError(f"map_size must be 'input' or 'model', got {map_size!r}")
-        if isinstance(images, torch.Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if isinstance(images, torch.Tensor) or is_batch_array(images):
+            images = self._checked_batch(torch.as_tensor(images))
             batches = ((images[i:i + batch_size], None) for i in range(0, len(images), batch_size))
         else:
+            if not isinstance(images, torch.utils.data.Dataset):
+                images = ImageList(images, image_size=self.image_size)
             batches = iterate_sized(images, batch_size)
         scores, maps, labels = [], [], []
         for batch, sizes in batches:
@@ -184,13 +204,26 @@ class Detector(abc.ABC):
                 maps.append(at_sizes(m, sizes) if sizes is not None and map_size == "input" else m)
         return Prediction(torch.cat(scores), join_maps(maps) if maps else None, torch.cat(labels), self.decided_by)
 
+    def _checked_batch(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"a tensor of images must be float [B, 3, H, W] in [0, 1], got {images.dtype} "
+                             f"{tuple(images.shape)}; pass uint8 pictures as numpy arrays H x W x 3")
+        size = self.image_size
+        if size is not None and tuple(images.shape[-2:]) != size:
+            warnings.warn(f"{self.name}: images of {images.shape[-2]}x{images.shape[-1]} are scored as given, but the "
+                          f"model was fitted at {size[0]}x{size[1]} (height x width), so their scores are not "
+                          "comparable with its threshold; resize them first, or pass paths, PIL images or "
+                          "arrays, which predict resizes", stacklevel=3)
+        return images
+
     def save(self, path: str | Path) -> Path:
-        """Write name, hyper-parameters, threshold and learned tensors to one archive (pyanom.io:
-        atomic, never pickled); `pyanom.load` reads it back."""
+        """Write name, settings, threshold and learned tensors to one model file (pyanom.archive:
+        atomic, never pickled, equal models give equal bytes); `pyanom.load` reads it back."""
         if not self.fitted:
             raise RuntimeError(f"{self.name}: fit the detector before saving it")
         config = {"detector": self.name, "config": dataclasses.asdict(self.config),
-                  "threshold": self.threshold, "data_split": self.data_split, "fitted_on": self.fitted_on}
+                  "threshold": self.threshold, "data_split": self.data_split, "fitted_on": self.fitted_on,
+                  "training_data": self.training_data}
         return save_archive(path, config, self.state_tensors())
 
     # -- helpers ------------------------------------------------------------------

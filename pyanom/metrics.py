@@ -28,6 +28,7 @@ __all__ = [
     "pixel_ap",
     "aupro",
     "evaluate",
+    "metrics_table",
     "threshold_from_normal_scores",
 ]
 
@@ -110,8 +111,8 @@ def _sorted_classes(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
 def _auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     """Exact AUROC as the Mann-Whitney statistic, ties counting one half.
 
-    Sorting each class and counting with binary search gives sklearn's value about twenty times
-    faster on millions of pixels (benchmarks/bench_metrics.py).
+    Sorting each class and counting with binary search gives sklearn's value without its
+    per-threshold curve, which is what makes pixel metrics over millions of pixels cheap.
     """
     classes = _sorted_classes(positive, scores)
     if classes is None:
@@ -127,7 +128,7 @@ def _average_precision(positive: np.ndarray, scores: np.ndarray) -> float | None
     the positives of (share of positives scoring t) x precision(score >= t).
 
     Sorting each class and counting with binary search, as for the AUROC, gives sklearn's value
-    about twenty times faster on millions of pixels (benchmarks/bench_metrics.py).
+    without building its curve.
     """
     classes = _sorted_classes(positive, scores)
     if classes is None:
@@ -288,8 +289,10 @@ def evaluate(labels, scores, masks=None, maps=None, defect_types: Sequence[str] 
     if not _two_classes(y):
         notes.append(f"image metrics undefined: {num_good} good and {num_defect} defective "
                      "images, both classes are needed")
-    if not have_pixels:
-        notes.append("pixel metrics undefined: no masks or no anomaly maps")
+    if masks is None:
+        notes.append("pixel metrics undefined: no masks")
+    elif maps is None:
+        notes.append("pixel metrics undefined: no anomaly maps")
     elif not m.any():
         notes.append("pixel metrics undefined: the masks hold no defect pixel")
 
@@ -343,3 +346,26 @@ def threshold_from_normal_scores(scores, *, method: str = "sigma", k: float = 3.
                              f"got {len(s)}; use method='sigma' or a lower quantile")
         return float(np.quantile(s, quantile))
     raise ValueError(f"method must be 'sigma' or 'quantile', got {method!r}")
+
+
+TABLE_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "ap", "f1_max")
+
+
+def metrics_table(report: dict) -> str:
+    """The result of :func:`evaluate` (as `pyanom evaluate` completes it) as a text table: one row
+    for all images and one per defect type, then the thresholds and the time per image."""
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+
+    def row(name, values):
+        return f"{name:<16}" + "".join(f"{fmt(values.get(k)):>12}" for k in TABLE_COLUMNS) + f"{values.get('count', ''):>8}"
+
+    lines = [f"{'':<16}" + "".join(f"{k:>12}" for k in TABLE_COLUMNS) + f"{'count':>8}", row("all", report)]
+    lines += [row(name, values) for name, values in sorted(report.get("per_defect_type", {}).items())]
+    lines.append(f"decision threshold (from fit): {fmt(report.get('decision_threshold'))}; "
+                 f"F1-max threshold on this data: {fmt(report.get('threshold'))}")
+    if "pixel_metrics_unavailable" in report:
+        lines.append(f"pixel metrics unavailable: {report['pixel_metrics_unavailable']} (image labels only)")
+    if "ms_per_image" in report:
+        seconds = report["ms_per_image"] * report["count"] / 1000
+        lines.append(f"{report['count']} images in {seconds:.1f} s ({report['ms_per_image']:.1f} ms/image)")
+    return "\n".join(lines)

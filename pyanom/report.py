@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pyanom.outputs import atomic_path
-from pyanom.visualize import overlay, resize_map
+from pyanom._fs import atomic_path
+from pyanom.visualize import heatmap_scale, overlay, resize_map
 
 __all__ = ["write_report"]
 
@@ -76,8 +76,7 @@ def write_report(out_dir, dataset, pred, detector, metrics: dict, *, title: str 
                     + "</tr>")
 
     maps = pred.anomaly_maps
-    low = None if maps is None else min(float(m.min()) for m in maps)
-    scale = None if maps is None else (low, max(1.5 * threshold, low + 1e-6))
+    scale = None if maps is None else heatmap_scale(threshold, min(float(m.min()) for m in maps))
     defect_idx = np.flatnonzero(labels)[np.argsort(scores[labels], kind="stable")][:worst]
     good_idx = np.flatnonzero(~labels)[np.argsort(-scores[~labels], kind="stable")][:worst]
 

@@ -10,7 +10,10 @@ averages weights over a stage's last epochs (`torch.optim.swa_utils`), and check
 Every random choice of training (batch order, augmentation, noise) draws from one seeded
 generator, `Trainer.rng`, and the checkpoint stores it with the weights, optimizer state, sampler
 state, loss history, stage and epoch: a run resumed after epoch n repeats the uninterrupted run
-bit for bit.
+bit for bit. Training runs with PyTorch's deterministic algorithms (`torch.use_deterministic_algorithms`,
+restored afterwards): a kernel that would add in the order its threads arrive (a scatter-add into
+repeated rows, for one) takes its fixed-order path instead, so the same data, settings, seed and
+thread count give the same bytes however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import math
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +37,40 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pyanom.data.transforms import pair
-from pyanom.io import ArchiveError, load_archive, save_archive
-from pyanom.networks import load_module, module_tensors
+from pyanom.settings import Settings, setting
+from pyanom._fs import writable_folder
+from pyanom.archive import ArchiveError, load_archive, save_archive
 
 __all__ = ["BalancedBatches", "DecodedSet", "LossHistory", "ShuffledBatches", "Stage", "StratifiedBatches",
-           "Trainer", "TrainingInterrupted", "decode_once"]
+           "Trainer", "TrainingInterrupted", "TrainingSettings", "decode_once", "load_module", "module_tensors", "seeded"]
 
 CHECKPOINT_KIND = "pyanom-training-checkpoint"
+
+
+# -- networks: seeded construction, their tensors in an archive ----------------------------------
+Built = TypeVar("Built")
+
+
+def seeded(build: Callable[[], Built], seed: int) -> Built:
+    """build() with the global torch RNG seeded, so weight initialisation follows `seed`, leaving
+    the caller's global RNG state (CPU; CUDA is not touched) as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state as tensors named prefix.<key>."""
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load the tensors named prefix.* into module; a missing or unexpected one is an error."""
+    own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(own)
+    except RuntimeError as exc:
+        raise ValueError(f"{prefix}: saved tensors do not fit the network built from the config: {exc}") from exc
 
 
 # -- the training set, decoded once -----------------------------------------------------------
@@ -184,12 +215,14 @@ class StratifiedBatches(_Stateless):
                              for c, k in self.counts.items()])
 
 
-def check_checkpoint_settings(checkpoint, every) -> None:
-    """The config fields `checkpoint` (a file path or None) and `checkpoint_every` (an int > 0)."""
-    if checkpoint is not None and not isinstance(checkpoint, str):
-        raise ValueError(f"checkpoint must be a file path (str) or None, got {checkpoint!r}")
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"checkpoint_every must be an int > 0, got {every!r}")
+@dataclass
+class TrainingSettings(Settings):
+    """The settings every detector that trains through this engine shares."""
+
+    seed: int = setting(0, "seed of every random choice of training: weights, batch order, augmentation")
+    checkpoint: Optional[str] = setting(None, "training state file: written as training goes, resumed when present")
+    checkpoint_every: int = setting(1, "epochs between checkpoint writes (each stage's last epoch is always written)",
+                                    bounds=(1, None))
 
 
 # -- stages and the loss history -----------------------------------------------------------------
@@ -254,6 +287,19 @@ class StepContext:
         optimizer.step()
 
 
+@contextmanager
+def deterministic_kernels():
+    """PyTorch's deterministic algorithms for the block, the caller's choice restored after. An
+    op without a deterministic version warns instead of failing (warn_only)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training after writing the checkpoint; the message says where."""
 
@@ -296,9 +342,11 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(int(cfg.seed))
         self.checkpoint = getattr(cfg, "checkpoint", None)
         self.every = int(getattr(cfg, "checkpoint_every", 1))
-        if self.checkpoint is not None and not Path(self.checkpoint).parent.is_dir():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint}: folder {Path(self.checkpoint).parent} "
-                                    "does not exist")
+        if self.checkpoint is not None:
+            folder = Path(self.checkpoint).parent
+            if not folder.is_dir():
+                raise FileNotFoundError(f"checkpoint {self.checkpoint}: folder {folder} does not exist")
+            writable_folder(folder, "checkpoint")  # before the first epoch, not after it
 
     def run(self, stages: list[Stage]) -> LossHistory:
         """Train every stage to its epoch count, resuming from the checkpoint when there is one."""
@@ -311,13 +359,31 @@ class Trainer:
             if saved is not None:
                 done, history = saved["progress"], LossHistory(saved["history"])
                 self._check_resumable(stages, done)
-        with _StopOnInterrupt(self.checkpoint is not None) as interrupt:
-            for s in stages:
-                self._run_stage(s, stages, done, history, interrupt)
+                if self.progress:
+                    print(self._resuming(stages, done), file=sys.stderr, flush=True)
+        try:
+            with _StopOnInterrupt(self.checkpoint is not None) as interrupt, deterministic_kernels():
+                for s in stages:
+                    self._run_stage(s, stages, done, history, interrupt)
+        except KeyboardInterrupt as stop:
+            if self.checkpoint is not None or isinstance(stop, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted("training stopped and nothing was kept; to be able to stop a fit and resume "
+                                      "it, give it a checkpoint file: --set checkpoint=FILE") from None
         for s in stages:  # also those a finished checkpoint skipped
             for m in s.modules.values():
                 m.eval()
         return history
+
+    def _resuming(self, stages, done: dict) -> str:
+        """The line that says where a resumed run picks up."""
+        for s in stages:
+            at = done[s.name]
+            if not (at["finished"] and at["epochs"] == s.epochs):
+                stage = f" ({s.name} stage)" if len(stages) > 1 else ""
+                return (f"pyanom: resuming from epoch {at['epochs'] + 1} of {s.epochs}{stage}: {at['epochs']} "
+                        f"done, from checkpoint {self.checkpoint}")
+        return f"pyanom: checkpoint {self.checkpoint} holds the finished training: nothing left to train"
 
     def _run_stage(self, s: Stage, stages, done: dict, history: LossHistory, interrupt) -> None:
         at = done[s.name]
@@ -421,7 +487,7 @@ class Trainer:
         now = self._fingerprint(stages)
         if header["run"] != now:
             raise ValueError(f"checkpoint {path} belongs to another run ({_difference(header['run'], now)}); "
-                             "delete it or set `checkpoint` to a new path")
+                             "delete it to start afresh, or give another file: --set checkpoint=FILE")
         for s in stages:
             for key, module in s.modules.items():
                 load_module(f"module/{key}", module, tensors)
@@ -468,6 +534,9 @@ def _difference(saved: dict, now: dict) -> str:
     saved_cfg, now_cfg = saved.get("config", {}), now.get("config", {})
     keys = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
     parts = [f"{k}: {saved_cfg.get(k)!r} there, {now_cfg.get(k)!r} now" for k in keys]
-    if saved.get("n_images") != now.get("n_images") or saved.get("data") != now.get("data"):
-        parts.append(f"training images differ ({saved.get('n_images')} there, {now.get('n_images')} now)")
+    if saved.get("n_images") != now.get("n_images"):
+        parts.append(f"it was trained on {saved.get('n_images')} images, this fit has {now.get('n_images')}")
+    elif saved.get("data") != now.get("data"):
+        parts.append(f"the same number of training images, {now.get('n_images')}, but not the same images: "
+                     "other files, or files changed since")
     return "; ".join(parts) or "unknown difference"

@@ -33,11 +33,9 @@
 namespace pyanom {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kQueryVectors = 4;  // 6 x 4 accumulators of the 32 zmm registers
-#else
-constexpr int kQueryVectors = 2;  // 6 x 2 accumulators of the 16 ymm registers
-#endif
+// Vectors of queries per register tile: 6 x 4 accumulators of the 32 zmm registers with
+// AVX-512, else 6 x 2 (of the 16 ymm registers with AVX2).
+constexpr int kQueryVectors = simd::kRegisters >= 32 ? 4 : 2;
 template <typename T>
 using Simd = simd::Vec<T>;
 using simd::load;
@@ -335,9 +333,7 @@ void run(const T* x, T* out, T* workspace, std::int64_t workspace_bytes, const P
 
 }  // namespace
 
-std::int64_t attention_workspace_bytes_cpu(std::int64_t batch, std::int64_t channels,
-                                           std::int64_t positions, std::int64_t full_limit,
-                                           const std::string& dtype) {
+int64_t attention_workspace_bytes_cpu(PYANOM_PARAMS(PYANOM_ATTENTION_SIZES) const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");
   return dispatch_float(dtype, [&](auto zero) {
@@ -346,9 +342,7 @@ std::int64_t attention_workspace_bytes_cpu(std::int64_t batch, std::int64_t chan
   });
 }
 
-void attention_cpu(std::uintptr_t x, std::uintptr_t out, std::uintptr_t workspace,
-                   std::int64_t workspace_bytes, std::int64_t batch, std::int64_t channels,
-                   std::int64_t positions, std::int64_t full_limit, const std::string& dtype) {
+void attention_cpu(PYANOM_PARAMS(PYANOM_ATTENTION_ARGS) const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out && workspace, "self_attention: null buffer address");

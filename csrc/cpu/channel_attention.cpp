@@ -85,9 +85,7 @@ void run(const T* x, T* out, std::int64_t channels, std::int64_t L) {
 
 }  // namespace
 
-void channel_attention_cpu(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                           std::int64_t channels, std::int64_t positions,
-                           const std::string& dtype) {
+void channel_attention_cpu(PYANOM_PARAMS(PYANOM_CHANNEL_ATTENTION_ARGS) const std::string& dtype) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "channel_self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out, "channel_self_attention: null buffer address");

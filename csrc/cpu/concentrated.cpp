@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "common.h"
 #include "concentrated.h"
+#include "cpu/simd.h"
 
 namespace pyanom {
 namespace {
@@ -15,70 +15,11 @@ struct HostMath {
   static double pow(double x, double y) { return std::pow(x, y); }
 };
 
-// exp and log1p written so that the pixel loops vectorise: libm's scalar calls would
-// dominate the time. Each pixel needs e = exp(-|z|) in (0, 1] for the sigmoid and for the
-// stable BCE term log1p(e). Measured against long double: exp within 1.2 ulp, log1p
-// within 3 ulp, in float and in double.
-template <typename T>
-struct Bits;
-template <>
-struct Bits<float> {
-  using Int = std::int32_t;
-  static constexpr int mantissa = 23;
-  static constexpr Int bias = 127;
-  static constexpr float lowest = -87.0f;  // exp(-87) is still a normal float
-  static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606820309417232e-6f;
-  static constexpr int exp_terms = 8;  // Taylor degree 7 on |r| <= ln2/2
-  static constexpr int atanh_terms = 8;  // sum of u^k / (2k + 1), u <= 1/9
-};
-template <>
-struct Bits<double> {
-  using Int = std::int64_t;
-  static constexpr int mantissa = 52;
-  static constexpr Int bias = 1023;
-  static constexpr double lowest = -708.0;
-  static constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-  static constexpr int exp_terms = 14;
-  static constexpr int atanh_terms = 17;
-};
-
-template <typename To, typename From>
-inline To bit_cast(From x) {
-  To y;
-  std::memcpy(&y, &x, sizeof(y));
-  return y;
-}
-
-// exp(-a) for a >= 0 (a beyond -lowest counts as -lowest: exp(lowest) is far below anything
-// the loss can resolve). The clamp works on the bit patterns, which order like the numbers
-// for a >= 0: a float max would become a branch that GCC keeps out of the vector loop.
-template <typename T>
-inline T exp_negative(T a) {
-  using B = Bits<T>;
-  using Int = typename B::Int;
-  const T x = -bit_cast<T>(std::min(bit_cast<Int>(a), bit_cast<Int>(-B::lowest)));
-  // Adding 1.5 * 2^mantissa rounds x / ln2 to the integer n, which then sits in the low bits.
-  const T shifter = T(3) * T(Int(1) << (B::mantissa - 1));
-  const T shifted = x * T(1.4426950408889634074) + shifter;
-  const T n = shifted - shifter;
-  const T r = (x - n * B::ln2_hi) - n * B::ln2_lo;
-  // Taylor series as 1 + r (1 + r/2 (1 + r/3 (...))).
-  T poly = T(1);
-  for (int k = B::exp_terms - 1; k > 0; --k) poly = poly * (r * (T(1) / T(k))) + T(1);
-  const Int ni = bit_cast<Int>(shifted) - bit_cast<Int>(shifter);
-  return poly * bit_cast<T>((ni + B::bias) << B::mantissa);
-}
-
-// log1p(e) for e in [0, 1]: 2 atanh(t) with t = e / (2 + e) <= 1/3, exact in relative terms
-// as e -> 0 (no 1 + e is ever formed).
-template <typename T>
-inline T log1p_unit(T e) {
-  const T t = e / (T(2) + e);
-  const T u = t * t;
-  T sum = T(1) / T(2 * Bits<T>::atanh_terms - 1);
-  for (int k = Bits<T>::atanh_terms - 2; k >= 0; --k) sum = sum * u + T(1) / T(2 * k + 1);
-  return T(2) * t * sum;
-}
+// The pixel loops vectorise under `omp simd` with the layer's scalar exp and log1p (libm's calls
+// would dominate the time). Each pixel needs e = exp(-|z|) in (0, 1] for the sigmoid and for the
+// stable BCE term log1p(e).
+using simd::exp_negative;
+using simd::log1p_unit;
 
 struct Block {
   std::int64_t image, begin, count;  // begin: flat offset of the block's first pixel
@@ -107,7 +48,9 @@ void forward(const T* z, const T* y, std::int64_t batch, std::int64_t pixels, do
     const T* zb = z + blk.begin;
     const T* yb = y + blk.begin;
     double inter = 0, prob = 0, tgt = 0, bce = 0;
-#pragma omp simd reduction(+ : inter, prob, tgt, bce)
+    // float pixels into double sums: a whole vector register of pixels per step (clang would
+    // otherwise take half of one, as many as the double sums hold, and run 1.9x slower).
+#pragma omp simd simdlen(simd::kBytes / sizeof(T)) reduction(+ : inter, prob, tgt, bce)
     for (std::int64_t j = 0; j < blk.count; ++j) {
       const T zj = zb[j], yj = yb[j];
       const T e = exp_negative(std::abs(zj));
@@ -171,21 +114,17 @@ void concentrated_loss_check(std::int64_t batch, std::int64_t pixels, double gam
   PYANOM_CHECK(pixels >= 1, "concentrated_loss: pixels per image must be >= 1, got " + std::to_string(pixels));
   PYANOM_CHECK(std::isfinite(gamma) && gamma >= 0, "concentrated_loss: gamma must be >= 0, got " + std::to_string(gamma));
   PYANOM_CHECK(lam >= 0 && lam <= 1, "concentrated_loss: lam must lie in [0, 1], got " + std::to_string(lam));
-  PYANOM_CHECK(std::isfinite(eps) && eps > 0, "concentrated_loss: eps must be > 0, got " + std::to_string(eps));
+  PYANOM_CHECK(eps > 0 && eps <= 1, "concentrated_loss: eps must lie in (0, 1], got " + std::to_string(eps));
 }
 
-std::size_t concentrated_workspace_bytes(std::int64_t batch, std::int64_t pixels,
-                                         const std::string& dtype) {
+std::size_t concentrated_workspace_bytes(PYANOM_PARAMS(PYANOM_CONCENTRATED_SIZES) const std::string& dtype) {
   PYANOM_CHECK(batch >= 1 && pixels >= 1, "concentrated_loss: batch and pixels must be >= 1");
   parse_dtype(dtype);  // the sums are float64 whatever the dtype, but only a valid one is asked
   return static_cast<std::size_t>(batch * concentrated_loss_blocks_per_image(pixels) *
                                   kConcentratedLossSums) * sizeof(double);
 }
 
-void concentrated_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                      std::int64_t pixels, double gamma, double lam, double eps,
-                      std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                      std::size_t workspace_bytes, const std::string& dtype) {
+void concentrated_cpu(PYANOM_PARAMS(PYANOM_CONCENTRATED_ARGS) const std::string& dtype) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   PYANOM_CHECK(workspace_bytes >= concentrated_workspace_bytes(batch, pixels, dtype),
                "concentrated_loss: workspace too small (see concentrated_workspace_bytes)");
@@ -196,11 +135,7 @@ void concentrated_cpu(std::uintptr_t logits, std::uintptr_t target, std::int64_t
   });
 }
 
-void concentrated_backward_cpu(std::uintptr_t grad_loss, std::uintptr_t logits,
-                               std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                               std::int64_t pixels, double gamma, double lam, double eps,
-                               bool detach_factor, std::uintptr_t grad_logits,
-                               const std::string& dtype) {
+void concentrated_backward_cpu(PYANOM_PARAMS(PYANOM_CONCENTRATED_BACKWARD_ARGS) const std::string& dtype) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);

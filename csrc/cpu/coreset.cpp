@@ -29,10 +29,6 @@
 // the unpruned loop's.
 #include <omp.h>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -41,6 +37,7 @@
 
 #include "common.h"
 #include "coreset.h"
+#include "cpu/simd.h"
 
 namespace pyanom {
 namespace {
@@ -54,76 +51,32 @@ constexpr int64_t kAhead = 4;        // rows prefetched ahead of random gathers
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr float kInf32 = std::numeric_limits<float>::infinity();
 
-// Generic 512-bit vectors; narrower targets (-march=x86-64-v3 wheels) split them. They only
-// pass between internal functions, so GCC's note about their ABI does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef double v8d __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v16f __attribute__((vector_size(64)));
-
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// Widening loads. GCC scalarizes __builtin_convertvector for these, hence the intrinsics.
-inline v8d load8(const double* p) { return load<v8d>(p); }
-inline v8d load8(const float* p) {
-#if defined(__AVX512F__)
-  return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#else
-  return __builtin_convertvector(load<v8f>(p), v8d);
-#endif
-}
-inline v16f load16(const int8_t* q) {
-#if defined(__AVX512F__)
-  return (v16f)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-#elif defined(__AVX2__)
-  const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
-  const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8))));
-  v16f v;
-  std::memcpy(&v, &lo, sizeof lo);
-  std::memcpy(reinterpret_cast<char*>(&v) + sizeof lo, &hi, sizeof hi);
-  return v;
-#else
-  v16f v;
-  for (int l = 0; l < 16; ++l) v[l] = float(q[l]);
-  return v;
-#endif
-}
-
-inline float hsum(v16f s) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps((__m512)s);
-#else
-  v8f h = load<v8f>(&s), h2 = load<v8f>(reinterpret_cast<const float*>(&s) + 8);
-  h += h2;
-  return ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
-#endif
-}
-
-inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+// Fixed-width vectors (cpu/simd.h): 8 doubles, 8 and 16 floats whatever the register width.
+using simd::f32x16;
+using simd::f64x8;
+using simd::hsum;
+using simd::load;
+using simd::load_f32x16;
+using simd::load_f64x8;
 
 // ||a - b||^2 accumulated in float64 in one fixed order, so equal inputs give equal bits
 // wherever a point sits (duplicates tie exactly, as in the reference).
 template <typename T>
 inline double squared_distance(const T* a, const T* b, int64_t d) {
-  v8d s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  f64x8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t j = 0;
   for (; j + 32 <= d; j += 32) {
-    v8d t0 = load8(a + j) - load8(b + j);
-    v8d t1 = load8(a + j + 8) - load8(b + j + 8);
-    v8d t2 = load8(a + j + 16) - load8(b + j + 16);
-    v8d t3 = load8(a + j + 24) - load8(b + j + 24);
+    f64x8 t0 = load_f64x8(a + j) - load_f64x8(b + j);
+    f64x8 t1 = load_f64x8(a + j + 8) - load_f64x8(b + j + 8);
+    f64x8 t2 = load_f64x8(a + j + 16) - load_f64x8(b + j + 16);
+    f64x8 t3 = load_f64x8(a + j + 24) - load_f64x8(b + j + 24);
     s0 += t0 * t0;
     s1 += t1 * t1;
     s2 += t2 * t2;
     s3 += t3 * t3;
   }
   for (; j + 8 <= d; j += 8) {
-    v8d t = load8(a + j) - load8(b + j);
+    f64x8 t = load_f64x8(a + j) - load_f64x8(b + j);
     s0 += t * t;
   }
   double tail = 0.0;
@@ -131,16 +84,16 @@ inline double squared_distance(const T* a, const T* b, int64_t d) {
     double t = double(a[j]) - double(b[j]);
     tail += t * t;
   }
-  v8d s = (s0 + s1) + (s2 + s3);
-  return (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))) + tail;
+  f64x8 s = (s0 + s1) + (s2 + s3);
+  return hsum(s) + tail;
 }
 
 // Float32 sum of (a - b)^2 over dims [j, end): fast, inexact (see Bounds).
 inline float squared_distance32(const float* a, const float* b, int64_t j, int64_t end) {
-  v16f s0 = {}, s1 = {};
+  f32x16 s0 = {}, s1 = {};
   for (; j + 32 <= end; j += 32) {
-    v16f t0 = load<v16f>(a + j) - load<v16f>(b + j);
-    v16f t1 = load<v16f>(a + j + 16) - load<v16f>(b + j + 16);
+    f32x16 t0 = load<f32x16>(a + j) - load<f32x16>(b + j);
+    f32x16 t1 = load<f32x16>(a + j + 16) - load<f32x16>(b + j + 16);
     s0 += t0 * t0;
     s1 += t1 * t1;
   }
@@ -155,16 +108,16 @@ inline float squared_distance32(const float* a, const float* b, int64_t j, int64
 // Float32 ||scale * q - delta||^2 over dq (a multiple of 16) dims. scale is a power of two,
 // so scale * q is exact and each difference is rounded once.
 inline float quantized_distance(const int8_t* q, float scale, const float* delta, int64_t dq) {
-  v16f s0 = {}, s1 = {};
+  f32x16 s0 = {}, s1 = {};
   int64_t j = 0;
   for (; j + 32 <= dq; j += 32) {
-    v16f t0 = load16(q + j) * scale - load<v16f>(delta + j);
-    v16f t1 = load16(q + j + 16) * scale - load<v16f>(delta + j + 16);
+    f32x16 t0 = load_f32x16(q + j) * scale - load<f32x16>(delta + j);
+    f32x16 t1 = load_f32x16(q + j + 16) * scale - load<f32x16>(delta + j + 16);
     s0 += t0 * t0;
     s1 += t1 * t1;
   }
   if (j < dq) {
-    v16f t0 = load16(q + j) * scale - load<v16f>(delta + j);
+    f32x16 t0 = load_f32x16(q + j) * scale - load<f32x16>(delta + j);
     s0 += t0 * t0;
   }
   return hsum(s0 + s1);
@@ -614,7 +567,7 @@ class Greedy {
 
 }  // namespace
 
-int64_t coreset_workspace_bytes_cpu(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
+int64_t coreset_workspace_bytes_cpu(PYANOM_PARAMS(PYANOM_CORESET_SIZES) const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");
   return dispatch_float(dtype, [&](auto zero) {
@@ -622,9 +575,7 @@ int64_t coreset_workspace_bytes_cpu(int64_t n, int64_t d, int64_t k, const std::
   });
 }
 
-void coreset_cpu(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                 std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                 const std::string& dtype) {
+void coreset_cpu(PYANOM_PARAMS(PYANOM_CORESET_ARGS) const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(n <= std::numeric_limits<int32_t>::max(), "greedy_coreset: N must be below 2^31");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");

@@ -15,118 +15,27 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
-
 #include "common.h"
+#include "cpu/simd.h"
 #include "knn.h"
 #include "topk_heap.h"
 
 namespace pyanom {
 namespace {
 
-// ---- SIMD layer: one register type per ISA and dtype, two registers of bank rows per step ----
+// Vectors from the one layer (cpu/simd.h); two registers of bank rows per micro-kernel step.
+template <typename T>
+using Simd = simd::Vec<T>;
+using simd::fmadd;
+using simd::load;
+using simd::store;
 
-// a * b + c as the vector kernels round it: fused where the hardware fuses.
-inline float fmadd(float a, float b, float c) {
-#ifdef FP_FAST_FMAF
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-inline double fmadd(double a, double b, double c) {
-#ifdef FP_FAST_FMA
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
+// Query rows per micro-tile: their 2 kMR accumulators take 3/4 of the vector registers
+// (24 of 32 zmm with AVX-512, 12 of 16 ymm with AVX2).
+constexpr int kMR = simd::kRegisters * 3 / 8;
 
 template <typename T>
-struct Simd;
-
-#if defined(__AVX512F__)
-constexpr int kMR = 12;  // query rows per micro-tile: 24 accumulators of the 32 zmm registers
-template <>
-struct Simd<float> {
-  using V = __m512;
-  static constexpr int lanes = 16;
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V set1(float x) { return _mm512_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  // Masked forms: GCC 12 warns about the unmasked ones' undefined pass-through operand.
-  static V max(V a, V b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
-  static V min(V a, V b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
-  static unsigned mask_lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-};
-template <>
-struct Simd<double> {
-  using V = __m512d;
-  static constexpr int lanes = 8;
-  static V load(const double* p) { return _mm512_loadu_pd(p); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static V set1(double x) { return _mm512_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static V max(V a, V b) { return _mm512_mask_max_pd(a, 0xFF, a, b); }
-  static V min(V a, V b) { return _mm512_mask_min_pd(a, 0xFF, a, b); }
-  static unsigned mask_lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
-};
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kMR = 6;  // 12 accumulators of the 16 ymm registers
-template <>
-struct Simd<float> {
-  using V = __m256;
-  static constexpr int lanes = 8;
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static V max(V a, V b) { return _mm256_max_ps(a, b); }
-  static V min(V a, V b) { return _mm256_min_ps(a, b); }
-  static unsigned mask_lt(V a, V b) {
-    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)));
-  }
-};
-template <>
-struct Simd<double> {
-  using V = __m256d;
-  static constexpr int lanes = 4;
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(double x) { return _mm256_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static V max(V a, V b) { return _mm256_max_pd(a, b); }
-  static V min(V a, V b) { return _mm256_min_pd(a, b); }
-  static unsigned mask_lt(V a, V b) {
-    return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LT_OQ)));
-  }
-};
-#else
-constexpr int kMR = 4;  // portable scalar fallback (correct, not fast)
-template <typename T>
-struct Simd {
-  using V = T;
-  static constexpr int lanes = 1;
-  static V load(const T* p) { return *p; }
-  static void store(T* p, V v) { *p = v; }
-  static V set1(T x) { return x; }
-  static V fma(V a, V b, V c) { return fmadd(a, b, c); }
-  static V add(V a, V b) { return a + b; }
-  static V max(V a, V b) { return a > b ? a : b; }
-  static V min(V a, V b) { return a < b ? a : b; }
-  static unsigned mask_lt(V a, V b) { return a < b ? 1u : 0u; }
-};
-#endif
-
-template <typename T>
-constexpr int kNR = 2 * Simd<T>::lanes;  // bank rows per micro-tile
+constexpr int kNR = 2 * Simd<T>::W;  // bank rows per micro-tile
 
 // Depth of one pass over the features: keeps a micro-panel of kMR query rows in L1.
 template <typename T>
@@ -143,27 +52,27 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T
                          T* __restrict c, int64_t ldc, bool accumulate) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int L = S::lanes;
+  constexpr int L = S::W;
   V acc[kMR][2];
 #pragma GCC unroll 16
   for (int i = 0; i < kMR; ++i) {
-    acc[i][0] = accumulate ? S::load(c + i * ldc) : S::set1(T(0));
-    acc[i][1] = accumulate ? S::load(c + i * ldc + L) : S::set1(T(0));
+    acc[i][0] = accumulate ? load<V>(c + i * ldc) : S::splat(T(0));
+    acc[i][1] = accumulate ? load<V>(c + i * ldc + L) : S::splat(T(0));
   }
   for (int64_t p = 0; p < kc; ++p) {
-    const V b0 = S::load(b + p * 2 * L);
-    const V b1 = S::load(b + p * 2 * L + L);
+    const V b0 = load<V>(b + p * 2 * L);
+    const V b1 = load<V>(b + p * 2 * L + L);
 #pragma GCC unroll 16
     for (int i = 0; i < kMR; ++i) {
-      const V ai = S::set1(a[i * lda + p]);
+      const V ai = S::splat(a[i * lda + p]);
       acc[i][0] = S::fma(ai, b0, acc[i][0]);
       acc[i][1] = S::fma(ai, b1, acc[i][1]);
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < kMR; ++i) {
-    S::store(c + i * ldc, acc[i][0]);
-    S::store(c + i * ldc + L, acc[i][1]);
+    store(c + i * ldc, acc[i][0]);
+    store(c + i * ldc + L, acc[i][1]);
   }
 }
 
@@ -194,25 +103,25 @@ void merge_row(T* row, const T* bank_norms, T query_norm, int64_t cols, int64_t 
                int64_t first_id, const TopK<T>& top) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int L = S::lanes;
-  const V qn = S::set1(query_norm), minus2 = S::set1(T(-2)), zero = S::set1(T(0)),
-          most = S::set1(std::numeric_limits<T>::max());
+  constexpr int L = S::W;
+  const V qn = S::splat(query_norm), minus2 = S::splat(T(-2)), zero = S::splat(T(0)),
+          most = S::splat(std::numeric_limits<T>::max());
   const int64_t w = top.worst();
   T limit = top.d[w];
-  V vlimit = S::set1(limit);
+  V vlimit = S::splat(limit);
   for (int64_t j = 0; j < cols_pad; j += L) {
     const V d2 = S::min(
-        S::max(S::add(S::fma(S::load(row + j), minus2, S::load(bank_norms + j)), qn), zero), most);
-    unsigned hits = S::mask_lt(d2, vlimit);
+        S::max(S::fma(load<V>(row + j), minus2, load<V>(bank_norms + j)) + qn, zero), most);
+    unsigned hits = S::less(d2, vlimit);
     if (!hits) continue;
-    S::store(row + j, d2);
+    store(row + j, d2);
     do {
       const int64_t col = j + __builtin_ctz(hits);
       const T v = row[col];
       if (v < limit && col < cols) {
         top.push_later(v, first_id + col);
         limit = top.d[w];
-        vlimit = S::set1(limit);
+        vlimit = S::splat(limit);
       }
       hits &= hits - 1;
     } while (hits);
@@ -220,8 +129,6 @@ void merge_row(T* row, const T* bank_norms, T query_norm, int64_t cols, int64_t 
 }
 
 // ---- the plan: tile sizes and the workspace layout, shared by the size query and the kernel ----
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 struct KnnPlan {
   int threads = 1;
@@ -281,12 +188,14 @@ KnnPlan make_plan(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk, int
 }
 
 // Packs `rows` (<= kNR) bank rows as one panel, each feature's kNR values adjacent (zero rows
-// pad it), and stores their squared norms, summed in the micro-kernel's FMA order.
+// pad it), and stores their squared norms, summed in the micro-kernel's FMA order. Returns
+// whether every value is finite (x * 0 is 0 for those, NaN for NaN and Inf), which spares the
+// op a separate pass over the bank.
 template <typename T>
-void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
+bool pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
   using S = Simd<T>;
   constexpr int64_t NR = kNR<T>;
-  constexpr int L = S::lanes;
+  constexpr int L = S::W;
   for (int64_t j = 0; j < NR; ++j) {
     const T* src = bank + j * d;
     if (j < rows) {
@@ -295,14 +204,22 @@ void pack_panel(const T* bank, int64_t rows, int64_t d, T* out, T* norms) {
       for (int64_t p = 0; p < d; ++p) out[p * NR + j] = T(0);
     }
   }
-  typename S::V n0 = S::set1(T(0)), n1 = S::set1(T(0));
+  using V = typename S::V;
+  const V zero = S::splat(T(0));
+  V n0 = zero, n1 = zero, probe = zero;
   for (int64_t p = 0; p < d; ++p) {
-    const typename S::V v0 = S::load(out + p * NR), v1 = S::load(out + p * NR + L);
+    const V v0 = load<V>(out + p * NR), v1 = load<V>(out + p * NR + L);
     n0 = S::fma(v0, v0, n0);
     n1 = S::fma(v1, v1, n1);
+    probe = S::fma(v1, zero, S::fma(v0, zero, probe));
   }
-  S::store(norms, n0);
-  S::store(norms + L, n1);
+  store(norms, n0);
+  store(norms + L, n1);
+  T lanes[L];
+  store(lanes, probe);
+  bool finite = true;
+  for (int i = 0; i < L; ++i) finite = finite && lanes[i] == lanes[i];
+  return finite;
 }
 
 template <typename T>
@@ -322,17 +239,22 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
     return TopK<T>{split_d + at, split_i + at, k};
   };
 
+  bool finite_queries = true, finite_bank = true;  // as pack_panel finds them
 #pragma omp parallel num_threads(p.threads)
   {
     const int tid = omp_get_thread_num();
     T* tile = reinterpret_cast<T*>(ws + p.tiles) + int64_t(tid) * p.mc * p.nc2;
     T* tail = reinterpret_cast<T*>(ws + p.tails) + int64_t(tid) * kMR * d;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(&& : finite_queries)
     for (int64_t row = 0; row < q; ++row) {
       const T* x = queries + row * d;
-      T s = T(0);
-      for (int64_t f = 0; f < d; ++f) s = fmadd(x[f], x[f], s);
+      T s = T(0), probe = T(0);
+      for (int64_t f = 0; f < d; ++f) {
+        s = fmadd(x[f], x[f], s);
+        probe = fmadd(x[f], T(0), probe);
+      }
+      finite_queries = finite_queries && probe == probe;
       query_norms[row] = s;
       for (int64_t split = 0; split < p.splits; ++split) {
         const TopK<T> t = state(split, row);
@@ -344,10 +266,11 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
     for (int64_t block0 = 0; block0 < n; block0 += p.nc) {
       const int64_t rows = std::min(p.nc, n - block0);
       const int64_t panels = (rows + NR - 1) / NR;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) reduction(&& : finite_bank)
       for (int64_t pi = 0; pi < panels; ++pi)
-        pack_panel(bank + (block0 + pi * NR) * d, std::min(NR, rows - pi * NR), d,
-                   packed + pi * NR * d, bank_norms + pi * NR);
+        finite_bank = pack_panel(bank + (block0 + pi * NR) * d, std::min(NR, rows - pi * NR), d,
+                                 packed + pi * NR * d, bank_norms + pi * NR) &&
+                      finite_bank;
 
       // Work item = (query block, split); a split owns a contiguous run of this block's tiles.
       const int64_t tiles = (rows + p.nc2 - 1) / p.nc2;
@@ -395,6 +318,8 @@ void knn_cpu_impl(const T* queries, const T* bank, T* dist, int64_t* index, char
       top.finish();
     }
   }
+  PYANOM_CHECK(finite_queries, "queries contains NaN or Inf");
+  PYANOM_CHECK(finite_bank, "bank contains NaN or Inf");
 }
 
 // OpenMP threads worth waking for q x n x d multiply-adds: about 1 M each (~10 us), so small
@@ -406,17 +331,14 @@ int threads_for(int64_t q, int64_t n, int64_t d) {
 
 }  // namespace
 
-int64_t knn_workspace_bytes_cpu(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk_size,
-                                const std::string& dtype) {
+int64_t knn_workspace_bytes_cpu(PYANOM_PARAMS(PYANOM_KNN_SIZES) const std::string& dtype) {
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
     return make_plan<T>(q, n, d, k, chunk_size, threads_for(q, n, d)).bytes;
   });
 }
 
-void knn_cpu(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
-             std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes, int64_t q,
-             int64_t n, int64_t d, int64_t k, int64_t chunk_size, const std::string& dtype) {
+void knn_cpu(PYANOM_PARAMS(PYANOM_KNN_ARGS) const std::string& dtype) {
   PYANOM_CHECK(q > 0 && n > 0 && d > 0, "knn_scores: queries and bank must be non-empty");
   PYANOM_CHECK(k >= 1 && k <= n, "knn_scores: k must lie in [1, number of bank rows]");
   PYANOM_CHECK(chunk_size >= 1, "knn_scores: chunk_size must be >= 1");

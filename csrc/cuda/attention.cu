@@ -14,15 +14,14 @@
 // conflict-free or broadcasts and output rows are written 16 queries at a time.
 #include <cuda_runtime.h>
 
-#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
-#include "common.h"
-#include "cuda/cuda_check.cuh"
 #include "attention.h"
+#include "common.h"
+#include "cuda/common.cuh"
 
 namespace pyanom {
 namespace {
@@ -31,11 +30,6 @@ constexpr int kThreads = 256;  // 16 x 16
 constexpr int kKeys = 64;      // BN: keys per block of the online softmax
 constexpr int kDepth = 16;     // BK: channels per shared chunk of Q and K, keys per chunk of V
 constexpr int kChannels = 64;  // CT: output channels per pass of P V
-
-__device__ __forceinline__ float exp2_t(float x) { return exp2f(x); }
-__device__ __forceinline__ double exp2_t(double x) { return exp2(x); }
-__device__ __forceinline__ float lowest(float) { return -FLT_MAX; }
-__device__ __forceinline__ double lowest(double) { return -DBL_MAX; }
 
 // Shared memory: P [BN][BM] (keys major), row max / sum / rescale [BM], then one work area
 // reused by the phases: Q and K chunks [BK][BM] + [BK][BN], partial reductions [16][BM], the
@@ -72,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   T* ob = out + map;
 
   if (tid < BM) {
-    row_max[tid] = lowest(T());
+    row_max[tid] = Num<T>::lowest();
     row_sum[tid] = T(0);
   }
   for (int k0 = 0; k0 < L; k0 += BN) {
@@ -114,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // Q and K chunks consumed: red reuses them
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-      T m = lowest(T());
+      T m = Num<T>::lowest();
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         s[i][j] *= scale_log2;
@@ -128,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int t = 1; t < 16; ++t) m = fmax(m, red[t * BM + tid]);
       const T old = row_max[tid];
       const T now = fmax(old, m);
-      rescale[tid] = exp2_t(old - now);  // 0 for the first block (old = lowest)
+      rescale[tid] = Num<T>::exp2(old - now);  // 0 for the first block (old = lowest)
       row_max[tid] = now;
     }
     __syncthreads();
@@ -139,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
       T sum = T(0);
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
-        const T p = valid[j] ? exp2_t(s[i][j] - m) : T(0);
+        const T p = valid[j] ? Num<T>::exp2(s[i][j] - m) : T(0);
         ps[(ty + 16 * j) * BM + q] = p;
         sum += p;
       }
@@ -234,8 +228,7 @@ void launch(const T* x, T* out, std::int64_t batch, std::int64_t channels,
 
 }  // namespace
 
-void attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                    std::int64_t channels, std::int64_t positions, const std::string& dtype,
+void attention_cuda(PYANOM_PARAMS(PYANOM_ATTENTION_CUDA_ARGS) const std::string& dtype,
                     std::uintptr_t stream) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "self_attention: batch, channels and positions must be positive");

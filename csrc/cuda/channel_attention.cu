@@ -14,7 +14,7 @@
 
 #include "channel_attention.h"
 #include "common.h"
-#include "cuda/cuda_check.cuh"
+#include "cuda/common.cuh"
 
 namespace pyanom {
 namespace {
@@ -23,14 +23,10 @@ constexpr int kThreads = 256;
 constexpr int kTile = 1024;        // keys per shared tile
 constexpr int kQueriesPerThread = 4;  // query registers per pass (L > kThreads: several passes)
 
-__device__ __forceinline__ float exp_t(float x) { return __expf(x); }
-__device__ __forceinline__ double exp_t(double x) { return exp(x); }
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     channel_attention_kernel(const T* __restrict__ x, T* __restrict__ out, int L) {
   __shared__ T keys[kTile];
-  __shared__ T red_hi[kThreads], red_lo[kThreads];
   const T* xc = x + std::int64_t(blockIdx.x) * L;
   T* oc = out + std::int64_t(blockIdx.x) * L;
   const int tid = threadIdx.x;
@@ -40,18 +36,7 @@ __global__ void __launch_bounds__(kThreads)
     hi = max(hi, xc[j]);
     lo = min(lo, xc[j]);
   }
-  red_hi[tid] = hi;
-  red_lo[tid] = lo;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s /= 2) {
-    if (tid < s) {
-      red_hi[tid] = max(red_hi[tid], red_hi[tid + s]);
-      red_lo[tid] = min(red_lo[tid], red_lo[tid + s]);
-    }
-    __syncthreads();
-  }
-  hi = red_hi[0];
-  lo = red_lo[0];
+  block_max_min<kThreads>(hi, lo);
 
   constexpr int Q = kQueriesPerThread;
   for (int base = 0; base < L; base += kThreads * Q) {
@@ -73,7 +58,7 @@ __global__ void __launch_bounds__(kThreads)
         const T xj = keys[j];
 #pragma unroll
         for (int q = 0; q < Q; ++q) {
-          const T e = exp_t(a[q] * (xj - ext[q]));
+          const T e = Num<T>::fast_exp(a[q] * (xj - ext[q]));
           den[q] += e;
           num[q] += e * xj;
         }
@@ -89,9 +74,8 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void channel_attention_cuda(std::uintptr_t x, std::uintptr_t out, std::int64_t batch,
-                            std::int64_t channels, std::int64_t positions,
-                            const std::string& dtype, std::uintptr_t stream) {
+void channel_attention_cuda(PYANOM_PARAMS(PYANOM_CHANNEL_ATTENTION_ARGS) const std::string& dtype,
+                            std::uintptr_t stream) {
   PYANOM_CHECK(batch > 0 && channels > 0 && positions > 0,
                "channel_self_attention: batch, channels and positions must be positive");
   PYANOM_CHECK(x && out, "channel_self_attention: null buffer address");

@@ -9,42 +9,14 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/cuda_check.cuh"
 #include "concentrated.h"
+#include "cuda/common.cuh"
 
 namespace pyanom {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 static_assert(kConcentratedLossBlock % kThreads == 0, "a block of pixels spreads evenly over the threads");
-
-struct DeviceMath {
-  __host__ __device__ static double pow(double x, double y) { return ::pow(x, y); }
-};
-
-__device__ inline float exp_negative(float a) { return expf(-a); }
-__device__ inline double exp_negative(double a) { return exp(-a); }
-__device__ inline float log1p_(float x) { return log1pf(x); }
-__device__ inline double log1p_(double x) { return log1p(x); }
-
-// Sum v[k] over the thread block in a fixed tree order; thread 0 gets the totals.
-template <int N>
-__device__ void block_sum(double (&v)[N]) {
-  __shared__ double warp_sums[N][kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int k = 0; k < N; ++k) {
-    for (int offset = 16; offset > 0; offset /= 2) v[k] += __shfl_down_sync(0xffffffffu, v[k], offset);
-    if (lane == 0) warp_sums[k][warp] = v[k];
-  }
-  __syncthreads();
-  if (warp == 0) {
-    for (int k = 0; k < N; ++k) {
-      v[k] = lane < kWarps ? warp_sums[k][lane] : 0.0;
-      for (int offset = 16; offset > 0; offset /= 2) v[k] += __shfl_down_sync(0xffffffffu, v[k], offset);
-    }
-  }
-}
 
 struct Block {
   std::int64_t image, begin;  // begin: flat offset of the block's first pixel
@@ -72,15 +44,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
   for (int j = threadIdx.x; j < blk.count; j += kThreads) {
     const T zj = zb[j], yj = yb[j];
-    const T e = exp_negative(fabs(zj));
+    const T e = Num<T>::exp(-fabs(zj));
     const T p = (zj >= T(0) ? T(1) : e) / (T(1) + e);
     inter += p * yj;
     prob += p;
     tgt += yj;
-    bce += fmax(zj, T(0)) - zj * yj + log1p_(e);  // stable BCE from logits
+    bce += fmax(zj, T(0)) - zj * yj + Num<T>::log1p(e);  // stable BCE from logits
   }
   double v[kConcentratedLossSums] = {inter, prob, tgt, bce};
-  block_sum(v);
+  block_sum<kThreads>(v);
   if (threadIdx.x == 0)
     for (int k = 0; k < kConcentratedLossSums; ++k)
       partial[kConcentratedLossSums * static_cast<std::int64_t>(blockIdx.x) + k] = v[k];
@@ -100,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < kConcentratedLossSums; ++k) sums[kConcentratedLossSums * i + k] = s[k];
     total[0] += concentrated_loss_image<DeviceMath>(s, pixels, gamma, lam, eps, true).loss;
   }
-  block_sum(total);
+  block_sum<kThreads>(total);
   if (threadIdx.x == 0) *loss = static_cast<T>(total[0] / static_cast<double>(batch));
 }
 
@@ -127,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
   for (int j = threadIdx.x; j < blk.count; j += kThreads) {
     const T zj = zb[j], yj = yb[j];
-    const T e = exp_negative(fabs(zj));
+    const T e = Num<T>::exp(-fabs(zj));
     const T d = T(1) + e;
     const T p = (zj >= T(0) ? T(1) : e) / d;
     const T s = e / (d * d);  // p (1 - p), without cancellation for large |z|
@@ -145,10 +117,7 @@ unsigned int grid_size(std::int64_t batch, std::int64_t pixels) {
 
 }  // namespace
 
-void concentrated_cuda(std::uintptr_t logits, std::uintptr_t target, std::int64_t batch,
-                       std::int64_t pixels, double gamma, double lam, double eps,
-                       std::uintptr_t loss, std::uintptr_t sums, std::uintptr_t workspace,
-                       std::size_t workspace_bytes, const std::string& dtype,
+void concentrated_cuda(PYANOM_PARAMS(PYANOM_CONCENTRATED_ARGS) const std::string& dtype,
                        std::uintptr_t stream) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   PYANOM_CHECK(workspace_bytes >= concentrated_workspace_bytes(batch, pixels, dtype),
@@ -166,11 +135,8 @@ void concentrated_cuda(std::uintptr_t logits, std::uintptr_t target, std::int64_
   });
 }
 
-void concentrated_backward_cuda(std::uintptr_t grad_loss, std::uintptr_t logits,
-                                std::uintptr_t target, std::uintptr_t sums, std::int64_t batch,
-                                std::int64_t pixels, double gamma, double lam, double eps,
-                                bool detach_factor, std::uintptr_t grad_logits,
-                                const std::string& dtype, std::uintptr_t stream) {
+void concentrated_backward_cuda(PYANOM_PARAMS(PYANOM_CONCENTRATED_BACKWARD_ARGS) const std::string& dtype,
+                                std::uintptr_t stream) {
   concentrated_loss_check(batch, pixels, gamma, lam, eps);
   const unsigned int grid = grid_size(batch, pixels);
   auto s = reinterpret_cast<cudaStream_t>(stream);

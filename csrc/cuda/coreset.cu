@@ -17,7 +17,6 @@
 //   a third sync. Skipped points cost 12 bytes (m, a(x)), mostly served from L2.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
-#include <math_constants.h>
 
 #include <algorithm>
 #include <climits>
@@ -25,7 +24,7 @@
 
 #include "common.h"
 #include "coreset.h"
-#include "cuda/cuda_check.cuh"
+#include "cuda/common.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -46,30 +45,14 @@ __device__ __forceinline__ double warp_squared_distance(const T* a, const T* b, 
     const double t = double(a[j]) - double(b[j]);
     acc = fma(t, t, acc);
   }
-  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  return acc;
+  return warp_sum_all(acc);
 }
 
-__device__ __forceinline__ void warp_best(double& r, int& i) {
-  for (int off = 16; off > 0; off /= 2) {
-    const double r2 = __shfl_xor_sync(0xffffffffu, r, off);
-    const int i2 = __shfl_xor_sync(0xffffffffu, i, off);
-    if (beats(r2, i2, r, i)) r = r2, i = i2;
-  }
-}
-
-// The block's best (r, i) over its threads' values; every thread gets it.
-__device__ void block_best(double& r, int& i, double* sr, int* si) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  warp_best(r, i);
-  __syncthreads();  // sr/si may still be read from the previous call
-  if (lane == 0) sr[warp] = r, si[warp] = i;
-  __syncthreads();
-  r = sr[0], i = si[0];
-  for (int w = 1; w < kWarps; ++w) {
-    if (beats(sr[w], si[w], r, i)) r = sr[w], i = si[w];
-  }
-}
+// beats() as the reductions of cuda/common.cuh take it: the block's best (r, i) over its
+// threads' values is block_best<kThreads>(r, i, sr, si, Beats{}), which every thread gets.
+struct Beats {
+  __device__ bool operator()(double r2, int i2, double r, int i) const { return beats(r2, i2, r, i); }
+};
 
 struct Buffers {
   double* m;       // [n] min squared distance to the chosen set
@@ -111,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) greedy_kernel(const T* __restrict__ 
       if (beats(mine, int(base + lane), r, i)) r = mine, i = int(base + lane);
     }
   }
-  block_best(r, i, sr, si);
+  block_best<kThreads>(r, i, sr, si, Beats{});
   if (threadIdx.x == 0) buf.best_r[blockIdx.x] = r, buf.best_i[blockIdx.x] = i;
   grid.sync();
 
@@ -122,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) greedy_kernel(const T* __restrict__ 
     for (int b = threadIdx.x; b < int(gridDim.x); b += kThreads) {
       if (beats(buf.best_r[b], buf.best_i[b], r, i)) r = buf.best_r[b], i = buf.best_i[b];
     }
-    block_best(r, i, sr, si);
+    block_best<kThreads>(r, i, sr, si, Beats{});
     if (!(r > 0.0)) {  // every point sits on a center: argmax keeps returning i
       if (blockIdx.x == 0) {
         for (int64_t u = t + threadIdx.x; u < k; u += kThreads) out[u] = i;
@@ -163,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) greedy_kernel(const T* __restrict__ 
       }
       if (live && beats(m, int(x), r, i)) r = m, i = int(x);
     }
-    block_best(r, i, sr, si);
+    block_best<kThreads>(r, i, sr, si, Beats{});
     if (threadIdx.x == 0) buf.best_r[blockIdx.x] = r, buf.best_i[blockIdx.x] = i;
     grid.sync();
   }
@@ -213,15 +196,13 @@ void launch(const T* pts, int64_t n, int64_t d, int64_t k, int64_t start, int64_
 
 }  // namespace
 
-int64_t coreset_workspace_bytes_cuda(int64_t n, int64_t d, int64_t k, const std::string& dtype) {
+int64_t coreset_workspace_bytes_cuda(PYANOM_PARAMS(PYANOM_CORESET_SIZES) const std::string& dtype) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");
   return Layout(n, d, k, parse_dtype(dtype) == DType::Float32 ? 4 : 8).total;
 }
 
-void coreset_cuda(std::uintptr_t points, int64_t n, int64_t d, int64_t k, int64_t start,
-                  std::uintptr_t out, std::uintptr_t workspace, int64_t workspace_bytes,
-                  const std::string& dtype, std::uintptr_t stream) {
+void coreset_cuda(PYANOM_PARAMS(PYANOM_CORESET_ARGS) const std::string& dtype, std::uintptr_t stream) {
   PYANOM_CHECK(n >= 1 && d >= 1, "greedy_coreset: points must be a non-empty [N, D] matrix");
   PYANOM_CHECK(n <= std::numeric_limits<int>::max(), "greedy_coreset: N must be below 2^31");
   PYANOM_CHECK(k >= 1 && k <= n, "greedy_coreset: k must be in [1, N]");

@@ -11,15 +11,12 @@
 // As on the CPU, every dot product and norm is one sequential FMA chain in feature order, so
 // a query equal to a bank row gets exactly 0, duplicate rows tie exactly (lowest index first),
 // and the result does not depend on the number of splits.
-#include <math_constants.h>
-
 #include <algorithm>
-#include <cfloat>
 #include <cstdint>
 #include <string>
 
 #include "common.h"
-#include "cuda/cuda_check.cuh"
+#include "cuda/common.cuh"
 #include "knn.h"
 #include "topk_heap.h"
 
@@ -35,24 +32,6 @@ constexpr int kPad = 4;  // slice row padding: spreads the transposing stores ov
 constexpr int kThreads = (kBQ / kTM) * (kBN / kTN);  // 256
 constexpr int kNormThreads = 256;
 static_assert(kThreads >= kBQ, "one thread per query merges the tile");
-
-template <typename T>
-struct Num;
-template <>
-struct Num<float> {
-  __device__ static float inf() { return CUDART_INF_F; }
-  __device__ static float most() { return FLT_MAX; }
-  __device__ static float fmadd(float a, float b, float c) { return fmaf(a, b, c); }
-  // Correctly rounded whatever --use_fast_math says, like the CPU kernel's sqrt.
-  __device__ static float root(float x) { return __fsqrt_rn(x); }
-};
-template <>
-struct Num<double> {
-  __device__ static double inf() { return CUDART_INF; }
-  __device__ static double most() { return DBL_MAX; }
-  __device__ static double fmadd(double a, double b, double c) { return fma(a, b, c); }
-  __device__ static double root(double x) { return __dsqrt_rn(x); }
-};
 
 // ---- per-query top-k lists: csrc/topk_heap.h, shared with the CPU kernel ----
 
@@ -258,8 +237,7 @@ void launch(const T* queries, const T* bank, T* out_d, int64_t* out_i, char* ws,
 
 }  // namespace
 
-int64_t knn_workspace_bytes_cuda(int64_t q, int64_t n, int64_t d, int64_t k, int64_t chunk_size,
-                                 const std::string& dtype) {
+int64_t knn_workspace_bytes_cuda(PYANOM_PARAMS(PYANOM_KNN_SIZES) const std::string& dtype) {
   (void)d;
   return dispatch_float(dtype, [&](auto t) {
     using T = decltype(t);
@@ -267,10 +245,7 @@ int64_t knn_workspace_bytes_cuda(int64_t q, int64_t n, int64_t d, int64_t k, int
   });
 }
 
-void knn_cuda(std::uintptr_t queries, std::uintptr_t bank, std::uintptr_t distances,
-              std::uintptr_t indices, std::uintptr_t workspace, int64_t workspace_bytes, int64_t q,
-              int64_t n, int64_t d, int64_t k, int64_t chunk_size, const std::string& dtype,
-              std::uintptr_t stream) {
+void knn_cuda(PYANOM_PARAMS(PYANOM_KNN_ARGS) const std::string& dtype, std::uintptr_t stream) {
   PYANOM_CHECK(q > 0 && n > 0 && d > 0, "knn_scores: queries and bank must be non-empty");
   PYANOM_CHECK(k >= 1 && k <= n, "knn_scores: k must lie in [1, number of bank rows]");
   PYANOM_CHECK(chunk_size >= 1, "knn_scores: chunk_size must be >= 1");

@@ -5,126 +5,95 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from functools import partial
+from typing import Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from pyanom.anomaly_map import upsample_scores
-from pyanom.data.transforms import checked_image_size, pair
 from pyanom.data import iterate_images
-from pyanom.detector import Detector
-from pyanom.features import checked_precision, create_backbone
-from pyanom.memory_bank import MODES, build_memory_bank
+from pyanom.data.transforms import checked_image_size, pair
+from pyanom.features import create_backbone, list_backbones
+from pyanom.features.backbone import PRECISIONS
+from pyanom.memory import MemoryBankDetector, MemoryBankSettings, build_locally
 from pyanom.ops import knn_scores
-from pyanom.tiling import checked_tiling
+from pyanom.settings import SettingError, Size, setting
 from pyanom_plugins.patchcore.embedding import context_descriptor, context_input, patch_embedding
-from pyanom_plugins.patchcore.tiling import score_tiled, tile_features
+from pyanom_plugins.patchcore.tiling import checked_tiling, score_tiled, tile_features
 
 ATTENTIONS = ("channel", "spatial")
 
 
 @dataclass
-class PatchCoreConfig:
-    """Hyper-parameters; defaults follow the PatchCore paper and anomalib."""
+class PatchCoreConfig(MemoryBankSettings):
+    """PatchCore's settings; defaults follow the PatchCore paper and anomalib."""
 
-    backbone: str = "efficientnet_lite0"
-    weights: Optional[str] = None  # file or URL; None = the backbone's default pretrained weights
-    layers: tuple = ("stride8", "stride16")
-    # The backbone's arithmetic: "bfloat16" makes predict ~1.4x faster on CPUs with AVX512-BF16 or
-    # AMX, at equal AUROC on bottle and magnetic tile (benchmarks/RESULTS.md); slower on CPUs without.
-    precision: str = "float32"
-    image_size: int | tuple | None = 256  # int (square) or [height, width]; None (tiling only): each image's own
-    coreset_ratio: float = 0.1
-    projection_dim: int = 128
-    num_neighbors: int = 9  # memory entries whose neighbourhood reweights the image score
-    reweight: bool = True
-    blur_sigma: float = 4.0
-    batch_size: int = 8  # images per backbone pass: small keeps activations (and RSS) down, no slower
-    seed: int = 0
-    coreset_mode: str = "auto"  # exact (all features, then one coreset), sharded (bounded memory) or auto
-    memory_budget_mb: int = 2048  # auto stays exact while all patch features fit this; sharded shards fill half
-    shard_images: Optional[int] = None  # images per shard when sharded; None: from memory_budget_mb
-    shard_oversample: float = 2.0  # each shard keeps this many times its share of the final coreset
-    # Tiling (plugins/patchcore/tiling.py): tiles of tile_size (int or [height, width]) cut from each
-    # image after image_size, tile_overlap pixels shared by neighbours; None scores the whole image.
-    tile_size: int | tuple | None = None
-    tile_overlap: int = 0
+    backbone: str = setting("efficientnet_lite0", "frozen pretrained backbone the patch features come from",
+                            choices=tuple(list_backbones()))
+    weights: Optional[str] = setting(None, "backbone weights: a file or URL; null: the backbone's default "
+                                     "pretrained weights")
+    layers: Tuple[str, ...] = setting(("stride8", "stride16"), "the two backbone stages (fine, coarse) whose "
+                                      "features make a patch's feature")
+    precision: str = setting("float32", "backbone arithmetic: bfloat16 is faster on CPUs with AVX512-BF16 or AMX, "
+                             "slower elsewhere", choices=tuple(PRECISIONS))
+    image_size: Optional[Size] = setting(256, "images are resized to this (an int: square); null keeps each "
+                                         "image's own size (tiling only)",
+                                         check=partial(checked_image_size, minimum=32))
+    num_neighbors: int = setting(9, "memory entries whose neighbourhood reweights the image score (eq. 7)",
+                                 bounds=(1, None))
+    reweight: bool = setting(True, "reweight the image score by the density of memory around its worst patch")
+    blur_sigma: float = setting(4.0, "Gaussian smoothing of the anomaly map, in pixels (0: none)", bounds=(0, None))
+    batch_size: int = setting(8, "images per backbone pass: small keeps memory down and is no slower",
+                              bounds=(1, None))
+    tile_size: Optional[Size] = setting(None, "cut each image (after image_size) into tiles of this size; "
+                                        "null scores the whole image",
+                                        check=partial(checked_image_size, minimum=32, name="tile_size"))
+    tile_overlap: int = setting(0, "pixels neighbouring tiles share", bounds=(0, None))
 
-    def __post_init__(self):
-        if not 0 < self.coreset_ratio <= 1:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+    def validate(self) -> None:
         if len(self.layers) != 2:
-            raise ValueError(f"layers must name two backbone taps (fine, coarse), got {self.layers}")
-        if self.num_neighbors < 1:
-            raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        checked_precision(self.precision)
-        if self.image_size is not None:
-            self.image_size = checked_image_size(self.image_size, minimum=32)
-        self.tile_size, self.tile_overlap = checked_tiling(self.tile_size, self.tile_overlap)
+            raise ValueError(f"layers must name two backbone stages (fine, coarse), got {list(self.layers)}")
+        checked_tiling(self.tile_size, self.tile_overlap)
         if self.tile_size is not None:
-            tile = pair("tile_size", checked_image_size(self.tile_size, minimum=32, name="tile_size"))
+            tile = pair("tile_size", self.tile_size)
             if self.image_size is not None and all(t >= s for t, s in zip(tile, pair("image_size", self.image_size))):
                 raise ValueError(f"tile_size {self.tile_size} covers the whole {self.image_size} image: set "
-                                 "image_size=None (null) to tile each image at its own resolution, or a larger one")
+                                 "image_size=null to tile each image at its own resolution, or a larger one")
         elif self.image_size is None:
-            raise ValueError("image_size=None keeps each image's own size, which only tiling can take: "
+            raise ValueError("image_size=null keeps each image's own size, which only tiling can take: "
                              "set tile_size, or an image_size")
-        if self.coreset_mode not in MODES:
-            raise ValueError(f"coreset_mode must be one of {', '.join(MODES)}, got {self.coreset_mode!r}")
-        if self.memory_budget_mb < 1 or (self.shard_images is not None and self.shard_images < 1):
-            raise ValueError("memory_budget_mb and shard_images must be >= 1")
-        if self.shard_oversample < 1:
-            raise ValueError(f"shard_oversample must be >= 1, got {self.shard_oversample}")
 
 
 @dataclass
 class SAPatchCoreConfig(PatchCoreConfig):
-    """SA-PatchCore uses a 1% coreset, as in its paper.
+    """SA-PatchCore's settings: PatchCore's with a 1% coreset, as in its paper, and the attention's."""
 
-    attention "channel": the authors' released form (per-channel softmax(x_i x_j) over positions)
-    on `attention_layer`, rectified, standardised per channel on the training images and scaled by
-    `attention_temperature`, then averaged over the image into one context vector per part. A
-    part's context distance (to the nearest training part's) is measured in spreads of the
-    training parts' own leave-one-out distances; beyond `context_floor` spreads above their
-    median, `context_weight` times that excess, in spreads of PatchCore's leave-one-out scores of
-    good parts, is added to PatchCore's image score. Both spreads are learnt at fit, so the two
-    defaults mean the same on any part. "spatial": eq. 4 as printed (softmax(X X^T / sqrt(C)) X)
-    in place of the stride-16 features.
-    """
+    coreset_ratio: float = setting(0.01, "share of the training patch features kept in the memory bank",
+                                   bounds=(0, 1), open="low")
+    attention: str = setting("channel", "channel: the authors' released code (per-channel softmax over "
+                             "positions), one context per part; spatial: eq. 4 as printed", choices=ATTENTIONS)
+    attention_layer: str = setting("blocks.5", "backbone stage the channel attention reads (Lite0's stride-32 "
+                                   "stage)")
+    attention_temperature: float = setting(4.0, "scale of the standardised attention input: low makes the context "
+                                           "each channel's mean over the image, high its maximum",
+                                           bounds=(0, 100), open="low")
+    context_weight: float = setting(1.0, "PatchCore score spreads added to the image score per context spread "
+                                    "beyond context_floor", bounds=(0, 100), open="low")
+    context_floor: float = setting(2.5, "context spreads above good parts' median distance that add nothing to "
+                                   "the score", bounds=(0, 20))
 
-    coreset_ratio: float = 0.01
-    attention: str = "channel"
-    attention_layer: str = "blocks.5"  # EfficientNet-Lite0's stride-32 stage (192 channels)
-    # softmax sharpness of the channel attention; bounds (0, 100]; low: the context is the
-    # channel's mean over the image, high: its maximum
-    attention_temperature: float = 4.0
-    # PatchCore spreads added per context spread beyond the floor; bounds (0, 100]
-    context_weight: float = 1.0
-    # context spreads above the good parts' median that a part's context may lie without a
-    # penalty; bounds [0, 20]
-    context_floor: float = 2.5
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+    def validate(self) -> None:
+        super().validate()
         if self.attention == "channel" and self.attention_layer in self.layers:
-            raise ValueError(f"attention_layer must differ from layers {tuple(self.layers)}, "
+            raise ValueError(f"attention_layer must differ from layers {list(self.layers)}, "
                              f"got {self.attention_layer!r}")
         if self.attention == "channel" and self.tile_size is not None:
             raise ValueError("attention='channel' reads the whole part at once: it cannot score tiles "
                              "(tile_size); use attention='spatial' or patchcore to tile")
-        for name in ("attention_temperature", "context_weight"):
-            if not 0 < getattr(self, name) <= 100:
-                raise ValueError(f"{name} must be in (0, 100], got {getattr(self, name)}")
-        if not 0 <= self.context_floor <= 20:
-            raise ValueError(f"context_floor must be in [0, 20] spreads, got {self.context_floor}")
 
 
-class PatchCore(Detector):
+class PatchCore(MemoryBankDetector):
     """PatchCore (Roth et al., CVPR 2022): locally aware patch features of a frozen backbone,
     a greedy coreset of them as memory, kNN distance as the anomaly score."""
 
@@ -134,10 +103,7 @@ class PatchCore(Detector):
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.memory_bank = None  # a tensor [N, D], or a ShardedMemoryBank held by Ray actors (shard_memory_bank)
-        self.memory_plan = None  # how the last fit built the memory bank (pyanom.memory_bank.MemoryBankPlan)
         self._backbone = None
-        self._ray = None  # cluster settings when fitting on Ray (use_ray)
 
     @property
     def backbone(self):
@@ -158,50 +124,14 @@ class PatchCore(Detector):
         """[B, D, h, w] patch features of one backbone pass."""
         return patch_embedding(features, tuple(self.config.layers), self_attend=False)
 
-    def use_ray(self, address: str | None = None, *, num_cpus: int | None = None) -> "PatchCore":
-        """Fit on a Ray cluster (pyanom.distributed): shards' features and coreset picks on the
-        workers, the final coreset here; the same memory bank as the same plan on one machine."""
-        self._ray = {"address": address, "num_cpus": num_cpus}
-        return self
-
-    def shard_memory_bank(self, parts: int, *, address: str | None = None,
-                          num_cpus: int | None = None) -> "PatchCore":
-        """Hold the fitted memory bank in ``parts`` Ray actors (pyanom.distributed.knn) and drop
-        it here: scoring then merges their exact top-k, equal to this process's to float32
-        rounding. For a model file, pyanom.distributed.load_sharded never reads the bank here."""
-        from pyanom.distributed.knn import ShardedMemoryBank
-
-        if not isinstance(self.memory_bank, torch.Tensor):
-            raise RuntimeError(f"{self.name}: fit or load the detector before sharding its memory bank")
-        self.memory_bank = ShardedMemoryBank(self.memory_bank, parts, address=address, num_cpus=num_cpus)
-        return self
-
-    def _nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distances [Q, k] and indices of the k nearest memory entries, wherever the bank is held."""
-        if isinstance(self.memory_bank, torch.Tensor):
-            return knn_scores(queries, self.memory_bank, k)
-        return self.memory_bank.knn(queries, k)
-
     def _fit(self, train, progress: bool) -> None:
-        cfg = self.config
-        if self._ray is not None and cfg.tile_size is not None:
-            raise ValueError(f"{self.name}: tiling (tile_size) does not fit on Ray yet; fit it on one machine")
-        if self._ray is not None:
-            from pyanom.distributed.fit import fit_memory_bank_on_ray
-
-            self.memory_bank, self.memory_plan = fit_memory_bank_on_ray(self, train, progress=progress, **self._ray)
-            return
-        if cfg.tile_size is not None:  # each tile counts as an image of the plan: its memory bound holds
-            n, features = tile_features(self, train, progress)
+        if self.config.tile_size is not None:  # each tile counts as an image of the plan: its memory bound holds
+            n, rows = tile_features(self, train, progress)
+            self.fit_memory_bank(train, progress, rows=rows, n_images=n)
         else:
-            n, features = len(train), self.patch_features(train, progress)
-        self.memory_bank, self.memory_plan = build_memory_bank(
-            features, n_images=n, ratio=cfg.coreset_ratio,
-            projection_dim=cfg.projection_dim, seed=cfg.seed, mode=cfg.coreset_mode,
-            budget_bytes=cfg.memory_budget_mb << 20, shard_images=cfg.shard_images,
-            oversample=cfg.shard_oversample, progress=progress, desc=f"{self.name}: coreset")
+            self.fit_memory_bank(train, progress)
 
-    def patch_features(self, images, progress: bool = False):
+    def memory_features(self, images, progress: bool = False):
         """(number of images, their patch features [n * h * w, D]) batch by batch, in image order."""
         batches = math.ceil(len(images) / self.config.batch_size)
         with torch.inference_mode():
@@ -211,8 +141,6 @@ class PatchCore(Detector):
                 yield len(batch), emb.reshape(-1, emb.shape[-1])
 
     def _score(self, images: torch.Tensor):
-        if self.memory_bank is None:
-            raise RuntimeError(f"{self.name}: not fitted")
         if self.config.tile_size is not None:
             return score_tiled(self, images)
         emb, (h, w) = self._embed(images)
@@ -224,7 +152,7 @@ class PatchCore(Detector):
         """(patch scores [B, P], image scores [B]) of patch features [B, P, D] against the memory bank."""
         b, n_patches, d = emb.shape
         queries = emb.reshape(-1, d)
-        dist, nearest = self._nearest(queries, 1)
+        dist, nearest = self.nearest(queries, 1)
         patch_scores = dist[:, 0].reshape(b, n_patches)
         image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
@@ -238,7 +166,7 @@ class PatchCore(Detector):
         rows = torch.arange(len(worst), device=worst.device) * n_patches + worst
         test, m_star = queries[rows], nearest[rows]
         k = min(self.config.num_neighbors, len(self.memory_bank))
-        _, support = self._nearest(self.memory_bank[m_star], k)
+        _, support = self.nearest(self.memory_bank[m_star], k)
         dist = torch.linalg.vector_norm(test[:, None, :] - self.memory_bank[support], dim=-1)
         return 1 - torch.softmax(dist, dim=1)[:, 0]
 
@@ -266,15 +194,6 @@ class PatchCore(Detector):
             raise ValueError(f"{self.name}: a model fitted with precision={self.config.precision!r} cannot be "
                              "exported; exported graphs compute in float32: fit it with precision='float32'")
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        bank = self.memory_bank  # one held by actors is gathered here to be saved
-        return {"memory_bank": bank if isinstance(bank, torch.Tensor) else bank.gather()}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        # Absent when the loader leaves it to actors (pyanom.distributed.load_sharded).
-        bank = tensors.get("memory_bank")
-        self.memory_bank = None if bank is None else bank.to(self.device, torch.float32).contiguous()
-
 
 class SAPatchCore(PatchCore):
     """SA-PatchCore (Ishida et al., IEEE Access 2023): PatchCore plus parameter-free self-attention
@@ -284,9 +203,12 @@ class SAPatchCore(PatchCore):
     (`context_descriptor`); fit keeps the training parts' contexts (`context_descriptors`), the
     median and spread of their leave-one-out distances to each other, and the spread of
     PatchCore's own leave-one-out scores of `score_images` training parts (each scored without
-    the memory rows it gave). The image score is PatchCore's plus the context's excess (see
-    SAPatchCoreConfig); the anomaly map is PatchCore's: the context tells whether the part is
-    wrong, not where.
+    the memory rows it gave). A part's context distance (to the nearest training part's) is
+    measured in spreads of the training parts' own distances; beyond `context_floor` spreads above
+    their median, `context_weight` times that excess, in spreads of PatchCore's scores of good
+    parts, is added to PatchCore's image score. Both spreads are learnt at fit, so the two
+    defaults mean the same on any part. The anomaly map is PatchCore's: the context tells whether
+    the part is wrong, not where.
     """
 
     name = "sa_patchcore"
@@ -295,6 +217,7 @@ class SAPatchCore(PatchCore):
     score_images = 32  # training images whose leave-one-out PatchCore scores give PatchCore's spread
     STATE = ("attention_scale", "descriptor_scale", "context_descriptors", "context_median", "context_spread",
              "score_spread")
+    RETIRED = ("attention_weight", "context_coreset_ratio", "context_margin")  # of the per-position context memory
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -307,6 +230,17 @@ class SAPatchCore(PatchCore):
         self._contexts: list[torch.Tensor] = []  # of the backbone passes since the last take
         self._kept: list[torch.Tensor] = []  # patch features of the first training images, at fit
         self._keep = 0  # how many more of them to keep
+
+    @classmethod
+    def saved_config(cls, values: dict) -> SAPatchCoreConfig:
+        """A spatial model file's retired settings are dropped (they never touched its scores); a
+        channel model with them holds a per-position context memory this version cannot score."""
+        retired = sorted(set(values) & set(cls.RETIRED))
+        if retired and values.get("attention", "channel") == "channel":
+            raise SettingError(f"{cls.name}: this model was fitted with a per-position context memory "
+                               f"({', '.join(retired)}), which one context per part (context_weight, "
+                               "context_floor) replaced: fit it again with this pyanom version")
+        return super().saved_config({k: v for k, v in values.items() if k not in cls.RETIRED})
 
     @property
     def channel(self) -> bool:
@@ -342,9 +276,9 @@ class SAPatchCore(PatchCore):
     def _fit(self, train, progress: bool) -> None:
         if not self.channel:
             return super()._fit(train, progress)
-        if self._ray is not None:
+        if self.bank_builder is not build_locally:
             raise NotImplementedError("sa_patchcore: attention='channel' cannot fit on Ray yet "
-                                      "(its context statistics are learnt here); fit without use_ray")
+                                      "(its context statistics are learnt here); fit it on one machine")
         if len(train) < 2:
             raise ValueError("sa_patchcore: attention='channel' needs at least 2 training images after the "
                              "hold-out, to learn how far good parts' contexts lie from each other")

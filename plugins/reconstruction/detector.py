@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,88 +17,60 @@ from pyanom.data.transforms import checked_image_size, normalize, pair
 from pyanom.detector import Detector
 from pyanom_plugins.reconstruction.networks import (ConvAutoencoder, Critic, Encoder, Generator,
                                                     check_power_of_two)
-from pyanom.networks import load_module, module_tensors, seeded
-from pyanom.training import LossHistory, ShuffledBatches, Stage, Trainer, check_checkpoint_settings, decode_once
+from pyanom.settings import Size, setting
+from pyanom.training import (LossHistory, ShuffledBatches, Stage, Trainer, TrainingSettings, decode_once,
+                             load_module, module_tensors, seeded)
 
 
-def _check(name: str, value, low, kind=int, *, strict: bool = True) -> None:
-    ok = isinstance(value, kind) and not isinstance(value, bool) and (value > low if strict else value >= low)
-    if not ok:
-        raise ValueError(f"{name} must be {'an int' if kind is int else 'a number'} "
-                         f"{'>' if strict else '>='} {low}, got {value!r}")
+def _power_of_two(size):
+    return checked_image_size(size, minimum=16, power_of_two=True)
 
 
-def _check_common(cfg) -> None:
-    _check("batch_size", cfg.batch_size, 0)
-    _check("lr", cfg.lr, 0, (int, float))
-    _check("blur_sigma", cfg.blur_sigma, 0, (int, float), strict=False)
-    _check("latent_dim", cfg.latent_dim, 0)
-    _check("width", cfg.width, 0)
-    check_checkpoint_settings(cfg.checkpoint, cfg.checkpoint_every)
+def _gan_size(size):
+    check_power_of_two("gan_size", size, 16)
+    return size
 
 
 @dataclass
-class AutoencoderConfig:
-    """Hyper-parameters; defaults are the Team 3 report's autoencoder."""
+class AutoencoderConfig(TrainingSettings):
+    """The autoencoder's settings; defaults are the Team 3 report's."""
 
-    image_size: int | tuple = 256  # int (square) or [height, width], each side a power of two
-    latent_dim: int = 1024
-    width: int = 32  # channels of the first convolution, doubling per stage up to 256
-    epochs: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    hflip: bool = True  # random horizontal flip of training images
-    # Image score from the per-pixel squared error map: "mean" = the image's mean squared error,
-    # "max" = the largest value of the smoothed map (one strong local defect outweighs the
-    # diffuse error an autoencoder leaves on every edge).
-    score: str = "mean"
-    blur_sigma: float = 4.0  # Gaussian smoothing of the anomaly map (0 = raw per-pixel error)
-    checkpoint: Optional[str] = None  # training state file, resumed when present
-    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after the last)
-    seed: int = 0
-
-    def __post_init__(self):
-        self.image_size = checked_image_size(self.image_size, minimum=16, power_of_two=True)
-        _check("epochs", self.epochs, 0, strict=False)
-        _check_common(self)
-        if self.score not in ("mean", "max"):
-            raise ValueError(f"score must be 'mean' or 'max', got {self.score!r}")
+    image_size: Size = setting(256, "images are resized to this (an int: square), each side a power of two",
+                               check=_power_of_two)
+    latent_dim: int = setting(1024, "size of the bottleneck code", bounds=(1, None))
+    width: int = setting(32, "channels of the first convolution, doubling per stage up to 256", bounds=(1, None))
+    epochs: int = setting(300, "training epochs", bounds=(0, None))
+    batch_size: int = setting(32, "training images per step", bounds=(1, None))
+    lr: float = setting(1e-3, "Adam learning rate", bounds=(0, None), open="low")
+    hflip: bool = setting(True, "flip training images horizontally at random")
+    score: str = setting("mean", "image score: mean squared error, or the largest value of the smoothed map "
+                         "(one strong local defect outweighs diffuse edge error)", choices=("mean", "max"))
+    blur_sigma: float = setting(4.0, "Gaussian smoothing of the anomaly map, in pixels (0: the raw error)",
+                                bounds=(0, None))
 
 
 @dataclass
-class FAnoGANConfig:
-    """Hyper-parameters; defaults follow the f-AnoGAN paper (Schlegl et al. 2019) schedule."""
+class FAnoGANConfig(TrainingSettings):
+    """f-AnoGAN's settings; defaults follow the paper's (Schlegl et al. 2019) schedule."""
 
-    image_size: int | tuple = 256  # input and anomaly-map resolution ([height, width]); the networks work at gan_size
-    gan_size: int = 64
-    latent_dim: int = 100
-    width: int = 64  # channels of the critic's first convolution (DCGAN: 64, doubling per stage)
-    gan_epochs: int = 1500
-    encoder_epochs: int = 200
-    batch_size: int = 32
-    lr: float = 2e-4
-    betas: tuple = (0.5, 0.999)
-    n_critic: int = 5  # critic updated every batch, generator every n_critic-th
-    gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
-    kappa: float = 1.0  # weight of the critic-feature residual in the izif loss and the score
-    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled anomaly map (0 = none)
-    checkpoint: Optional[str] = None
-    checkpoint_every: int = 1
-    seed: int = 0
-
-    def __post_init__(self):
-        check_power_of_two("gan_size", self.gan_size, 16)
-        self.image_size = checked_image_size(self.image_size)
-        _check("gan_epochs", self.gan_epochs, 0, strict=False)
-        _check("encoder_epochs", self.encoder_epochs, 0, strict=False)
-        _check("n_critic", self.n_critic, 0)
-        _check("gp_weight", self.gp_weight, 0, (int, float), strict=False)
-        _check("kappa", self.kappa, 0, (int, float), strict=False)
-        _check_common(self)
-        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = betas
+    image_size: Size = setting(256, "input and anomaly-map size (an int: square); the networks work at gan_size",
+                               check=checked_image_size)
+    gan_size: int = setting(64, "side of the square images the GAN and encoder work at (a power of two >= 16)",
+                            check=_gan_size)
+    latent_dim: int = setting(100, "size of the generator's latent code", bounds=(1, None))
+    width: int = setting(64, "channels of the critic's first convolution, doubling per stage (DCGAN: 64)",
+                         bounds=(1, None))
+    gan_epochs: int = setting(1500, "epochs of the WGAN-GP stage", bounds=(0, None))
+    encoder_epochs: int = setting(200, "epochs of the izif encoder stage", bounds=(0, None))
+    batch_size: int = setting(32, "training images per step", bounds=(1, None))
+    lr: float = setting(2e-4, "Adam learning rate of every network", bounds=(0, None), open="low")
+    betas: Tuple[float, float] = setting((0.5, 0.999), "Adam's betas", bounds=(0, 1), open="high")
+    n_critic: int = setting(5, "critic updates per generator update", bounds=(1, None))
+    gp_weight: float = setting(10.0, "lambda of the WGAN-GP gradient penalty", bounds=(0, None))
+    kappa: float = setting(1.0, "weight of the critic-feature residual in the izif loss and the score",
+                           bounds=(0, None))
+    blur_sigma: float = setting(4.0, "Gaussian smoothing of the upsampled anomaly map, in pixels (0: none)",
+                                bounds=(0, None))
 
 
 def to_model_space(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -16,71 +16,48 @@ from pyanom.augment import random_dihedral
 from pyanom.data import check_samples
 from pyanom.data.transforms import checked_image_size
 from pyanom.detector import Detector
-from pyanom.networks import load_module, module_tensors, seeded
+from pyanom.settings import Size, setting
+from pyanom.training import (BalancedBatches, LossHistory, Stage, Trainer, TrainingSettings, decode_once,
+                             load_module, module_tensors, seeded)
 from pyanom.ops import concentrated_loss
-from pyanom.training import BalancedBatches, LossHistory, Stage, Trainer, check_checkpoint_settings, decode_once
 from pyanom_plugins.segdec.network import STRIDE, DecisionNetwork, SegmentationNetwork, decision_inputs
 
 # Fixed input normalisation: images in [0, 1] -> about zero mean, unit spread.
 _MEAN, _STD = 0.5, 0.25
 
 
-@dataclass
-class SegDecConfig:
-    """Hyper-parameters; the defaults are the paper's schedule (Adam, segmentation 200 epochs at
-    lr 0.1 with batch 2, decision 100 epochs; concentrated loss gamma 0.5, lam 0.95).
+def _strided(size):
+    return checked_image_size(size, multiple=STRIDE)
 
-    With Adam, lr 0.1 does not train this network: on magnetic tile (64 px, batch 8, 24 + 10
-    epochs) the segmentation loss stays near its starting level (0.94 -> 0.95, spikes to 5.2),
-    the first decision epoch's BCE is 17 and then sits at ln 2, and the results are chance
-    (pixel AUROC 0.52, image AUROC 0.50). No NaN appears, it simply does not learn.
-    seg_lr = dec_lr = 1e-3 trains; see the README for the schedule that meets the target.
-    An epoch visits every defective training image once, each batch half defective and half
-    good (biased sampling), so its length is set by the number of defects.
-    gamma = 0 gives Dice + BCE, lam = 0 BCE alone (the paper's ablations).
-    augment: segmentation batches in a random one of their eight orientations (image and mask
-    together; `pyanom.augment`), not in the paper; for surfaces without a preferred orientation.
-    dice_on_good: also give good images (empty masks) the smoothed per-image Dice of
-    `pyanom.ops.concentrated_loss`; off by default, see `segmentation_loss`.
-    swa_epochs: end the segmentation stage with the mean of its weights after each of its last
-    swa_epochs epochs (stochastic weight averaging, Izmailov et al. 2018; batch-norm statistics
-    are then re-estimated), not in the paper. One run's last weights depend on where its final
-    steps happened to land; their mean over half the schedule varies much less from seed to
-    seed (benchmarks/RESULTS.md). 0, the paper's, keeps the last weights.
+
+@dataclass
+class SegDecConfig(TrainingSettings):
+    """SegDec's settings; the defaults are the paper's schedule (Adam, segmentation 200 epochs at lr
+    0.1 with batch 2, decision 100 epochs; concentrated loss gamma 0.5, lam 0.95). With Adam, lr 0.1
+    does not train this network (the losses stay at their starting level): use seg_lr = dec_lr =
+    1e-3 (the detector guide gives the schedule that meets the figures). An epoch visits every
+    defective training image once, each batch half defective and half good (biased sampling).
     """
 
-    image_size: int | tuple = 256  # int (square) or [height, width], each a multiple of the stride 8
-    seg_epochs: int = 200
-    seg_lr: float = 0.1
-    dec_epochs: int = 100
-    dec_lr: float = 0.1
-    batch_size: int = 2
-    gamma: float = 0.5
-    lam: float = 0.95
-    augment: bool = False
-    dice_on_good: bool = False
-    swa_epochs: int = 0
-    checkpoint: Optional[str] = None  # training state file, resumed when present (see pyanom.training)
-    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after each stage's last)
-    seed: int = 0
+    image_size: Size = setting(256, "images are resized to this (an int: square), each side a multiple of 8",
+                               check=_strided)
+    seg_epochs: int = setting(200, "epochs of the segmentation stage", bounds=(0, None))
+    seg_lr: float = setting(0.1, "Adam learning rate of the segmentation stage", bounds=(0, None), open="low")
+    dec_epochs: int = setting(100, "epochs of the decision stage", bounds=(0, None))
+    dec_lr: float = setting(0.1, "Adam learning rate of the decision stage", bounds=(0, None), open="low")
+    batch_size: int = setting(2, "images per step, half of them defective", bounds=(2, None))
+    gamma: float = setting(0.5, "focusing exponent of the concentrated loss, (1 - IoU)^gamma (0: Dice + BCE)",
+                           bounds=(0, None))
+    lam: float = setting(0.95, "Dice's share of the concentrated loss (0: BCE alone)", bounds=(0, 1))
+    augment: bool = setting(False, "segmentation batches in a random one of their eight orientations (not in "
+                            "the paper; for surfaces without a preferred orientation)")
+    dice_on_good: bool = setting(False, "also give good images (empty masks) the smoothed per-image Dice")
+    swa_epochs: int = setting(0, "end the segmentation stage with the mean of its weights over its last N "
+                              "epochs (SWA; not in the paper, steadier from seed to seed)", bounds=(0, None))
 
-    def __post_init__(self):
-        self.image_size = checked_image_size(self.image_size, multiple=STRIDE)
-        for name in ("seg_epochs", "dec_epochs", "swa_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("seg_lr", "dec_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (half of each batch is defective), got {self.batch_size}")
+    def validate(self) -> None:
         if self.swa_epochs > self.seg_epochs:
             raise ValueError(f"swa_epochs ({self.swa_epochs}) cannot exceed seg_epochs ({self.seg_epochs})")
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
-        check_checkpoint_settings(self.checkpoint, self.checkpoint_every)
 
 
 class SegDec(Detector):
@@ -123,9 +100,7 @@ class SegDec(Detector):
         def recalibrate_batch_norm(trainer):
             """Batch-norm statistics for inference: the plain average over the training images in
             a random order (one pass, no gradient; `swa_utils.update_bn`), not the moving average of
-            the last training batches (on one failed 48-epoch run, pixel AUROC 0.52 with the moving
-            average, 0.69 with this). That run's failure itself came from the empty-mask Dice
-            cliff, now avoided (see `segmentation_loss`), not from batch norm."""
+            the last training batches, which batches of 2 make noisy."""
             order = torch.randperm(len(data), generator=trainer.rng).to(self.device)
             update_bn((self._normalise(data.images[order[i:i + 16]]) for i in range(0, len(data), 16)),
                       self.segmentation)
@@ -222,8 +197,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, gamma: float
     until the image's whole probability mass drops below eps (1e-6), then 0. Falling off that
     cliff pays lam per good image, so the network learns to push entire images to logits below
     -20, and the defect pixels it pushes down with them get no Dice gradient back (sigmoid
-    saturated). That is what failed about one run in three (benchmarks/RESULTS.md): on the
-    failed run 72 % of the good training images sat below the cliff, on a good run none.
+    saturated), so a run that falls off it stops learning its defects.
     """
     if dice_on_good:
         return concentrated_loss(logits, masks, gamma=gamma, lam=lam)

@@ -6,8 +6,8 @@ Segmentation network (input [B, 3, S, S], S a multiple of 8):
   S1-S7   the encoder exactly as listed: conv3x3 blocks of 2 x 16, 3 x 32, 4 x 48 and 5 x 64
           channels with 2x2 max pooling (S2, S4, S6) between them. Each conv is followed by
           batch norm and ReLU (the table names no normalisation; GroupNorm, free of the batch,
-          was about 3x slower in an unrecorded CPU trial, so it is not used). Batch norm statistics from batches of 2
-          (the paper's) are noisy: prefer 8 or more.
+          is much slower on CPU). Batch norm statistics from batches of 2 (the paper's) are
+          noisy: prefer 8 or more.
   S8-S11  the "e-features": one transposed convolution per stage, taken before each max
           pooling (S1, S3, S5) and after the last block (S7), with kernel = stride = 1, 2, 4, 8,
           each giving ONE channel at the input resolution.

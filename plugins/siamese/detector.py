@@ -16,75 +16,57 @@ from pyanom.augment import random_dihedral
 from pyanom.data import iterate_images
 from pyanom.data.transforms import checked_image_size
 from pyanom.detector import Detector
-from pyanom.networks import load_module, module_tensors, seeded
-from pyanom.training import LossHistory, Stage, StratifiedBatches, Trainer, check_checkpoint_settings, decode_once
+from pyanom.settings import Size, setting
+from pyanom.training import (LossHistory, Stage, StratifiedBatches, Trainer, TrainingSettings, decode_once,
+                             load_module, module_tensors, seeded)
 from pyanom_plugins.siamese.losses import batch_composition, in_batch_pair_loss, make_pair_loss, pair_type_shares
 from pyanom_plugins.siamese.network import BACKBONES, SiameseNetwork
 
 DECISIONS = ("nearest_neighbour", "threshold")
 
 
-@dataclass
-class SiameseConfig:
-    """Hyper-parameters; optimiser, batch size and epochs are the paper's.
+def _image_size(size):
+    return checked_image_size(size, minimum=32)
 
-    attention_layer: the backbone stage the attention module follows ("strideK" or the stage's
-    own name: "conv2", "conv4", "conv7", "conv10", "conv13" for VGG16, "blocks.0".."blocks.6" for
-    EfficientNet-Lite0); None leaves the attention module out (the paper's method I).
-    attention_branch_loss: add ABL, the pair loss on output-2, weighted by abl_weight (method III).
-    pair_loss: "pbcl" (alpha, beta weigh the pair types) or "cl" (plain contrastive loss).
-    margin: m of the losses; None takes the median distance between the untrained embeddings of
-    the training images, so the push term acts from the first step whatever the backbone's scale
-    (a margin far below that scale leaves only the pull term until the embedding has shrunk).
-    decision: "nearest_neighbour" labels an image with its nearest training embedding's class, as
-    the paper decides; "threshold" compares the image score with the calibrated threshold.
-    augment: show each training image in a random one of its eight orientations (flips and
-    90-degree turns; `pyanom.augment`), not in the paper. Right for surfaces without a preferred
-    orientation such as tiles; leave it off where orientation itself can be the defect.
+
+@dataclass
+class SiameseConfig(TrainingSettings):
+    """The Siamese network's settings; optimiser, batch size and epochs are the paper's.
+
+    attention_layer names the backbone stage the attention module follows ("strideK" or the stage's
+    own name: "conv2".."conv13" for VGG16, "blocks.0".."blocks.6" for EfficientNet-Lite0); null
+    leaves the module out (the paper's method I). A null margin takes the median distance between
+    the untrained embeddings of the training images, so the push term acts from the first step
+    whatever the backbone's scale.
     """
 
-    backbone: str = "efficientnet_lite0"
-    weights: Optional[str] = None  # file or URL; None = the backbone's default ImageNet weights
-    image_size: int | tuple = 224  # int (square) or [height, width]
-    attention_layer: Optional[str] = "stride8"
-    attention_branch_loss: bool = True
-    abl_weight: float = 1.0
-    pair_loss: str = "pbcl"
-    margin: Optional[float] = None
-    alpha: float = 4.0
-    beta: float = 1.0
-    learning_rate: float = 1e-5
-    batch_size: int = 16
-    epochs: int = 100
-    decision: str = "nearest_neighbour"
-    augment: bool = False
-    checkpoint: Optional[str] = None  # training state file, resumed when present (see pyanom.training)
-    checkpoint_every: int = 1  # epochs between checkpoint writes (and always after the last)
-    seed: int = 0
+    backbone: str = setting("efficientnet_lite0", "pretrained backbone of the twin network", choices=BACKBONES)
+    weights: Optional[str] = setting(None, "backbone weights: a file or URL; null: the default ImageNet weights")
+    image_size: Size = setting(224, "images are resized to this (an int: square)", check=_image_size)
+    attention_layer: Optional[str] = setting("stride8", "backbone stage the attention module follows; null: no "
+                                             "attention module (method I)")
+    attention_branch_loss: bool = setting(True, "add ABL, the pair loss on the attention branch's output "
+                                          "(method III)")
+    abl_weight: float = setting(1.0, "weight of ABL", bounds=(0, None))
+    pair_loss: str = setting("pbcl", "pbcl: pair types weighed by alpha and beta; cl: plain contrastive loss",
+                             choices=("pbcl", "cl"))
+    margin: Optional[float] = setting(None, "margin m of the pair losses; null: from the data (see above)",
+                                      bounds=(0, None), open="low")
+    alpha: float = setting(4.0, "PBCL weight of the pull between two defective images (rare pairs weighed up)",
+                           bounds=(0, None))
+    beta: float = setting(1.0, "PBCL weight of the push between a normal and a defective image", bounds=(0, None))
+    learning_rate: float = setting(1e-5, "Adam learning rate", bounds=(0, None), open="low")
+    batch_size: int = setting(16, "images per step (every pair type in each batch)", bounds=(4, None))
+    epochs: int = setting(100, "training epochs", bounds=(0, None))
+    decision: str = setting("nearest_neighbour", "label by the nearest training image's class (the paper), or "
+                            "by the calibrated threshold", choices=DECISIONS)
+    augment: bool = setting(False, "training images in a random one of their eight orientations (not in the "
+                            "paper; for surfaces without a preferred orientation)")
 
-    def __post_init__(self):
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
-        if self.pair_loss not in ("cl", "pbcl"):
-            raise ValueError(f"pair_loss must be 'cl' or 'pbcl', got {self.pair_loss!r}")
-        if self.decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
+    def validate(self) -> None:
         if self.attention_branch_loss and self.attention_layer is None:
             raise ValueError("attention_branch_loss needs the attention module: set attention_layer "
-                             "or attention_branch_loss=False")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.margin is not None and not self.margin > 0:
-            raise ValueError(f"margin must be > 0 or None (from the data), got {self.margin}")
-        for name in ("alpha", "beta", "abl_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 4:
-            raise ValueError(f"batch_size must be >= 4 (every pair type in each batch), got {self.batch_size}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        self.image_size = checked_image_size(self.image_size, minimum=32)
-        check_checkpoint_settings(self.checkpoint, self.checkpoint_every)
+                             "or attention_branch_loss=false")
 
 
 class Siamese(Detector):

@@ -66,9 +66,13 @@ def in_batch_pair_loss(embeddings: torch.Tensor, labels: torch.Tensor, shares: t
     embeddings [B, D]; labels [B] (1 = defect). Every type with a positive share must have a
     pair in the batch (see `batch_composition`)."""
     i, j = torch.triu_indices(len(labels), len(labels), offset=1, device=labels.device)
-    diff = embeddings[i] - embeddings[j]
-    # The clamp keeps the gradient of the square root finite for identical embeddings.
-    distance = diff.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()
+    # All B x B squared distances, then each pair's once: gathering embeddings[i] (each row many
+    # times) would make the backward pass scatter-add into repeated rows, which PyTorch's CPU
+    # kernel does with atomics in whatever order its threads arrive, so training would differ
+    # from run to run. The clamp keeps the gradient of the square root finite for identical
+    # embeddings.
+    squared = (embeddings[:, None, :] - embeddings[None, :, :]).pow(2).sum(dim=-1)
+    distance = squared[i, j].clamp(min=1e-12).sqrt()
     defect_i, defect_j = labels[i].bool(), labels[j].bool()
     same = defect_i == defect_j
     has_normal = ~(defect_i & defect_j)

@@ -11,8 +11,8 @@ import importlib
 # exported models reads images with, can be imported without PyTorch.
 _WHERE = {
     "batches": ("iterate_images",),
-    "dataset": ("ImageList", "InspectionSet", "check_samples", "describe_layout", "open_dataset", "open_images",
-                "stratified_split"),
+    "dataset": ("ImageList", "InspectionSet", "check_samples", "describe_layout", "files_fingerprint", "open_dataset",
+                "open_images", "read_splits", "stratified_split"),
     "files": ("IMAGE_EXTENSIONS", "find_images"),
     "layouts": ("LAYOUTS", "Sample", "detect_layout", "read_layout"),
     "synthetic": ("make_inspection_set",),

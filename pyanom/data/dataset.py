@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zlib
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pyanom.data.files import checked_size, find_images, parallel_map, raise_problems, read_image, read_mask
+from pyanom.data.inputs import as_sources, read_source, source_name
 from pyanom.data.layouts import LAYOUTS, Sample, detect_layout, read_layout
 from pyanom.data.transforms import Preprocess, Size
 
@@ -128,6 +130,12 @@ class InspectionSet(Dataset):
         return InspectionSet(samples, image_size=self.image_size, crop_size=self.crop_size, root=self.root,
                              layout=self.layout, split=self.split, validate=False)
 
+    def record(self) -> dict:
+        """What a model fitted on this set keeps of it: the folder, the image count and the
+        files_fingerprint, so an evaluation can tell whether it is given the same images."""
+        return {"root": None if self.root is None else os.path.abspath(self.root), "images": len(self),
+                "fingerprint": files_fingerprint(self.samples, self.root)}
+
     def counts(self) -> dict[str, int]:
         """Number of samples per defect type."""
         return dict(sorted(Counter(self.defect_types).items()))
@@ -138,74 +146,100 @@ class InspectionSet(Dataset):
 
 
 class ImageList(Dataset):
-    """Unlabelled images to score (`pyanom predict`); item i is dict(image [3, H, W] in [0, 1], path,
-    source_hw: see Preprocess.source_hw)."""
+    """Unlabelled images to score: paths, PIL images or numpy arrays (see pyanom.data.inputs), each read
+    as `pyanom predict` reads a file; item i is dict(image [3, H, W] in [0, 1], path (or "<image i>"),
+    source_hw: see Preprocess.source_hw). validate: every file is checked first, one error naming
+    every bad one."""
 
-    def __init__(self, paths: Sequence[Path], *, image_size: Size | None = 256, crop_size: Size | None = None,
+    def __init__(self, images: Sequence, *, image_size: Size | None = 256, crop_size: Size | None = None,
                  validate: bool = True):
         self.preprocess = Preprocess(image_size, crop_size)
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise ValueError("no images given")
+        self.sources = as_sources(images)
         if validate:
-            raise_problems(_problems(checked_size, self.paths), "the images given")
+            files = [s for s in self.sources if isinstance(s, Path)]
+            raise_problems(_problems(checked_size, files), "the images given")
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files among the images (all of them when built from paths)."""
+        return [s for s in self.sources if isinstance(s, Path)]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        img = read_image(path)
-        return {"image": self.preprocess.image(img), "path": str(path), "source_hw": self.preprocess.source_hw(img)}
+        source = self.sources[index]
+        img = read_source(source)
+        return {"image": self.preprocess.image(img), "path": source_name(source, index),
+                "source_hw": self.preprocess.source_hw(img)}
 
 
 def open_dataset(root: str | os.PathLike, split: str = "train", *, layout: str | None = None,
                  image_size: Size | None = 256, crop_size: Size | None = None, test_fraction: float = 0.3,
-                 seed: int = 0, normal_class: str | None = None) -> InspectionSet:
+                 seed: int = 0, normal_class: str | None = None, train_defects: bool = True) -> InspectionSet:
     """Read one split of a data set folder, its layout detected unless given.
 
     A layout without its own train/test split is split per defect type (stratified) by
-    test_fraction with a seeded shuffle, so "train" and "test" of the same seed never overlap.
+    test_fraction with a seeded shuffle, so "train" and "test" of the same seed never overlap;
+    train_defects=False sends every defect image to "test" (what an unsupervised detector, which
+    learns from good images only, would leave unused). A flat folder of images is all "train".
     normal_class names the good class where it is not "good", "ok", "normal" or the like.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    layout, splits, _ = _read_splits(root, layout, test_fraction, seed, normal_class)
+    layout, splits, _ = read_splits(root, layout=layout, test_fraction=test_fraction, seed=seed,
+                                    normal_class=normal_class, train_defects=train_defects)
     if split == "all":
         samples = sorted((s for part in splits.values() for s in part), key=lambda s: s.image)
     elif split in splits:
         samples = splits[split]
     else:
-        raise FileNotFoundError(f"{root}: the {layout} data set has no {split!r} folder")
+        raise FileNotFoundError(f"{root}: the {layout} data set has no {split!r} part")
     return InspectionSet(samples, image_size=image_size, crop_size=crop_size, root=root, layout=layout, split=split)
 
 
 def describe_layout(root: str | os.PathLike, *, layout: str | None = None, test_fraction: float = 0.3,
-                    seed: int = 0, normal_class: str | None = None) -> str:
+                    seed: int = 0, normal_class: str | None = None, train_defects: bool = True) -> str:
     """One line saying how a folder is read: its layout, whether it has pixel masks, and the
     images per split and class, so a user sees at once whether the folder was understood."""
-    layout, splits, made = _read_splits(root, layout, test_fraction, seed, normal_class)
+    layout, splits, made = read_splits(root, layout=layout, test_fraction=test_fraction, seed=seed,
+                                       normal_class=normal_class, train_defects=train_defects)
+    if layout == "flat":
+        return f"{root}: layout flat: {len(splits['train'])} images directly in the folder, all taken as good"
     samples = [s for part in splits.values() for s in part]
     masks = ("pixel masks" if any(s.mask is not None for s in samples) else
              "image labels only (no masks)")
     how = f", split by test_fraction {test_fraction} seed {seed}" if made else ""
+    if made and not train_defects and any(s.label for s in samples):
+        how += " (every defect image to test: the detector learns from good images only)"
     counts = "; ".join(f"{name} " + ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.defect_type for s in part).items()))
                        for name, part in splits.items())
     return f"{root}: layout {layout}{how}, {masks}; {counts}"
 
 
-def _read_splits(root, layout, test_fraction, seed, normal_class) -> tuple[str, dict[str, list[Sample]], bool]:
-    """(layout, {"train": samples, "test": samples}, whether the split was made here by test_fraction)."""
+def read_splits(root: str | os.PathLike, *, layout: str | None = None, test_fraction: float = 0.3, seed: int = 0,
+                normal_class: str | None = None, train_defects: bool = True) -> tuple[str, dict[str, list[Sample]], bool]:
+    """(layout, samples per split, whether the split was made here by test_fraction), images
+    unchecked: the options mean what they mean in open_dataset."""
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must lie between 0 and 1, got {test_fraction}")
     layout = layout or detect_layout(root)
     splits = read_layout(root, layout, normal_class=normal_class)
     if "all" not in splits:
         return layout, splits, False
-    train, test = stratified_split(splits["all"], test_fraction, seed)
+    train, test = stratified_split(splits["all"], test_fraction, seed, train_defects=train_defects)
     return layout, {"train": train, "test": test}, True
+
+
+def files_fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None = None) -> str:
+    """SHA-256 of the images' paths (under root), labels and file sizes: the same files give the
+    same fingerprint wherever the folder lies, without reading a pixel."""
+    base = None if root is None else os.path.abspath(root)
+    lines = sorted(f"{os.path.relpath(os.path.abspath(s.image), base) if base else os.path.abspath(s.image)}"
+                   f"\t{s.label}\t{os.path.getsize(s.image)}" for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def open_images(*inputs: str | os.PathLike, image_size: Size | None = 256, crop_size: Size | None = None) -> ImageList:
@@ -213,8 +247,10 @@ def open_images(*inputs: str | os.PathLike, image_size: Size | None = 256, crop_
     return ImageList(find_images(*inputs), image_size=image_size, crop_size=crop_size)
 
 
-def stratified_split(samples: Sequence[Sample], test_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(train, test): round(n * test_fraction) of each defect type to test, chosen by a seeded shuffle.
+def stratified_split(samples: Sequence[Sample], test_fraction: float, seed: int, *,
+                     train_defects: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """(train, test): round(n * test_fraction) of each defect type to test, chosen by a seeded
+    shuffle; with train_defects=False, all of each defect type.
 
     Each type's shuffle is seeded by (seed, type name), so adding a class leaves the others' split alone.
     """
@@ -224,7 +260,8 @@ def stratified_split(samples: Sequence[Sample], test_fraction: float, seed: int)
     train, test = [], []
     for name, group in groups.items():
         order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(group))
-        n_test = math.floor(len(group) * test_fraction + 0.5)
+        share = test_fraction if train_defects or group[0].label == 0 else 1.0
+        n_test = math.floor(len(group) * share + 0.5)
         test += [group[i] for i in order[:n_test]]
         train += [group[i] for i in order[n_test:]]
     return sorted(train, key=lambda s: s.image), sorted(test, key=lambda s: s.image)

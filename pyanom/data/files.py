@@ -28,6 +28,7 @@ _R = TypeVar("_R")
 
 
 def is_image_file(path: Path) -> bool:
+    """Whether pyanom reads `path` as an image: a known extension, not a hidden file."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -96,8 +97,8 @@ def open_image(path: Path) -> Iterator[Image.Image]:
     with _pil_limit_lifted(), Image.open(path) as img:
         pixels = img.width * img.height
         if pixels > _max_pixels:
-            raise ImageTooLarge(f"{path}: {img.width}x{img.height} is {pixels / 1e6:.0f} megapixels, over the "
-                             f"limit of {_max_pixels / 1e6:.0f}; if the image is genuine, raise --max-pixels")
+            raise ImageTooLarge(f"{path}: {img.width}x{img.height} is {pixels / 1e6:.1f} megapixels, over the limit "
+                                f"of {_max_pixels:,} pixels; if the image is genuine, raise it: --max-pixels {pixels}")
         yield img
 
 
@@ -107,22 +108,73 @@ def image_mode(path: Path) -> tuple[int, int, str]:
         return img.width, img.height, img.mode
 
 
+# EXIF orientation -> the transposition that shows the image as a viewer does.
+_SHOWN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation in the header read at open, before any pixel is decoded (1: as
+    stored). TIFF: 1, because PIL applies a TIFF's orientation itself while decoding. An EXIF
+    block that PIL finds only after the pixels (a PNG's late eXIf chunk) is not looked for, so
+    the size `checked_size` reports is always the size read."""
+    raw = img.info.get("exif") if img.format != "TIFF" else None
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        orientation = exif.get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: show the pixels as stored
+        return 1
+    return orientation if orientation in _SHOWN else 1
+
+
+def _decoded(img: Image.Image) -> Image.Image:
+    """The pixels of an opened image, decoded and turned as its EXIF orientation says."""
+    orientation = _orientation(img)
+    img.load()
+    return img.transpose(_SHOWN[orientation]) if orientation in _SHOWN else img
+
+
+def _read(path: Path, what: str, use):
+    """use(opened image) for the file at path; a file that fails to decode is a ValueError naming
+    it, `what` ("image", "mask") saying what it was read as."""
+    try:
+        with open_image(path) as img:
+            return use(img)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
+    except ImageTooLarge:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
+        raise ValueError(f"{path}: corrupt or truncated {what} ({err})") from None
+
+
 def read_image(path: Path) -> Image.Image:
-    """An image as 8-bit RGB; greyscale is replicated, 16-bit greyscale is scaled to 8 bits."""
-    with open_image(path) as img:
-        if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
-            grey = np.asarray(img, dtype=np.float32) / 257.0
-            return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-        if img.mode == "F":
-            grey = np.asarray(img, dtype=np.float32)
-            return Image.fromarray((np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
-        return img.convert("RGB")
+    """An image file as 8-bit RGB (see to_rgb), turned as its EXIF orientation says."""
+    return _read(path, "image", lambda img: to_rgb(_decoded(img)))  # a JPEG body is first decoded here
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as every detector reads it: greyscale is replicated, 16-bit greyscale scaled to 8
+    bits, float greyscale taken as [0, 1], alpha dropped. The one conversion for files, PIL images
+    and arrays alike, so an image scores the same however it is passed."""
+    if img.mode.startswith("I"):  # 16-bit greyscale PNG/TIFF ("I;16", "I")
+        grey = np.asarray(img, dtype=np.float32) / 257.0
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float32)
+        return Image.fromarray((np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def read_mask(path: Path) -> np.ndarray:
     """A defect mask as bool [H, W]: any channel above 127, or above 0 for masks stored as 0/1."""
-    with open_image(path) as img:
-        values = np.asarray(img)
+    values = _read(path, "mask", lambda img: np.asarray(_decoded(img)))
     if values.ndim == 3:
         values = values[..., :1] if values.shape[-1] <= 2 else values[..., :3]  # drop alpha
         values = values.max(axis=-1)
@@ -134,25 +186,20 @@ def checked_size(path: Path) -> tuple[int, int]:
 
     Cheap but complete: PNG chunks are CRC-checked without decoding pixels; a JPEG that ends
     with its end-of-image marker is trusted; anything else is decoded fully, so a truncated
-    file of any format is caught.
+    file of any format is caught. The size is the image's as read: after its EXIF orientation.
     """
-    try:
-        with open_image(path) as img:
-            size, fmt = img.size, img.format
-            if fmt == "PNG":
-                img.verify()
-            elif fmt != "JPEG" or not _ends_with_jpeg_eoi(path):
-                img.load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image (unknown or corrupt header)") from None
-    except ImageTooLarge:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: corrupt or truncated image ({err})") from None
+    size = _read(path, "image", _checked)
     if size[0] < 1 or size[1] < 1:
         raise ValueError(f"{path}: image has no pixels ({size[0]}x{size[1]})")
+    return size
+
+
+def _checked(img: Image.Image) -> tuple[int, int]:
+    size = img.size[::-1] if _orientation(img) in (5, 6, 7, 8) else img.size  # a quarter turn
+    if img.format == "PNG":
+        img.verify()
+    elif img.format != "JPEG" or not _ends_with_jpeg_eoi(Path(img.filename)):
+        size = _decoded(img).size
     return size
 
 

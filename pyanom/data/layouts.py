@@ -1,7 +1,7 @@
 """Readers for the folder layouts inspection data comes in, and detection of which one a folder uses.
 
 Every reader returns the samples of each split the layout has ("train" / "test", or "all" for a
-layout without a split), sorted by path. Missing masks, orphan masks and empty folders are errors
+layout without a split; a flat folder of images is all "train", all good), sorted by path. Missing masks, orphan masks and empty folders are errors
 naming the file or folder; image contents are checked later, in one pass, by the dataset.
 
 Masks are all or nothing: where a mask folder exists (or any mask), every defect image needs its
@@ -18,7 +18,7 @@ from typing import Optional
 
 from pyanom.data.files import IMAGE_EXTENSIONS, is_image_file, list_images, parallel_map, raise_problems, read_mask
 
-LAYOUTS = ("mvtec", "kolektorsdd2", "folders", "image_mask")
+LAYOUTS = ("mvtec", "kolektorsdd2", "folders", "image_mask", "flat")
 
 #: Class folder names taken as the normal class, compared case-insensitively after removing a
 #: prefix all class names share (so "MT_Free" among "MT_Crack", "MT_Break" ... is normal).
@@ -48,15 +48,19 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "kolektorsdd2"
     if _first_dir(root, IMAGE_DIRS) and _first_dir(root, MASK_DIRS):
         return "image_mask"
-    if _class_dirs(root) and not splits:  # train/ and test/ are splits, not classes
-        return "folders"
+    if not splits:  # train/ and test/ are splits, not classes
+        if _flat(root):
+            return "flat"
+        if _class_dirs(root):
+            return "folders"
     raise ValueError(
         f"{root}: no known data set layout. Expected one of:\n"
         "  mvtec:        train/good/*.png, test/<defect type>/*.png, ground_truth/<defect type>/<name>_mask.png\n"
         "                (without ground_truth/: a split of class folders with image labels only)\n"
         "  kolektorsdd2: [train/, test/] NAME.png + NAME_GT.png\n"
         "  folders:      <class>/**/*.png (e.g. good/, defect/), masks optional beside the images\n"
-        "  image_mask:   images/*.png + masks/*.png with the same names")
+        "  image_mask:   images/*.png + masks/*.png with the same names\n"
+        "  flat:         *.png directly in the folder, all taken as good")
 
 
 def read_layout(root: str | os.PathLike, layout: str | None = None, *,
@@ -72,6 +76,8 @@ def read_layout(root: str | os.PathLike, layout: str | None = None, *,
         return {"all": _read_folders(root, normal_class)}
     if layout == "image_mask":
         return {"all": _read_image_mask(root)}
+    if layout == "flat":
+        return {"train": [Sample(image, 0, "good") for image in _nonempty(root)]}
     raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
 
 
@@ -126,24 +132,40 @@ def _gt_pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 def _read_folders(root: Path, normal_class: str | None) -> list[Sample]:
     class_dirs = _class_dirs(root)
+    if _flat(root) or not class_dirs:
+        loose = list_images(root)
+        raise ValueError(f"{root}: layout folders needs class sub-folders of images (good/, defect/ ...) and {root} "
+                         "has none" + (f"; its {len(loose)} images lie directly in it: use layout flat (or leave the "
+                                       "layout out) to take them all as good" if loose else ""))
     normal = _normal_class(root, [d.name for d in class_dirs], normal_class)
     mask_root = _first_dir(root, MASK_DIRS)
     samples: list[Sample] = []
     problems: list[Exception] = []
     for class_dir in class_dirs:
         images, masks = _split_masks(class_dir, _nonempty(class_dir, recursive=True))
+        defect = class_dir.name != normal
+        types = _defect_types(class_dir, images) if defect else {}
         for image in images:
             mask = masks.get(image)
             if mask is None and mask_root is not None:
                 rel = image.parent.relative_to(class_dir)
                 mask = _mask_in(mask_root / class_dir.name / rel, image.stem)
-            samples.append(Sample(image, int(class_dir.name != normal), class_dir.name, mask))
+            samples.append(Sample(image, int(defect), types.get(image.parent, class_dir.name), mask))
     if mask_root is not None or any(s.mask for s in samples):  # annotated: a defect without its mask is a mistake
         where = f"though {mask_root} exists" if mask_root is not None else "though other images have one"
         problems += [FileNotFoundError(f"{s.image}: defect image has no mask, {where}")
                      for s in samples if s.label and s.mask is None]
     raise_problems(problems, f"data set {root}")
     return samples
+
+
+def _defect_types(class_dir: Path, images: list[Path]) -> dict[Path, str]:
+    """The defect type of each image folder in a defect class: the class name, followed by the
+    sub-folder path where the class's images lie in several (defect/scratch/, defect/dent/ ->
+    "defect/scratch", "defect/dent"); sub-folders every image shares (MT_Crack/Imgs/) are left out."""
+    parents = sorted({image.parent.relative_to(class_dir).parts for image in images})
+    shared = len(os.path.commonprefix(parents)) if parents else 0
+    return {class_dir.joinpath(*parts): "/".join((class_dir.name, *parts[shared:])) for parts in parents}
 
 
 def _split_masks(folder: Path, files: list[Path]) -> tuple[list[Path], dict[Path, Path]]:
@@ -221,14 +243,14 @@ def _strip_mask_suffix(stem: str) -> str | None:
 def _normal_class(root: Path, names: list[str], normal_class: str | None) -> str:
     if normal_class is not None:
         if normal_class not in names:
-            raise ValueError(f"{root}: normal class {normal_class!r} is not among its classes {names}")
+            raise ValueError(f"{root}: normal class {normal_class!r} is not among its classes {', '.join(names)}")
         return normal_class
     prefix = os.path.commonprefix(names) if len(names) > 1 else ""
     prefix = prefix[: max(prefix.rfind(c) for c in "_- ") + 1]  # cut back to a separator
     hits = [n for n in names if n.lower() in NORMAL_NAMES or n[len(prefix):].lower() in NORMAL_NAMES]
     if len(hits) != 1:
-        raise ValueError(f"{root}: cannot tell which class is the normal one among {names}; "
-                         f"name it {NORMAL_NAMES[0]!r} or pass normal_class=")
+        raise ValueError(f"{root}: cannot tell which class is the normal one among {', '.join(names)}; "
+                         f"rename its folder {NORMAL_NAMES[0]}/, or name it with --normal-class (normal_class=)")
     return hits[0]
 
 
@@ -251,6 +273,11 @@ def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     """The first subfolder named one of names (any case), in the order of names."""
     by_name = {d.name.lower(): d for d in _subdirs(root)}
     return next((by_name[n] for n in names if n in by_name), None)
+
+
+def _flat(root: Path) -> bool:
+    """Images directly in root, and none in its sub-folders."""
+    return bool(list_images(root)) and not any(list_images(d, recursive=True) for d in _class_dirs(root))
 
 
 def _ksdd2_masks(folder: Path) -> bool:

@@ -19,7 +19,6 @@ and image i does not change when the counts do.
 from __future__ import annotations
 
 import os
-import shutil
 import zlib
 from pathlib import Path
 
@@ -41,8 +40,11 @@ def make_inspection_set(root: str | os.PathLike, *, kind: str = "texture", n_tra
 
     n_test_defect images are spread evenly over the kind's defect types (DEFECT_TYPES[kind]).
     surface picks the material of kind="texture". An existing set under root is an error
-    unless overwrite=True, which replaces its train/, test/ and ground_truth/ folders.
+    unless overwrite=True, which replaces a set written here before (pyanom.outputs: never a file
+    it did not write).
     """
+    from pyanom.outputs import OutputFolder
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if surface not in SURFACES:
@@ -52,16 +54,15 @@ def make_inspection_set(root: str | os.PathLike, *, kind: str = "texture", n_tra
         if isinstance(n, bool) or not isinstance(n, int) or n < low:
             raise ValueError(f"{name} must be an int >= {low}, got {n!r}")
     root = Path(root)
-    parts = [root / p for p in ("train", "test", "ground_truth")]
-    if any(p.exists() for p in parts):
-        if not overwrite:
-            raise FileExistsError(f"{root}: already holds a data set (pass overwrite=True to replace it)")
-        for p in parts:
-            shutil.rmtree(p, ignore_errors=True)
+    if any((root / p).exists() for p in ("train", "test", "ground_truth")) and not overwrite:
+        raise FileExistsError(f"{root}: already holds a data set (pass overwrite=True to replace it)")
 
     types = DEFECT_TYPES[kind]
     jobs = [("train", "good", i) for i in range(n_train)] + [("test", "good", i) for i in range(n_test_good)]
     jobs += [("test", types[i % len(types)], i // len(types)) for i in range(n_test_defect)]
+    files = [f"{split}/{defect}/{index:03d}.png" for split, defect, index in jobs]
+    files += [f"ground_truth/{defect}/{index:03d}_mask.png" for _, defect, index in jobs if defect != "good"]
+    OutputFolder(root, "root").start(files)
     for split, defect, index in jobs:
         name = f"{kind}/{surface if kind == 'texture' else ''}/{split}/{defect}/{index}"
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])

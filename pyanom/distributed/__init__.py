@@ -1,7 +1,7 @@
 """Past one machine, on Ray (optional extra ``pyanom[ray]``): a memory bank built from shards
 on a cluster, a memory bank held by several actors, and batch scoring of large folders.
 
-The unit of work is a shard of images (pyanom.memory_bank.MemoryBankPlan): the same shards, in
+The unit of work is a shard of images (pyanom.memory.MemoryBankPlan): the same shards, in
 the same order, as the bounded-memory fit on one machine, so a cluster fit equals the local
 sharded fit. Images are read by path: on a multi-node cluster they must lie on storage that
 every node mounts at the same path.
@@ -9,33 +9,8 @@ every node mounts at the same path.
 
 from __future__ import annotations
 
-import os
+from pyanom.distributed.cluster import connect, require_ray
+from pyanom.distributed.fit import use_ray
+from pyanom.distributed.knn import ShardedMemoryBank, load_sharded, shard_memory_bank
 
-
-def require_ray():
-    """The ray module, or an ImportError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("this needs Ray: pip install 'pyanom[ray]'") from None
-    return ray
-
-
-def connect(address: str | None = None, *, num_cpus: int | None = None):
-    """Join the cluster at ``address`` ("auto", "ray://host:10001", "host:6379"), or start a
-    local one when address is None or "local"; a no-op when already connected."""
-    local = address in (None, "local")
-    if local:  # a single-machine cluster talks over loopback (read when ray is first imported)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray = require_ray()
-    if not ray.is_initialized():
-        if local:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        else:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    return ray
-
-
-from pyanom.distributed.knn import ShardedMemoryBank, load_sharded  # noqa: E402  (they use connect)
-
-__all__ = ["connect", "require_ray", "ShardedMemoryBank", "load_sharded"]
+__all__ = ["connect", "require_ray", "ShardedMemoryBank", "load_sharded", "shard_memory_bank", "use_ray"]

@@ -7,14 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyanom.distributed import connect
-from pyanom.memory_bank import MemoryBankPlan, merge_picks, shard_picks
+from pyanom.distributed.cluster import connect
+from pyanom.memory import MemoryBankPlan, merge_picks, shard_picks
 
 
 @lru_cache(maxsize=4)
@@ -33,17 +33,25 @@ def _shard_rows(name: str, config_json: str, paths: list[str], keep: str) -> np.
     det = _worker_detector(name, config_json)
     cfg = det.config
     images = ImageList(paths, image_size=cfg.image_size, validate=False)
-    rows = torch.cat([r for _, r in det.patch_features(images)])
+    rows = torch.cat([r for _, r in det.memory_features(images)])
     if keep == "picks":
         rows = shard_picks(rows, cfg.coreset_ratio, oversample=cfg.shard_oversample,
                            projection_dim=cfg.projection_dim, seed=cfg.seed)
     return rows.numpy()
 
 
-def fit_memory_bank_on_ray(det, train, *, address: str | None = None, num_cpus: int | None = None,
-                           progress: bool = True):
-    """Build ``det``'s memory bank (a PatchCore-like detector with patch_features and the
-    coreset settings) from the images of ``train`` on a Ray cluster; returns (bank, plan).
+def use_ray(det, address: str | None = None, *, num_cpus: int | None = None):
+    """Make ``det`` (a pyanom.memory.MemoryBankDetector) fit its memory bank on a Ray cluster: the
+    shards' features and coreset picks on the workers, the final coreset here; the same bank as
+    the same plan on one machine. Returns det."""
+    det.bank_builder = partial(fit_memory_bank_on_ray, address=address, num_cpus=num_cpus)
+    return det
+
+
+def fit_memory_bank_on_ray(det, train, progress: bool = True, *, address: str | None = None,
+                           num_cpus: int | None = None, rows=None, n_images=None):
+    """Build the memory bank of ``det`` (a pyanom.memory.MemoryBankDetector) from the images of
+    ``train`` on a Ray cluster; returns (bank, plan).
 
     Sharded plans send each shard to a worker and keep its picks; an exact plan (the whole bank
     fits the budget) only spreads the feature extraction and selects once on the driver.
@@ -56,7 +64,7 @@ def fit_memory_bank_on_ray(det, train, *, address: str | None = None, num_cpus: 
     probe = _worker_detector(det.name, config_json)  # the bytes a shard takes decide the plan
     from pyanom.data import ImageList
 
-    _, rows = next(probe.patch_features(ImageList(paths[:1], image_size=cfg.image_size, validate=False)))
+    _, rows = next(probe.memory_features(ImageList(paths[:1], image_size=cfg.image_size, validate=False)))
     plan = MemoryBankPlan(n_images=len(paths), bytes_per_image=rows.numel() * rows.element_size(),
                           mode=cfg.coreset_mode, budget_bytes=cfg.memory_budget_mb << 20,
                           shard_images=cfg.shard_images)

@@ -1,7 +1,7 @@
 """A memory bank too large for one process, held in parts by a set of Ray actors: each answers
 the exact k nearest entries of its part, the caller merges them into the exact k nearest of all.
-PatchCore and SA-PatchCore score against it as against a bank held here
-(PatchCore.shard_memory_bank, or pyanom.distributed.load_sharded for a model file)."""
+A memory-bank detector scores against it as against a bank held here (shard_memory_bank for a
+fitted detector, load_sharded for a model file)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyanom.distributed import connect, require_ray
+from pyanom.distributed.cluster import connect, require_ray
 
 
 class _BankPart:
@@ -120,6 +120,15 @@ class ShardedMemoryBank:
         return self[torch.arange(self.size)]
 
 
+def shard_memory_bank(det, parts: int, *, address: str | None = None, num_cpus: int | None = None):
+    """Hold the fitted bank of ``det`` (a pyanom.memory.MemoryBankDetector) in ``parts`` Ray actors
+    and drop it here: scoring then merges their exact top-k, equal to this process's to float32
+    rounding. Returns det."""
+    if not isinstance(det.memory_bank, torch.Tensor):
+        raise RuntimeError(f"{det.name}: fit or load the detector before sharding its memory bank")
+    return det.attach_memory_bank(ShardedMemoryBank(det.memory_bank, parts, address=address, num_cpus=num_cpus))
+
+
 def load_sharded(path: str | Path, parts: int | None = None, *, address: str | None = None,
                  num_cpus: int | None = None, device: str = "cpu"):
     """A memory-bank model file (patchcore, sa_patchcore) whose bank is read by ``parts`` actors,
@@ -128,15 +137,18 @@ def load_sharded(path: str | Path, parts: int | None = None, *, address: str | N
     import pyanom
     from safetensors import safe_open
 
-    det = pyanom.load(path, device=device, skip=("memory_bank",))
-    if not hasattr(det, "shard_memory_bank"):
-        raise ValueError(f"{path}: a {det.name} model has no memory bank to shard (patchcore and sa_patchcore have)")
+    from pyanom.memory import MemoryBankDetector
+
+    det = pyanom.load(path, device=device, skip=(MemoryBankDetector.MEMORY_BANK,))
+    if not isinstance(det, MemoryBankDetector):
+        raise ValueError(f"{path}: a {det.name} model has no memory bank to shard (memory-bank detectors such as "
+                         "patchcore and sa_patchcore have)")
     if parts is None:
         with safe_open(str(path), framework="pt") as f:
-            n, dim = f.get_slice("memory_bank").get_shape()
+            n, dim = f.get_slice(det.MEMORY_BANK).get_shape()
         parts = parts_for(n * dim * 4, det.config.memory_budget_mb << 20)
-    det.memory_bank = ShardedMemoryBank.from_archive(path, "memory_bank", parts, address=address, num_cpus=num_cpus)
-    return det
+    return det.attach_memory_bank(ShardedMemoryBank.from_archive(path, det.MEMORY_BANK, parts, address=address,
+                                                                 num_cpus=num_cpus))
 
 
 def _bounds(n: int, parts: int) -> np.ndarray:

@@ -18,10 +18,11 @@ import csv
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from pyanom.distributed import connect
+from pyanom.distributed.cluster import connect
 
 COLUMNS = ["path", "score", "defect", "decided_by", "error"]
 FORMATS = ("auto", "csv", "parquet")
@@ -31,31 +32,25 @@ FORMATS = ("auto", "csv", "parquet")
 def _worker_model(model: str, without_bank: bool):
     import pyanom
 
-    return pyanom.load(model, skip=("memory_bank",) if without_bank else ())
+    from pyanom.memory import MemoryBankDetector
+
+    return pyanom.load(model, skip=(MemoryBankDetector.MEMORY_BANK,) if without_bank else ())
 
 
 def _score_chunk(model: str, paths: list[str], bank=None) -> list[list]:
     """Rows for a chunk; an unreadable image gets its error instead of a score."""
     import torch
 
-    from pyanom.data import ImageList
-    from pyanom.data.files import checked_size
+    from pyanom.runs import score_files
 
     torch.set_num_threads(1)
     det = _worker_model(model, bank is not None)
     if bank is not None:
-        det.memory_bank = bank
-    rows, readable = {}, []
-    for path in paths:
-        try:
-            checked_size(Path(path))
-            readable.append(path)
-        except (ValueError, OSError) as err:
-            rows[path] = [path, None, None, None, str(err)]
-    if readable:
-        pred = det.predict(ImageList(readable, image_size=det.image_size, validate=False), map_size="model")
-        for i, path in enumerate(readable):
-            rows[path] = [path, float(pred.image_scores[i]), int(pred.labels[i]), pred.decided_by, None]
+        det.attach_memory_bank(bank)
+    errors, good, pred = score_files(det, [Path(p) for p in paths])
+    rows = {str(p): [str(p), None, None, None, message] for p, message in errors.items()}
+    for i, path in enumerate(good):
+        rows[str(path)] = [str(path), float(pred.image_scores[i]), int(pred.labels[i]), pred.decided_by, None]
     return [rows[p] for p in paths]
 
 
@@ -179,21 +174,51 @@ def _bank_on_actors(model: str, bank_parts: int | None, address, num_cpus):
     """The model's memory bank on actors, or None where workers should each load it."""
     from safetensors import safe_open
 
+    from pyanom.archive import read_header
     from pyanom.distributed.knn import ShardedMemoryBank, parts_for
-    from pyanom.io import load_archive
+    from pyanom.memory import MemoryBankDetector
 
     if bank_parts == 0:
         return None
+    name = MemoryBankDetector.MEMORY_BANK
     with safe_open(model, framework="pt") as f:
-        names = list(f.keys())
-        shape = f.get_slice("memory_bank").get_shape() if "memory_bank" in names else None
+        shape = f.get_slice(name).get_shape() if name in f.keys() else None
     if shape is None:
         if bank_parts:
             raise ValueError(f"{model}: bank_parts needs a memory-bank model (patchcore, sa_patchcore)")
         return None
     if bank_parts is None:
-        budget_mb = load_archive(model, skip=tuple(names))[0]["config"].get("memory_budget_mb")
+        budget_mb = read_header(model)["config"].get("memory_budget_mb")
         bank_parts = parts_for(shape[0] * shape[1] * 4, budget_mb << 20) if budget_mb else 1
         if bank_parts == 1:
             return None
-    return ShardedMemoryBank.from_archive(model, "memory_bank", bank_parts, address=address, num_cpus=num_cpus)
+    return ShardedMemoryBank.from_archive(model, name, bank_parts, address=address, num_cpus=num_cpus)
+
+
+def predict_folder_on_ray(model, images: Sequence, out, *, recursive: bool = True, address: str | None = None,
+                          bank_parts: int | None = None, say=print) -> tuple[int, int, int, Path]:
+    """`pyanom predict --ray`: image files and folders scored across a Ray cluster into ``out``
+    (scores.parquet/ or scores.csv, rows appended as chunks finish; a rerun scores only the images
+    not there yet; no heatmaps). Returns (scored now, already there, could not be read, results)."""
+    import pyanom
+    from pyanom.data.files import find_images
+    from pyanom.memory import MemoryBankDetector
+    from pyanom.outputs import OutputFolder
+    from pyanom.runs import predict_inputs, sayer
+
+    say = sayer(say)
+    if bank_parts is not None and bank_parts < 0:
+        raise ValueError("--bank-parts: give a number >= 0, together with --ray")
+    pyanom.load(model, skip=(MemoryBankDetector.MEMORY_BANK,))  # a bad model file fails here, before the cluster
+    out = Path(out)
+    reading = predict_inputs(model, images)
+    reading.check(out, "--out")
+    out_dir = out.resolve()
+    paths = [p for p in find_images(*images, recursive=recursive) if out_dir not in p.resolve().parents]
+    results = results_path(out)
+    OutputFolder(out, reading=reading).start([results.name], keep=True)  # a rerun resumes: earlier results stay
+    scored, failed = score_on_ray(model, paths, results, address=address, bank_parts=bank_parts)
+    how = " (read it with pandas.read_parquet: pip install 'pyanom[parquet]')" if results.suffix == ".parquet" else ""
+    say(f"wrote {results} ({scored} images scored now, {len(paths) - scored} already there; "
+        f"{failed} could not be read){how}")
+    return scored, len(paths) - scored, failed, results

@@ -13,15 +13,25 @@ from pathlib import Path
 import torch
 
 from pyanom import __version__
+from pyanom._fs import atomic_path
 from pyanom.detector import Detector
 from pyanom.export.graph import DEFAULT_KNN_CHUNK, LabelledGraph
-from pyanom.export.runtime import FORMAT_VERSION, FORMATS, MANIFEST, MODEL_FILES
+from pyanom.export.runtime import FORMAT_VERSION, FORMATS, MANIFEST, MODEL_FILES, is_exported
+from pyanom.outputs import NOTHING_READ, OutputFolder, Reading
 
 OPSET = 18  # Resize, Pad (reflect) and the reductions as onnxruntime and OpenVINO both read them
 
 
 def _missing(package: str, extra: str) -> ImportError:
     return ImportError(f"exporting needs the package {package}: pip install 'pyanom[{extra}]'")
+
+
+def _earlier_export(folder: Path) -> list[str]:
+    """The files of an export already in ``folder`` (one written before outputs had a manifest)."""
+    try:
+        return [MANIFEST, *json.loads((folder / MANIFEST).read_text())["files"]] if is_exported(folder) else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None) -> Path:
@@ -33,15 +43,22 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
     image_size, resized as pyanom resizes: PIL bilinear) and returns image_scores [B],
     anomaly_maps [B, S, S] (for detectors that have them) and labels [B] (bool, with the
     threshold inside). knn_chunk bounds memory-bank searches: at most knn_chunk bank rows
-    are compared with the patches at once (default DEFAULT_KNN_CHUNK).
+    are compared with the patches at once (default DEFAULT_KNN_CHUNK). `out` is checked before
+    any work (pyanom.outputs): an earlier export there is replaced, any other file is kept, and
+    one at the name of a file the export writes is refused.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if knn_chunk is not None and (isinstance(knn_chunk, bool) or not isinstance(knn_chunk, int) or knn_chunk < 1):
         raise ValueError(f"knn_chunk must be a positive int, got {knn_chunk!r}")
+    reading = NOTHING_READ
     if isinstance(detector, (str, Path)):
         from pyanom.registry import load
 
+        if is_exported(detector):
+            raise ValueError(f"{detector} is an exported model already (a folder written by `pyanom export`): "
+                             "export the .pyanom model file it was exported from")
+        reading = Reading(files={detector: "the model being exported"})
         detector = load(detector)
     if not isinstance(detector, Detector):
         raise TypeError(f"detector must be a pyanom Detector or a .pyanom file, got {type(detector).__name__}")
@@ -61,6 +78,9 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
         except ImportError:
             raise _missing("openvino", "openvino") from None
 
+    folder = OutputFolder(out, "--out", reading=reading).check([MANIFEST, *MODEL_FILES[format]],
+                                                              earlier=_earlier_export(Path(out)))
+
     chunk = knn_chunk or DEFAULT_KNN_CHUNK
     graph = LabelledGraph(detector.export_module(knn_chunk=chunk), detector.threshold).eval()
     if detector.image_size is None:
@@ -73,8 +93,7 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
     decided_by = detector.predict(example[:1]).decided_by
     outputs = ["image_scores", "anomaly_maps", "labels"] if has_maps else ["image_scores", "labels"]
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.start().path
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         onnx_path = Path(tmp) / MODEL_FILES["onnx"][0]
         # The TorchScript exporter: it runs on every torch pyanom supports (>= 2.4) and traces
@@ -103,5 +122,6 @@ def export(detector, out, *, format: str = "onnx", knn_chunk: int | None = None)
         "input": "images: float32 [B, 3, H, W] RGB in [0, 1]", "outputs": outputs, "knn_chunk": chunk,
         "decided_by": decided_by,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False))
+    with atomic_path(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False))
     return out

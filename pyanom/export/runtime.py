@@ -1,8 +1,8 @@
 """Running an exported model folder with onnxruntime or OpenVINO: numpy and Pillow only, no
 PyTorch (install `pyanom[onnx]` or `pyanom[openvino]` on the line PC).
 
-    model = pyanom.export.runtime.load("bottle-onnx/")
-    pred = model.predict_files(["a.png", "b.png"])   # image_scores, anomaly_maps, labels (numpy)
+    model = pyanom.load("bottle-onnx/")               # or pyanom.export.runtime.load
+    pred = model.predict(["a.png", "b.png"])          # image_scores, anomaly_maps, labels (numpy)
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-from pyanom.data.files import find_images, read_image
+from pyanom.data.files import checked_size, raise_problems
+from pyanom.data.inputs import as_sources, is_batch_array, read_source
+from pyanom.data.transforms import Preprocess
 
 MANIFEST = "pyanom-export.json"
 FORMAT_VERSION = 1
@@ -67,7 +68,9 @@ class ExportedModel:
         fmt = manifest["model_format"]
         backend = backend or BACKENDS[fmt][0]
         if backend not in BACKENDS[fmt]:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS[fmt])} for {fmt} exports, got {backend!r}")
+            other = " (or export the model again with --format onnx to run it with onnxruntime)" if fmt == "openvino" else ""
+            raise ValueError(f"{folder} is an {fmt} export, which {' or '.join(BACKENDS[fmt])} runs, not {backend}: "
+                             f"leave out --runtime {backend}{other}")
         for name in manifest["files"]:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} is missing: copy the whole exported folder")
@@ -82,14 +85,27 @@ class ExportedModel:
         self.outputs: list[str] = manifest["outputs"]
         self._run = (_onnxruntime if backend == "onnxruntime" else _openvino)(folder / manifest["files"][0], threads)
 
-    def predict(self, images: np.ndarray, *, batch_size: int = 32) -> RuntimePrediction:
-        """Score float images [B, 3, H, W] in [0, 1] at the model's size, batch_size at a time
-        (any array numpy reads: a torch tensor too, which lets `pyanom serve` run the model)."""
+    def predict(self, images, *, batch_size: int = 32) -> RuntimePrediction:
+        """Score images as `pyanom.Detector.predict` takes them: a path, a PIL image, a numpy array
+        (H x W x 3 uint8, or H x W grey) or a list of them, each read and resized as pyanom reads
+        files; or a prepared float batch [B, 3, H, W] in [0, 1] at the model's size (any array numpy
+        reads). Anomaly maps come back at the model's size."""
+        if is_batch_array(images):
+            return self._predict_batch(self._checked(images), batch_size)
+        sources = as_sources(images)
+        files = [s for s in sources if isinstance(s, Path)]
+        raise_problems([err for err in map(_problem, files) if err is not None], "the images given")
+        return self.concatenate([self._predict_batch(self.read(sources[i:i + batch_size]), batch_size)
+                                 for i in range(0, len(sources), batch_size)])
+
+    def _checked(self, images) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
-            raise ValueError(f"images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
-                             f"got {images.shape}")
-        images = np.ascontiguousarray(images, dtype=np.float32)
+            raise ValueError(f"a batch of prepared images must be [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
+                             f"got {images.shape}; pass paths, PIL images or arrays to have them resized")
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def _predict_batch(self, images: np.ndarray, batch_size: int) -> RuntimePrediction:
         parts = [self._run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self.outputs)}
         return RuntimePrediction(out["image_scores"], out.get("anomaly_maps"), out["labels"].astype(bool),
@@ -101,22 +117,19 @@ class ExportedModel:
         return RuntimePrediction(np.concatenate([p.image_scores for p in parts]), maps,
                                  np.concatenate([p.labels for p in parts]), self.decided_by)
 
-    def read(self, paths: Sequence) -> np.ndarray:
-        """Image files as float32 [B, 3, H, W] in [0, 1], resized as pyanom resizes (PIL bilinear)."""
-        h, w = self.image_size
-        out = np.empty((len(paths), 3, h, w), np.float32)
-        for i, path in enumerate(paths):
-            img = read_image(Path(path))
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(img, np.float32).transpose(2, 0, 1) / np.float32(255)
-        return out
+    def read(self, images: Sequence) -> np.ndarray:
+        """Images (paths, PIL images, arrays) as float32 [B, 3, H, W] in [0, 1] at the model's size,
+        resized as pyanom resizes (PIL bilinear)."""
+        preprocess = Preprocess(self.image_size)
+        return np.stack([preprocess.array(read_source(s)) for s in as_sources(images)])
 
-    def predict_files(self, paths: Sequence, *, batch_size: int = 32) -> RuntimePrediction:
-        """Score image files (and folders of images), decoding batch_size at a time."""
-        paths = find_images(*paths)
-        return self.concatenate([self.predict(self.read(paths[i:i + batch_size]), batch_size=batch_size)
-                                 for i in range(0, len(paths), batch_size)])
+
+def _problem(path: Path) -> Exception | None:
+    try:
+        checked_size(path)
+    except (ValueError, OSError) as err:
+        return err
+    return None
 
 
 def _missing(package: str, extra: str) -> ImportError:
@@ -146,7 +159,10 @@ def _openvino(path: Path, threads: int | None):
     config = {"INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16 on CPUs that have it
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = openvino.Core().compile_model(str(path), "CPU", config)
+    core = openvino.Core()
+    # weights read into memory, not mapped: a model.bin rewritten in place must not change a model already loaded
+    core.set_property({"ENABLE_MMAP": False})
+    compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(images):

@@ -6,7 +6,8 @@ tests/ops/test_<stem>.py. Its public function checks the arguments once and call
 torch.ops.pyanom.<stem>, whose last argument is the backend. define() gives that op the torch
 twin from pyanom.ops.reference as its default kernel (any device, and installations without
 the compiled module), and registers a native kernel for the "cpu" and "cuda" dispatch keys
-where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls those.
+where the compiled module has _C.<stem>_cpu / _C.<stem>_cuda. launch() calls those, by the
+argument names csrc/<stem>.h declares (checked against _C.kernel_args at every call).
 """
 
 from __future__ import annotations
@@ -103,26 +104,39 @@ def _current(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def workspace(kernel: str, like: torch.Tensor, *sizes) -> torch.Tensor:
-    """The uint8 scratch _C.<kernel>_workspace_bytes_<device>(*sizes, dtype) asks for, on like's
-    device (allocated by torch's caching allocator: kernels allocate nothing)."""
+def _bound(name: str, args: dict, tail: tuple[str, ...]):
+    """_C.<name> after checking that `args` then `tail` are its arguments, by name and in order,
+    as csrc/<stem>.h declares them (_C.kernel_args): a build older or newer than the Python code
+    fails here, naming the difference, instead of reading one argument as another."""
     c = native_module()
+    declared = c.kernel_args.get(name, ("no such kernel",))
+    passed = (*args, *tail)
+    if declared != passed:
+        raise RuntimeError(f"pyanom.ops passes _C.{name} ({', '.join(passed)}) but the compiled "
+                           f"module declares ({', '.join(declared)}): rebuild pyanom "
+                           "(pip install -e .) or correct the call")
+    return getattr(c, name)
+
+
+def workspace(kernel: str, like: torch.Tensor, **sizes) -> torch.Tensor:
+    """The uint8 scratch _C.<kernel>_workspace_bytes_<device>(**sizes, dtype) asks for, on like's
+    device (allocated by torch's caching allocator: kernels allocate nothing)."""
+    size = _bound(f"{kernel}_workspace_bytes_{like.device.type}", sizes, ("dtype",))
     with _current(like.device):
-        nbytes = getattr(c, f"{kernel}_workspace_bytes_{like.device.type}")(*sizes, dtype_name(like))
+        nbytes = size(*sizes.values(), dtype_name(like))
     return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
 
 
-def launch(kernel: str, like: torch.Tensor, *args) -> None:
-    """_C.<kernel>_cpu(*args, dtype) or _C.<kernel>_cuda(*args, dtype, stream), with like's
+def launch(kernel: str, like: torch.Tensor, **args) -> None:
+    """_C.<kernel>_cpu(**args, dtype) or _C.<kernel>_cuda(**args, dtype, stream), with like's
     dtype, on the current stream of like's device (so CUDA graphs and side streams work)."""
-    c = native_module()
     device = like.device
     with _current(device):
         if device.type == "cuda":
-            stream = torch.cuda.current_stream(device).cuda_stream
-            getattr(c, f"{kernel}_cuda")(*args, dtype_name(like), stream)
+            fn = _bound(f"{kernel}_cuda", args, ("dtype", "stream"))
+            fn(*args.values(), dtype_name(like), torch.cuda.current_stream(device).cuda_stream)
         else:
-            getattr(c, f"{kernel}_cpu")(*args, dtype_name(like))
+            _bound(f"{kernel}_cpu", args, ("dtype",))(*args.values(), dtype_name(like))
 
 
 @dataclass
@@ -137,6 +151,7 @@ class Op:
 
 
 OPS: dict[str, Op] = {}
+_LIBRARY = torch.library.Library("pyanom", "DEF")
 
 
 def _twin_backward(twin: Callable):
@@ -186,13 +201,16 @@ def define(stem: str, name: str, schema: str, *, twin: Callable | None, native: 
             return op.native(*args)
         return op.twin(*args)
 
-    library_op = torch.library.custom_op(f"pyanom::{stem}", twin_kernel, mutates_args=(),
-                                         schema=schema)
+    # The dispatcher's own registration (not torch.library.custom_op, whose kernels import
+    # torch._dynamo, seconds, at an op's first call): the twin is the default kernel of every
+    # device, a native kernel the kernel of its device's key.
+    _LIBRARY.define(f"{stem}{schema}")
+    _LIBRARY.impl(stem, twin_kernel, "CompositeExplicitAutograd")
     c = native_module()
     for device in ("cpu", "cuda"):
         if c is not None and hasattr(c, f"{stem}_{device}"):
-            library_op.register_kernel(device, native_kernel)
-    library_op.register_fake(fake)
+            _LIBRARY.impl(stem, native_kernel, device.upper())
+    torch.library.register_fake(f"pyanom::{stem}", fake, lib=_LIBRARY)
     if backward is not None:
-        library_op.register_autograd(backward, setup_context=setup_context)
-    return library_op
+        torch.library.register_autograd(f"pyanom::{stem}", backward, setup_context=setup_context, lib=_LIBRARY)
+    return getattr(torch.ops.pyanom, stem)

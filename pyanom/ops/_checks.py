@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 FLOATS = (torch.float32, torch.float64)
+INT64_MAX = 2**63 - 1  # integer arguments cross into the ops as int64
 
 
 def tensor(name: str, x, *, ndim: int | tuple[int, ...], dtypes=FLOATS, finite: bool = True,
@@ -24,10 +25,16 @@ def tensor(name: str, x, *, ndim: int | tuple[int, ...], dtypes=FLOATS, finite: 
     return finite_values(name, x) if finite else x
 
 
+def has_values(x: torch.Tensor) -> bool:
+    """Whether x's values can be read now: not while torch.compile traces, not on the meta
+    device (shapes only: an op on meta tensors gives meta tensors of its output's shape)."""
+    return x.device.type != "meta" and not torch.compiler.is_compiling()
+
+
 def finite_values(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise unless every value of x is finite. Data-dependent, so skipped while torch.compile
-    traces; eager calls always check (ops whose kernel finds NaN/Inf itself defer it there)."""
-    if x.numel() and not torch.compiler.is_compiling():
+    """Raise unless every value of x is finite. Data-dependent, so skipped where x has no values
+    (has_values); eager calls always check (ops whose kernel finds NaN/Inf itself defer it there)."""
+    if x.numel() and has_values(x):
         low, high = torch.aminmax(x)  # NaN propagates; ~20x cheaper than isfinite().all()
         if not bool(torch.isfinite(low) & torch.isfinite(high)):
             raise ValueError(f"{name} contains NaN or Inf")

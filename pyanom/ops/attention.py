@@ -34,12 +34,13 @@ def _native(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     if x.device.type == "cuda":
         _checks.finite_values("x", x)
-        _backend.launch("attention", x, x.data_ptr(), out.data_ptr(), b, c, h * w)
+        _backend.launch("attention", x, x=x.data_ptr(), out=out.data_ptr(), batch=b, channels=c,
+                        positions=h * w)
         return out
-    limit = FULL_SCORES_MAX_POSITIONS
-    scratch = _backend.workspace("attention", x, b, c, h * w, limit)
-    _backend.launch("attention", x, x.data_ptr(), out.data_ptr(), scratch.data_ptr(),
-                    scratch.numel(), b, c, h * w, limit)
+    sizes = dict(batch=b, channels=c, positions=h * w, full_limit=FULL_SCORES_MAX_POSITIONS)
+    scratch = _backend.workspace("attention", x, **sizes)
+    _backend.launch("attention", x, x=x.data_ptr(), out=out.data_ptr(), workspace=scratch.data_ptr(),
+                    workspace_bytes=scratch.numel(), **sizes)
     return out
 
 

@@ -29,7 +29,8 @@ def _native(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     if x.device.type == "cuda":  # the CPU kernel finds NaN and Inf in its own pass
         _checks.finite_values("x", x)
-    _backend.launch("channel_attention", x, x.data_ptr(), out.data_ptr(), b, c, h * w)
+    _backend.launch("channel_attention", x, x=x.data_ptr(), out=out.data_ptr(), batch=b, channels=c,
+                    positions=h * w)
     return out
 
 

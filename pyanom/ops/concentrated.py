@@ -34,7 +34,7 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     cross-entropy computed from the logits (stable for any logit).
     detach_factor=True (the default) makes (1 - IoU)^gamma a weight without gradient;
     False differentiates through it, with its base clamped to at least eps so that the
-    gradient stays finite as IoU -> 1. See pyanom.ops.reference.concentrated_loss.
+    gradient stays finite as IoU -> 1. eps lies in (0, 1]. See pyanom.ops.reference.concentrated_loss.
     """
     if isinstance(logits, torch.Tensor) and logits.dim() < 2:
         raise ValueError(f"logits must have shape [B, ...] with at least 2 dimensions, "
@@ -49,12 +49,14 @@ def concentrated_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: floa
     _checks.same_device(logits=logits, target=target)
     gamma = _checks.number("gamma", gamma, low=0.0)
     lam = _checks.number("lam", lam, low=0.0, high=1.0)
-    eps = _checks.number("eps", eps)
+    # A smoothing term: beyond 1 it outweighs the sums it smooths (and past a float32 the
+    # torch path cannot even hold it).
+    eps = _checks.number("eps", eps, high=1.0)
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if not isinstance(detach_factor, bool):
         raise TypeError(f"detach_factor must be a bool, got {type(detach_factor).__name__}")
-    if not torch.compiler.is_compiling():  # data-dependent, so skipped while tracing
+    if _checks.has_values(logits) and _checks.has_values(target):
         _check_values(logits, target)
     target = target.detach().to(logits.dtype)
     return torch.ops.pyanom.concentrated(logits, target, gamma, lam, eps, detach_factor, backend)[0]
@@ -88,10 +90,10 @@ def _native(logits, target, gamma, lam, eps, detach_factor):
     pixels = logits.numel() // batch
     loss = logits.new_empty(())
     sums = logits.new_empty((batch, _SUMS), dtype=torch.float64)
-    scratch = _backend.workspace("concentrated", logits, batch, pixels)
-    _backend.launch("concentrated", logits, logits.data_ptr(), target.data_ptr(), batch, pixels,
-                    gamma, lam, eps, loss.data_ptr(), sums.data_ptr(), scratch.data_ptr(),
-                    scratch.numel())
+    scratch = _backend.workspace("concentrated", logits, batch=batch, pixels=pixels)
+    _backend.launch("concentrated", logits, logits=logits.data_ptr(), target=target.data_ptr(),
+                    batch=batch, pixels=pixels, gamma=gamma, lam=lam, eps=eps, loss=loss.data_ptr(),
+                    sums=sums.data_ptr(), workspace=scratch.data_ptr(), workspace_bytes=scratch.numel())
     return loss, sums
 
 
@@ -100,9 +102,10 @@ def _native_backward(grad_loss, logits, target, sums, gamma, lam, eps, detach_fa
     grad_loss, logits, target, sums = (t.contiguous() for t in (grad_loss, logits, target, sums))
     batch = logits.shape[0]
     grad_logits = torch.empty_like(logits)
-    _backend.launch("concentrated_backward", logits, grad_loss.data_ptr(), logits.data_ptr(),
-                    target.data_ptr(), sums.data_ptr(), batch, logits.numel() // batch,
-                    gamma, lam, eps, detach_factor, grad_logits.data_ptr())
+    _backend.launch("concentrated_backward", logits, grad_loss=grad_loss.data_ptr(),
+                    logits=logits.data_ptr(), target=target.data_ptr(), sums=sums.data_ptr(),
+                    batch=batch, pixels=logits.numel() // batch, gamma=gamma, lam=lam, eps=eps,
+                    detach_factor=detach_factor, grad_logits=grad_logits.data_ptr())
     return grad_logits
 
 
@@ -110,7 +113,9 @@ def _setup_context(ctx, inputs, output):
     logits, target, gamma, lam, eps, detach_factor, backend = inputs
     ctx.save_for_backward(logits, target, output[1])
     ctx.params = (gamma, lam, eps, detach_factor)
-    ctx.native = _backend.resolve(backend, logits.device, "concentrated_loss") == "native"
+    # Meta tensors (shapes only) run no kernel either way: their backward is the twin's, on meta.
+    ctx.native = (logits.device.type != "meta"
+                  and _backend.resolve(backend, logits.device, "concentrated_loss") == "native")
     ctx.mark_non_differentiable(output[1])
 
 

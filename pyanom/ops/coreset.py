@@ -6,8 +6,6 @@ import torch
 
 from pyanom.ops import _backend, _checks, reference
 
-_INT64 = (-(2**63), 2**63 - 1)  # seeds cross into the custom op as int64
-
 
 def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128, seed: int = 0,
                    start: int | None = None, backend: str = "auto") -> torch.Tensor:
@@ -21,10 +19,12 @@ def greedy_coreset(features: torch.Tensor, k: int, *, projection_dim: int = 128,
     selection. k >= N returns all N indices in order.
     """
     features = _checks.tensor("features", features, ndim=2)
-    n = features.shape[0]
-    k = _checks.integer("k", k, low=1)
-    projection_dim = _checks.integer("projection_dim", projection_dim, low=1)
-    seed = _checks.integer("seed", seed, low=_INT64[0], high=_INT64[1])
+    n, d = features.shape
+    # Past N (all rows) and past D (no projection) every value selects alike: clamped, so that
+    # any int reaches the op (whose arguments are int64).
+    k = min(_checks.integer("k", k, low=1), n)
+    projection_dim = min(_checks.integer("projection_dim", projection_dim, low=1), d)
+    seed = _checks.integer("seed", seed, low=-_checks.INT64_MAX - 1, high=_checks.INT64_MAX)
     start = -1 if start is None else _checks.integer("start", start, low=0, high=n - 1)
     return torch.ops.pyanom.coreset(features, k, projection_dim, seed, start, backend)
 
@@ -43,9 +43,9 @@ def _native(features, k, projection_dim, seed, start):
     points = reference.random_projection(features, projection_dim, seed).contiguous()
     d = points.shape[1]
     out = torch.empty(k, dtype=torch.int64, device=points.device)
-    scratch = _backend.workspace("coreset", points, n, d, k)
-    _backend.launch("coreset", points, points.data_ptr(), n, d, k, first, out.data_ptr(),
-                    scratch.data_ptr(), scratch.numel())
+    scratch = _backend.workspace("coreset", points, n=n, d=d, k=k)
+    _backend.launch("coreset", points, points=points.data_ptr(), n=n, d=d, k=k, start=first,
+                    out=out.data_ptr(), workspace=scratch.data_ptr(), workspace_bytes=scratch.numel())
     return out
 
 

@@ -42,15 +42,18 @@ def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size:
         (distances [Q, k] ascending, inputs' dtype; indices [Q, k] int64), ties to the lowest
         index. Differentiable in queries and bank through the distances.
     """
-    queries = _checks.tensor("queries", queries, ndim=2)
-    bank = _checks.tensor("bank", bank, ndim=2)
+    # NaN and Inf are rejected inside the op: the CPU kernel finds them while it computes the
+    # norms, which spares two passes over the inputs (the whole bank, at every call).
+    queries = _checks.tensor("queries", queries, ndim=2, finite=False)
+    bank = _checks.tensor("bank", bank, ndim=2, finite=False)
     _checks.same_device(queries=queries, bank=bank)
     _checks.same_dtype(queries=queries, bank=bank)
     if queries.shape[1] != bank.shape[1]:
         raise ValueError(f"queries and bank must have the same number of features: queries is "
                          f"{tuple(queries.shape)}, bank is {tuple(bank.shape)}")
     k = _checks.integer("k", k, low=1, high=bank.shape[0])
-    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1)
+    chunk = DEFAULT_CHUNK_SIZE if chunk_size is None else _checks.integer("chunk_size", chunk_size, low=1,
+                                                                           high=_checks.INT64_MAX)
     return torch.ops.pyanom.knn(queries, bank, k, chunk, backend)
 
 
@@ -80,19 +83,26 @@ def _backward(ctx, grad_distances, grad_indices):
 
 def _native(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int):
     queries, bank = queries.contiguous(), bank.contiguous()
+    if queries.device.type == "cuda":
+        _checks.finite_values("queries", queries)
+        _checks.finite_values("bank", bank)
     (q, d), n = queries.shape, bank.shape[0]
     distances = queries.new_empty(q, k)
     indices = torch.empty(q, k, dtype=torch.int64, device=queries.device)
-    scratch = _backend.workspace("knn", queries, q, n, d, k, chunk_size)
-    _backend.launch("knn", queries, queries.data_ptr(), bank.data_ptr(), distances.data_ptr(),
-                    indices.data_ptr(), scratch.data_ptr(), scratch.numel(), q, n, d, k, chunk_size)
+    sizes = dict(q=q, n=n, d=d, k=k, chunk_size=chunk_size)
+    scratch = _backend.workspace("knn", queries, **sizes)
+    _backend.launch("knn", queries, queries=queries.data_ptr(), bank=bank.data_ptr(),
+                    distances=distances.data_ptr(), indices=indices.data_ptr(),
+                    workspace=scratch.data_ptr(), workspace_bytes=scratch.numel(), **sizes)
     return distances, indices
 
 
 _backend.define(
     "knn", "knn_scores",
     "(Tensor queries, Tensor bank, int k, int chunk_size, str backend) -> (Tensor, Tensor)",
-    twin=reference.knn_scores, native=_native,
+    twin=lambda queries, bank, k, chunk_size: reference.knn_scores(
+        _checks.finite_values("queries", queries), _checks.finite_values("bank", bank), k, chunk_size),
+    native=_native,
     fake=lambda queries, bank, k, chunk_size, backend: (
         queries.new_empty(queries.shape[0], k),
         queries.new_empty(queries.shape[0], k, dtype=torch.int64)),

@@ -1,29 +1,15 @@
 """`pyanom serve`: fitted detectors behind an HTTP API and an operator page (extra ``pyanom[serve]``).
 
-This module holds only the settings (the CLI reads their defaults); the submodules that need
+This package holds only the settings here (the CLI reads their defaults); the submodules that need
 FastAPI are imported by ``pyanom serve`` and by callers of :func:`create_app`, so the core
 never needs the extra.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from pyanom.serve.config import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
-
-
-@dataclass
-class ServeSettings:
-    """What `pyanom serve` lets the operator set; the defaults suit one line PC."""
-
-    api_key: Optional[str] = None  # when set, /v1 needs "Authorization: Bearer <key>"
-    max_batch: int = 8  # images per predict call
-    max_wait_ms: float = 5.0  # how long the first image of a batch waits for company
-    max_queue: int = 64  # images waiting per model before the service answers 503
-    max_bytes: int = 20 * 1024 * 1024  # per image: an uncompressed 6-megapixel RGB frame fits
-    max_pixels: int = 40_000_000  # per image, read from the header before decoding
-    max_images: int = 16  # per request
 
 
 def __getattr__(name: str):

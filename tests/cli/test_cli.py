@@ -52,7 +52,7 @@ def test_a_layout_without_a_split_is_split_once_and_remembered(texture_set, tmp_
     model = tmp_path / "m.pyanom"
     assert main(["fit", "patchcore", str(root), "--out", str(model), "--test-fraction", "0.4", "--seed", "3",
                  "--set", "image_size=128", "--set", "coreset_ratio=0.05"]) == 0
-    split = dict(image_size=128, test_fraction=0.4, seed=3)
+    split = dict(image_size=128, test_fraction=0.4, seed=3, train_defects=False)  # unsupervised: defects to test
     train, test = open_dataset(root, "train", **split), open_dataset(root, "test", **split)
     assert not {s.image for s in train.samples} & {s.image for s in test.samples}
     assert f"on {len(train.normal())} images" in capsys.readouterr().out
@@ -91,3 +91,21 @@ def test_bad_set_syntax_is_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "patchcore", "/tmp", "--out", "x.pyanom", "--set", "novalue"]) == 2
     assert "--set expects key=value, got 'novalue'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("coreset_ratio=abc", "coreset_ratio must be a float in (0, 1], got 'abc'"),
+    ("blur_sigma=abc", "blur_sigma must be a float in [0, inf), got 'abc'"),
+    ("reweight=maybe", "reweight must be a bool, got 'maybe'"),
+    ("batch_size=2.5", "batch_size must be an int in [1, inf), got 2.5"),
+    ("backbone=vgg99", "backbone must be one of efficientnet_lite0, resnet18, wide_resnet50_2, got 'vgg99'"),
+    ("colour=3", "--set colour: no such setting; known: backbone, batch_size"),
+])
+def test_set_is_checked_against_the_declarations_before_any_data_is_read(setting, message, capsys, tmp_path,
+                                                                          monkeypatch):
+    """One line naming the setting, its type and bounds; the data root does not even exist."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "patchcore", "/nonexistent/data", "--out", "x.pyanom", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyanom fit: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "x.pyanom").exists()

@@ -7,41 +7,19 @@ status and that no input or earlier output changed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from cli_helpers import digest, failed_cleanly, run
 
 from pyanom.cli import main
 
 FIT_FAST = ["--set", "image_size=64", "--set", "coreset_ratio=0.05"]
-
-
-def run(*argv, cwd=None, env=None):
-    done = subprocess.run([sys.executable, "-P", "-m", "pyanom.cli", *map(str, argv)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, env=None if env is None else {**os.environ, **env})
-    return done.returncode, done.stdout, done.stderr
-
-
-def digest(root: Path) -> dict:
-    """Every file under root with its checksum: to prove nothing changed."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def failed_cleanly(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.fixture(scope="module")
@@ -281,16 +259,24 @@ def test_siamese_says_how_labels_are_decided(tmp_path, data):
 
 
 # -- what the command tells about itself -----------------------------------------------------------
-def test_info_lists_settings_with_defaults_and_help():
+def _setting_lines(stdout: str, name: str) -> tuple[str, str]:
+    """A setting's two lines in `pyanom info`: type, bounds and default; then its whole help."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(name + " "))
+    return lines[at], lines[at + 1].strip()
+
+
+def test_info_lists_settings_with_types_defaults_bounds_and_whole_help():
     code, stdout, err = run("info", "patchcore")
     assert code == 0, err
-    line = next(line for line in stdout.splitlines() if line.strip().startswith("coreset_ratio"))
-    assert "0.1" in line
-    assert "memory entries whose neighbourhood" in next(
-        line for line in stdout.splitlines() if line.strip().startswith("num_neighbors"))
+    head, _ = _setting_lines(stdout, "coreset_ratio")
+    assert "float in (0, 1], default 0.1" in head
+    _, help_text = _setting_lines(stdout, "num_neighbors")
+    assert help_text == "memory entries whose neighbourhood reweights the image score (eq. 7)"
+    assert "..." not in stdout
     code, stdout, err = run("info", "segdec")
-    swa = next(line for line in stdout.splitlines() if line.strip().startswith("swa_epochs"))
-    assert "weight" in swa
+    _, swa = _setting_lines(stdout, "swa_epochs")
+    assert "weights" in swa and swa.endswith(")")
 
 
 def test_version_separates_compiled_from_usable_cuda():

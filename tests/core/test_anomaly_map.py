@@ -37,3 +37,16 @@ def test_upsample_scores_non_contiguous_float64_and_large_values():
     got = upsample_scores(scores, (64, 40), 4.0)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, upsample_then_blur(scores, (64, 40), 4.0))
+
+
+def test_upsample_scores_keeps_its_operators_usable_by_autograd():
+    """The per-axis operators are kept between calls; made under inference_mode they must still
+    serve a later call whose scores require grad."""
+    with torch.inference_mode():
+        first = upsample_scores(torch.rand(1, 8, 8), (24, 24), 2.0)
+    scores = torch.rand(2, 8, 8, requires_grad=True)
+    got = upsample_scores(scores, (24, 24), 2.0)
+    got.sum().backward()
+    assert scores.grad is not None and scores.grad.shape == scores.shape
+    torch.testing.assert_close(got.detach()[:1], upsample_then_blur(scores.detach()[:1], (24, 24), 2.0))
+    assert first.shape == (1, 24, 24)

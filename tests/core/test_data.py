@@ -217,11 +217,49 @@ def test_split_argument_checks(tmp_path):
     root = make_mvtec(tmp_path / "part")
     with pytest.raises(ValueError, match="split"):
         open_dataset(root, "val")
-    with pytest.raises(ValueError, match="test_fraction"):
-        open_dataset(root, test_fraction=1.0)
+    with pytest.raises(ValueError, match="test_fraction must lie between 0 and 1, got 1.5"):
+        open_dataset(root, test_fraction=1.5)
     (root / "test").rename(tmp_path / "elsewhere")
-    with pytest.raises(FileNotFoundError, match="no 'test' folder"):
+    with pytest.raises(FileNotFoundError, match="no 'test' part"):
         open_dataset(root, "test")
+
+
+def test_a_flat_folder_is_all_good_and_all_train(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    (tmp_path / "thumbnails").mkdir()  # a sub-folder without images does not make classes
+    assert detect_layout(tmp_path) == "flat"
+    train = open_dataset(tmp_path, "train")
+    assert train.labels.tolist() == [0, 0, 0] and train.counts() == {"good": 3}
+    assert open_dataset(tmp_path, "all").counts() == {"good": 3}
+    with pytest.raises(ValueError, match="layout folders needs class sub-folders .* its 3 images lie directly in it"):
+        open_dataset(tmp_path, layout="folders")
+
+
+def test_nested_defect_folders_are_defect_types_and_shared_sub_folders_are_not(tmp_path):
+    for path in ("good/a/0.png", "good/b/1.png", "defect/scratch/2.png", "defect/dent/3.png", "defect/4.png",
+                 "MT_Crack/Imgs/5.png", "MT_Crack/Imgs/6.png"):
+        write_image(tmp_path / path)
+    full = open_dataset(tmp_path, "all", normal_class="good")
+    assert sorted(set(full.defect_types)) == ["MT_Crack", "defect", "defect/dent", "defect/scratch", "good"]
+
+
+def test_an_unsupervised_split_sends_every_defect_to_test():
+    samples = fake_samples({"good": 10, "crack": 5})
+    train, test = stratified_split(samples, 0.3, seed=0, train_defects=False)
+    assert [s.defect_type for s in train] == ["good"] * 7 and sum(s.defect_type == "crack" for s in test) == 5
+    assert stratified_split(samples, 1.0, seed=0) == ([], sorted(samples, key=lambda s: s.image))
+
+
+def test_the_training_files_fingerprint_follows_names_labels_and_sizes_not_the_place(tmp_path):
+    from pyanom.data import files_fingerprint
+
+    for root in (tmp_path / "a", tmp_path / "b"):
+        for i in range(3):
+            write_image(root / "good" / f"{i}.png", seed=i)
+    a, b = (open_dataset(tmp_path / n, "all", layout="folders").samples for n in "ab")
+    assert files_fingerprint(a, tmp_path / "a") == files_fingerprint(b, tmp_path / "b")
+    assert files_fingerprint(a[:2], tmp_path / "a") != files_fingerprint(a, tmp_path / "a")
 
 
 # --------------------------------------------------------------------------- split

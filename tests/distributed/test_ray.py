@@ -19,6 +19,7 @@ import torch
 import pyanom
 from pyanom.cli import main
 from pyanom.data import open_dataset
+from pyanom.distributed import shard_memory_bank, use_ray
 from pyanom.ops import knn_scores
 
 SHARDED = dict(image_size=64, coreset_ratio=0.1, coreset_mode="sharded", shard_images=5)
@@ -88,7 +89,7 @@ def test_sharded_knn_equals_single_process_knn(cluster, parts):
 
 
 def test_fit_on_ray_equals_the_local_sharded_fit(cluster, train, local_bank):
-    det = pyanom.create("patchcore", **SHARDED).use_ray()
+    det = use_ray(pyanom.create("patchcore", **SHARDED))
     det._fit(train, progress=False)
     assert det.memory_plan.mode == "sharded" and len(det.memory_plan.shards) == 5
     assert torch.equal(det.memory_bank, local_bank)
@@ -113,7 +114,7 @@ def test_a_worker_killed_mid_fit_is_retried_and_the_result_unchanged(cluster, te
     with one_thread():
         local = pyanom.create("patchcore", **settings)
         local._fit(train, progress=False)
-    det = pyanom.create("patchcore", **settings).use_ray()
+    det = use_ray(pyanom.create("patchcore", **settings))
     fit = threading.Thread(target=det._fit, args=(train, False))
     fit.start()
     killed, deadline = None, time.monotonic() + 120
@@ -149,7 +150,7 @@ def test_scores_against_a_bank_on_actors_equal_the_local_scores(cluster, models,
     local = pyanom.load(models[name])
     expected = local.predict(test)
     # From a model file, each actor reads its own rows and this process none of them.
-    det = load_sharded(models[name], parts) if from_file else pyanom.load(models[name]).shard_memory_bank(parts)
+    det = load_sharded(models[name], parts) if from_file else shard_memory_bank(pyanom.load(models[name]), parts)
     assert isinstance(det.memory_bank, ShardedMemoryBank) and len(det.memory_bank.parts) == parts
     pred = det.predict(test)
     # Exact top-k merged from the parts: to float32 rounding, with the reweighting's

@@ -19,6 +19,7 @@ from pyanom.cli import main
 from pyanom.data import open_dataset, open_images
 from pyanom.export import export, load
 from pyanom.export.runtime import MANIFEST
+from pyanom.outputs import MANIFEST as OUTPUTS
 
 onnx = pytest.importorskip("onnx", reason="pyanom[onnx] is installed by .ci/run")
 onnxruntime = pytest.importorskip("onnxruntime", reason="pyanom[onnx] is installed by .ci/run")
@@ -95,8 +96,8 @@ def test_export_matches_pyanom(exported, files, runtime):
     det, expected, folder = exported
     model = load(folder, backend=runtime, threads=1)
     assert model.name == det.name and model.threshold == det.threshold
-    assert model.predict_files(files[:1]).decided_by == expected.decided_by
-    assert_same(model.predict_files(files), expected)
+    assert model.predict(files[:1]).decided_by == expected.decided_by
+    assert_same(model.predict(files), expected)
     # Dynamic batch: the same images one at a time.
     single = model.predict(model.read(files), batch_size=1)
     np.testing.assert_allclose(single.image_scores, expected.image_scores.numpy(), rtol=1e-4)
@@ -108,9 +109,9 @@ def test_openvino_ir_matches_pyanom(key, bottle, files, tmp_path):
     det = fit(key, bottle)
     expected = det.predict(open_images(*files, image_size=det.image_size), map_size="model")
     folder = export(det, tmp_path / "ir", format="openvino", knn_chunk=KNN_CHUNK)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, "model.xml", "model.bin"])
-    assert_same(load(folder, threads=1).predict_files(files), expected)
-    with pytest.raises(ValueError, match="backend must be one of openvino"):
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST, OUTPUTS, "model.xml", "model.bin"])
+    assert_same(load(folder, threads=1).predict(files), expected)
+    with pytest.raises(ValueError, match="is an openvino export, which openvino runs, not onnxruntime"):
         load(folder, backend="onnxruntime")
 
 
@@ -184,7 +185,7 @@ def test_runtime_and_cli_run_without_torch(patchcore_export, files, tmp_path, wi
     done = without_torch(f"""
 import json
 from pyanom.export.runtime import load
-pred = load({str(folder)!r}, threads=1).predict_files({[str(f) for f in files]!r})
+pred = load({str(folder)!r}, threads=1).predict({[str(f) for f in files]!r})
 from pyanom.cli import main
 code = main(["predict", {str(folder)!r}, *{[str(f) for f in files]!r}, "--out", {str(tmp_path / "out")!r}])
 assert "torch" not in sys.modules
@@ -294,4 +295,4 @@ def test_bad_arguments(patchcore_export, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 128, 128\]"):
         load(folder).predict(np.zeros((1, 3, 64, 64), np.float32))
     assert main(["export", str(tmp_path / "missing.pyanom"), "--out", str(tmp_path / "y")]) == 2
-    assert "no such archive" in capsys.readouterr().err
+    assert "no such model file" in capsys.readouterr().err

@@ -1,7 +1,11 @@
 """Backend choice, and the contract every op shares through pyanom.ops._backend."""
 
+import re
+
 import pytest
 import torch
+
+from pyanom._build import native_module
 
 from pyanom.ops import (_backend, channel_self_attention, concentrated_loss, greedy_coreset,
                         knn_scores, self_attention)
@@ -34,13 +38,17 @@ def test_bad_backend_name_and_missing_native_are_clear(monkeypatch):
 
 # One small call per op stem, for the contract every op shares.
 CALLS = {
-    "coreset": lambda backend="auto": greedy_coreset(torch.randn(50, 4), 10, backend=backend),
-    "knn": lambda backend="auto": knn_scores(torch.randn(4, 3), torch.randn(6, 3), 2, backend=backend),
-    "attention": lambda backend="auto": self_attention(torch.randn(1, 3, 4, 4), backend=backend),
-    "channel_attention": lambda backend="auto": channel_self_attention(torch.randn(1, 3, 4, 4),
-                                                                       backend=backend),
-    "concentrated": lambda backend="auto": concentrated_loss(
-        torch.randn(2, 5, 5), (torch.rand(2, 5, 5) > 0.5).float(), backend=backend),
+    "coreset": lambda backend="auto", device="cpu": greedy_coreset(
+        torch.randn(50, 4, device=device), 10, backend=backend),
+    "knn": lambda backend="auto", device="cpu": knn_scores(
+        torch.randn(4, 3, device=device), torch.randn(6, 3, device=device), 2, backend=backend),
+    "attention": lambda backend="auto", device="cpu": self_attention(
+        torch.randn(1, 3, 4, 4, device=device), backend=backend),
+    "channel_attention": lambda backend="auto", device="cpu": channel_self_attention(
+        torch.randn(1, 3, 4, 4, device=device), backend=backend),
+    "concentrated": lambda backend="auto", device="cpu": concentrated_loss(
+        torch.randn(2, 5, 5, device=device), (torch.rand(2, 5, 5, device=device) > 0.5).float(),
+        backend=backend),
 }
 NAMES = {"coreset": "greedy_coreset", "knn": "knn_scores", "attention": "self_attention",
          "channel_attention": "channel_self_attention", "concentrated": "concentrated_loss"}
@@ -93,3 +101,49 @@ def test_without_native_kernel_the_twin_runs(stem, paths, monkeypatch):
 def test_registered_custom_op(stem, args, backend):
     """Schema, fake kernel and autograd registration agree with the kernels (torch.library.opcheck)."""
     torch.library.opcheck(getattr(torch.ops.pyanom, stem).default, (*args(), backend))
+
+
+# ---- each kernel's arguments: declared once (csrc/<stem>.h), followed by the binding and ops ----
+
+def launched_kernels(device: str, monkeypatch) -> set[str]:
+    """The compiled functions that one native call of every op (forward and backward) reaches on
+    device, each checked against _C.kernel_args on the way (pyanom.ops._backend._bound)."""
+    seen = set()
+    bound = _backend._bound
+    monkeypatch.setattr(_backend, "_bound", lambda name, *a: seen.add(name) or bound(name, *a))
+    for stem, call in CALLS.items():
+        call("native", device)
+    z = torch.randn(2, 5, 5, device=device, requires_grad=True)
+    concentrated_loss(z, torch.zeros(2, 5, 5, device=device), backend="native").backward()
+    return seen
+
+
+def test_every_declared_kernel_is_launched_by_its_declared_names(device, monkeypatch):
+    declared = {name for name in native_module().kernel_args if name.endswith(f"_{device}")}
+    assert declared, "the compiled module declares no kernel for this device"
+    assert launched_kernels(device, monkeypatch) == declared
+
+
+def test_the_binding_takes_the_declared_names():
+    """pybind11's own signature of every entry point lists the names of _C.kernel_args."""
+    c = native_module()
+    for name, args in c.kernel_args.items():
+        signature = getattr(c, name).__doc__.split("\n")[0]
+        names = re.findall(r"(\w+): ", signature[signature.index("("):])
+        assert tuple(names) == args, name
+
+
+def test_a_call_that_does_not_follow_the_declaration_fails_naming_both(monkeypatch):
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match=r"passes _C.knn_workspace_bytes_cpu \(q, n, d, chunk_size, "
+                                           r"dtype\) but the compiled module declares \(q, n, d, k, "
+                                           r"chunk_size, dtype\)"):
+        _backend.workspace("knn", x, q=4, n=4, d=3, chunk_size=10)
+    # A build whose list differs from the Python code (say, a stale build after an edit of
+    # csrc/knn.h): the public call fails before any address reaches the kernel.
+    args = native_module().kernel_args
+    monkeypatch.setitem(args, "knn_cpu", ("bank", "queries", *args["knn_cpu"][2:]))
+    with pytest.raises(RuntimeError, match=r"declares \(bank, queries, .*rebuild pyanom"):
+        knn_scores(x, x, 2, backend="native")
+    with pytest.raises(RuntimeError, match=r"_C.nothing_cpu .*declares \(no such kernel\)"):
+        _backend.launch("nothing", x, x=x.data_ptr())

@@ -164,6 +164,10 @@ BAD = [
     (lambda z, y: (z, y), {"lam": 1.5}, ValueError, "lam must be <= 1"),
     (lambda z, y: (z, y), {"eps": 0.0}, ValueError, "eps must be > 0"),
     (lambda z, y: (z, y), {"eps": -1e-6}, ValueError, "eps must be > 0"),
+    # Found by tests/ops/test_fuzz.py: the torch path overflowed ("value cannot be converted to
+    # type float") where the native one returned a loss, and their gradients differed.
+    (lambda z, y: (z, y), {"eps": 2.0}, ValueError, "eps must be <= 1"),
+    (lambda z, y: (z, y), {"eps": 1e308}, ValueError, "eps must be <= 1"),
     (lambda z, y: (z, y), {"gamma": float("nan")}, ValueError, "gamma must be finite"),
     (lambda z, y: (z, y), {"detach_factor": 1}, TypeError, "detach_factor must be a bool"),
     (lambda z, y: (z.long(), y), {}, TypeError, "logits must have dtype"),
@@ -197,6 +201,26 @@ def test_kernel_rechecks_sizes():
     with pytest.raises(ValueError, match="dtype"):
         c.concentrated_cpu(*ptrs, 1, 3, 0.5, 0.95, 1e-6, out[0].data_ptr(),
                                         out[1].data_ptr(), out[2].data_ptr(), 32, "int32")
+
+
+def test_kernel_rejects_eps_past_1():
+    c = native_module()
+    logits, target = make((1, 3), torch.float32)
+    out = torch.empty(()), torch.empty(1, 4, dtype=torch.float64), torch.empty(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"eps must lie in \(0, 1\]"):
+        c.concentrated_cpu(logits.data_ptr(), target.data_ptr(), 1, 3, 0.5, 0.95, 2.0, out[0].data_ptr(),
+                           out[1].data_ptr(), out[2].data_ptr(), 32, "float32")
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_meta_tensors_give_meta_results(backend):
+    """Forward and backward on shapes only (found by tests/ops/test_fuzz.py: "Cannot copy out of
+    meta tensor", and with grad, the native path's "no native kernel for device meta")."""
+    logits = torch.empty(2, 5, 5, device="meta", requires_grad=True)
+    loss = concentrated_loss(logits, torch.empty(2, 5, 5, device="meta"), backend=backend)
+    assert loss.device.type == "meta" and loss.shape == ()
+    grad, = torch.autograd.grad(loss, logits)
+    assert grad.device.type == "meta" and grad.shape == logits.shape
 
 
 def test_torch_compile(device):

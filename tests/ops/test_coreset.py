@@ -78,6 +78,24 @@ def test_contract(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "native"])
+def test_any_int_k_and_projection_dim(backend):
+    """k past N selects every row and projection_dim past D does not project, up to any int
+    (found by tests/ops/test_fuzz.py: values past int64 failed in torch.library's argument cast)."""
+    x = torch.randn(30, 5)
+    assert greedy_coreset(x, 2**63, backend=backend).tolist() == list(range(30))
+    assert torch.equal(greedy_coreset(x, 10, projection_dim=2**64, backend=backend),
+                       reference.greedy_coreset(x, 10, projection_dim=5))
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_meta_tensors_give_meta_results(backend):
+    """Shapes only, as any torch op (found by tests/ops/test_fuzz.py: "Tensor.item() cannot be
+    called on meta tensors")."""
+    out = greedy_coreset(torch.empty(30, 200, device="meta"), 7, backend=backend)
+    assert out.device.type == "meta" and out.shape == (7,) and out.dtype == torch.int64
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
 def test_seed_and_start(backend):
     x = torch.randn(300, 200)
     a = greedy_coreset(x, 20, seed=3, backend=backend)

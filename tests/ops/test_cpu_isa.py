@@ -42,6 +42,10 @@ def compare_with_twins() -> None:
         torch.testing.assert_close(self_attention(x, backend="native"), reference.self_attention(x),
                                    rtol=1e-4, atol=1e-5)
 
+    # an error raised inside the level's module reaches Python as the same ValueError
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        self_attention(torch.full((1, 8, 6, 6), float("nan")), backend="native")
+
     logits, target = random(3, 40, 50, seed=6), (random(3, 40, 50, seed=7) > 0.8).double()
     grads = []
     for fn in (lambda z: concentrated_loss(z, target, backend="native"),
@@ -78,6 +82,22 @@ def test_choose_level_picks_the_best_and_refuses_what_the_cpu_lacks():
         choose(["generic"], ["generic", "avx2"], "avx2")
     with pytest.raises(ValueError, match="PYANOM_CPU_ISA must be"):
         choose(built, ["generic"], "sse4")
+
+
+V3_FLAGS = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe"}
+V4_FLAGS = V3_FLAGS | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and os.path.exists("/proc/cpuinfo")
+                         and "avx512" in build_info().get("cpu_isa_built", [])),
+                    reason="an x86-64 dispatching build on Linux (the kernel's view of the CPU)")
+def test_supported_levels_match_the_kernels_view_of_the_cpu():
+    """The module's cpuid check against the flags Linux reports (which it clears when the OS does
+    not save the registers): a check that said too little would leave a fast CPU on slow code."""
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    expected = ["generic"] + (["avx2"] if V3_FLAGS <= flags else []) + (["avx512"] if V4_FLAGS <= flags else [])
+    assert build_info()["cpu_isa_supported"] == expected
 
 
 @pytest.mark.parametrize("level", LEVELS)

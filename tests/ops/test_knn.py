@@ -180,9 +180,17 @@ def _bad_inputs(device="cpu"):
     nan_q[1, 2] = float("nan")
     inf_b = b.clone()
     inf_b[0, 0] = float("inf")
+    # the last value of a bank that spans many panels and blocks, and of the last query
+    wide_b = random(300, 3, seed=17, device=device)
+    wide_b[-1, -1] = float("nan")
+    inf_q = q.clone()
+    inf_q[-1, -1] = -float("inf")
     return [  # (queries, bank, k, keywords, error, message fragment)
         (nan_q, b, 2, {}, ValueError, "queries contains NaN or Inf"),
         (q, inf_b, 2, {}, ValueError, "bank contains NaN or Inf"),
+        (q, wide_b, 2, {}, ValueError, "bank contains NaN or Inf"),
+        (q, wide_b, 2, {"chunk_size": 1}, ValueError, "bank contains NaN or Inf"),
+        (inf_q, b, 2, {}, ValueError, "queries contains NaN or Inf"),
         (q, b, 0, {}, ValueError, "k must be >= 1"),
         (q, b, 7, {}, ValueError, "k must be <= 6"),
         (q, b, 2.0, {}, TypeError, "k must be an int"),
@@ -196,6 +204,8 @@ def _bad_inputs(device="cpu"):
         (q.tolist(), b, 2, {}, TypeError, "queries must be a torch.Tensor"),
         (q, b, 2, {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
         (q, b, 2, {"chunk_size": 1.5}, TypeError, "chunk_size must be an int"),
+        # Found by tests/ops/test_fuzz.py: torch.library's "Expected a value of type 'int'" before.
+        (q, b, 2, {"chunk_size": 2**63}, ValueError, "chunk_size must be <= 9223372036854775807"),
     ]
 
 
@@ -208,6 +218,16 @@ def test_bad_inputs_rejected_identically(device, case):
             knn_scores(queries, bank, k, backend=backend, **keywords)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_tensors_give_meta_results(backend):
+    """Shapes only, as any torch op (found by tests/ops/test_fuzz.py: the finiteness check read
+    the values of meta tensors and raised "Tensor.item() cannot be called on meta tensors")."""
+    dist, index = knn_scores(torch.empty(5, 3, device="meta"), torch.empty(8, 3, device="meta"), 4,
+                             backend=backend)
+    assert dist.device.type == index.device.type == "meta"
+    assert dist.shape == index.shape == (5, 4) and index.dtype == torch.int64
 
 
 def test_torch_compile_fullgraph(device):

@@ -103,7 +103,7 @@ def test_sizes_a_network_cannot_take_are_refused_with_the_nearest_valid(name, si
 
 @pytest.mark.parametrize("name, settings, message", [
     ("fanogan", dict(gan_size=48), r"gan_size 48 must be a power of two >= 16; nearest valid: 32 or 64"),
-    ("fanogan", dict(gan_size=[64, 32]), r"gan_size must be one int"),
+    ("fanogan", dict(gan_size=[64, 32]), r"gan_size must be an int"),
     ("patchcore", dict(image_size=None, tile_size=[24, 64]), r"tile_size \[24, 64\]: height 24 must be >= 32; "
                                                              r"nearest valid: \[32, 64\]"),
 ])

@@ -47,9 +47,14 @@ def _screenshot(browser, name: str) -> Path:
     return path
 
 
-def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(browser, bottle_model, bottle_root, live,
-                                                                           tmp_path):
+_BROKEN_IMAGES = """return Array.from(document.images)
+    .filter((i) => i.offsetParent !== null && !(i.complete && i.naturalWidth > 0)).map((i) => i.id)"""
+
+
+def test_operator_page_asks_for_the_key_in_the_page_and_shows_verdicts_heatmaps_and_rejections(
+        browser, bottle_model, bottle_root, live, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -60,29 +65,42 @@ def test_operator_page_asks_for_the_key_once_and_shows_verdict_and_heatmap(brows
     app = create_app({"bottle": det}, ServeSettings(api_key="line-7"))
     with live(app) as url:
         browser.get(url + "/")
-        wait.until(ec.alert_is_present())  # the page asks for the key ...
-        alert = browser.switch_to.alert
-        alert.send_keys("line-7")
-        alert.accept()
+        key = browser.find_element(By.ID, "api-key")
+        wait.until(lambda b: key.is_displayed())  # the page asks for the key in a field, never a dialog
+        assert not ec.alert_is_present()(browser)
+        assert "needs an API key" in browser.find_element(By.ID, "key-message").text
+        assert browser.execute_script(_BROKEN_IMAGES) == []  # the empty page shows no broken image
+        assert browser.find_element(By.ID, "no-history").is_displayed()
+        _screenshot(browser, "operator_page_empty.png")
+        key.send_keys("wrong", Keys.ENTER)
+        wait.until(lambda b: "refused that API key" in b.find_element(By.ID, "key-message").text)
+        key.send_keys("line-7", Keys.ENTER)
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#model option"))
+        assert not key.is_displayed() and not ec.alert_is_present()(browser)
         assert "patchcore" in browser.find_element(By.ID, "model-info").text
         for image, verdict in ((good, None), (defect, "DEFECT")):
             rows = len(browser.find_elements(By.CSS_SELECTOR, "#history tr"))
             browser.find_element(By.ID, "file").send_keys(str(image))
             wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#history tr")) == rows + 1)
-            assert not ec.alert_is_present()(browser)  # ... once
             shown = browser.find_element(By.ID, "verdict").text
             assert shown in ("GOOD", "DEFECT") and (verdict is None or shown == verdict)
         wait.until(lambda b: b.execute_script(
             "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth > 0"))
-        assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") == 128
+        assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") == 900  # own size
         score_text = browser.find_element(By.ID, "score-text").text
         shot = _screenshot(browser, "operator_page.png")
-        not_an_image = tmp_path / "notes.png"
-        not_an_image.write_text("this is not a picture")
+
+        not_an_image = tmp_path / "garbage.bin"
+        not_an_image.write_bytes(b"this is not a picture")
         browser.find_element(By.ID, "file").send_keys(str(not_an_image))
         wait.until(lambda b: b.find_element(By.ID, "verdict").get_attribute("class") == "error")
-        assert "notes.png: body: not an image" in browser.find_element(By.ID, "verdict").text
+        reason = "garbage.bin is not an image pyanom can read (unknown or corrupt header): send a PNG, JPEG, BMP or TIFF image"
+        assert browser.find_element(By.ID, "verdict").text == f"Not inspected: {reason}"
+        row = browser.find_elements(By.CSS_SELECTOR, "#history tr")[0].find_elements(By.TAG_NAME, "td")
+        assert [td.text.split("\n")[0] for td in row[1:]] == ["garbage.bin", "\u2013", "rejected"]
+        assert row[3].find_element(By.CLASS_NAME, "why").text == reason
+        assert browser.execute_script(_BROKEN_IMAGES) == []
+        _screenshot(browser, "operator_page_rejected.png")
     expected = float(det.predict(open_images(defect, image_size=128)).image_scores[0])
     assert re.search(r"score ([\d.]+) against threshold ([\d.]+)", score_text)
     assert float(score_text.split()[1]) == pytest.approx(expected, rel=1e-3)
@@ -114,7 +132,8 @@ def bottle_report(bottle_model, bottle_root, tmp_path_factory):
 
 def test_report_on_bottle_is_self_contained(bottle_report):
     page = bottle_report.read_text()
-    assert list(bottle_report.parent.iterdir()) == [bottle_report]
+    # One page, beside the output policy's own record of what it wrote.
+    assert sorted(p.name for p in bottle_report.parent.iterdir()) == [".pyanom-outputs.json", "index.html"]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the report must not fetch anything"
     assert "<script" not in page
     pictures = re.findall(r'src="data:image/png;base64,([^"]+)"', page)

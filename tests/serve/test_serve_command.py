@@ -3,7 +3,6 @@ on a loopback port, and a graceful stop that lets the request in flight finish."
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -21,15 +20,36 @@ from pyanom.data import open_images
 from pyanom.serve.run import is_loopback, model_names
 
 
-def test_a_model_that_fails_to_load_stops_start_up_with_one_clear_line(tmp_path, capsys):
+HINT = "give a .pyanom file written by `pyanom fit` or a folder written by `pyanom export`"
+
+
+def test_a_model_that_fails_to_load_stops_start_up_with_one_line_that_says_what_to_do(tmp_path, capsys):
     missing = tmp_path / "missing.pyanom"
     assert main(["serve", str(missing)]) == 2
-    assert capsys.readouterr().err.strip() == f"pyanom serve: error: no such archive: {missing}"
+    assert capsys.readouterr().err.strip() == (f"pyanom serve: error: model 'missing' ({missing}) cannot be served: "
+                                               f"no such model file: {missing}; {HINT}")
     corrupt = tmp_path / "corrupt.pyanom"
     corrupt.write_bytes(b"not a model")
     assert main(["serve", str(corrupt)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"pyanom serve: error: {corrupt} is not a readable pyanom archive") and "\n" not in err
+    assert err.startswith(f"pyanom serve: error: model 'corrupt' ({corrupt}) cannot be served: {corrupt} is not a "
+                          "readable pyanom archive") and err.endswith(HINT) and "\n" not in err
+    assert main(["serve", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pyanom serve: error: model '{tmp_path.name}' ({tmp_path}) cannot be served: {tmp_path} is "
+                          "a folder but not an exported model") and err.endswith(HINT)
+
+
+def test_a_port_in_use_stops_start_up_with_one_line_that_says_what_to_do(bottle_model, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(bottle_model), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"pyanom serve: error: cannot listen on 127.0.0.1:{port} (Address already in use): another program (or another "
+        "pyanom serve) uses that port, or it is not an address of this machine; stop that program or choose another "
+        "--port or --host")
 
 
 def test_help_states_each_command_s_own_pixel_limit(capsys):
@@ -51,71 +71,53 @@ def test_model_names_and_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
 
 
-def test_no_key_beyond_loopback_warns_at_start(bottle_model, monkeypatch, capsys):
-    import uvicorn
-
-    started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(kw))  # bind nothing
+def test_no_key_beyond_loopback_warns_at_start(bottle_model, monkeypatch, capsys, no_serving):
+    started = no_serving
     monkeypatch.delenv("PYANOM_API_KEY", raising=False)
-    assert main(["serve", str(bottle_model), "--host", "0.0.0.0"]) == 0
-    assert started["host"] == "0.0.0.0"
+    assert main(["serve", str(bottle_model), "--host", "0.0.0.0", "--port", "0"]) == 0
+    assert started["address"][0] == "0.0.0.0"
     assert "warning: listening on 0.0.0.0 without an API key" in capsys.readouterr().err
     monkeypatch.setenv("PYANOM_API_KEY", "k")
-    assert main(["serve", str(bottle_model), "--host", "0.0.0.0"]) == 0
-    assert main(["serve", str(bottle_model)]) == 0
+    assert main(["serve", str(bottle_model), "--host", "0.0.0.0", "--port", "0"]) == 0
+    assert main(["serve", str(bottle_model), "--port", "0"]) == 0
     monkeypatch.delenv("PYANOM_API_KEY")
-    assert main(["serve", str(bottle_model)]) == 0
+    assert main(["serve", str(bottle_model), "--port", "0"]) == 0
+    assert started["address"][0] == "127.0.0.1"
     assert "warning" not in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_real_server_scores_like_the_library_and_stops_gracefully(bottle_model, bottle_images):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # a long batching wait keeps the last request in flight while the server is told to stop
-    proc = subprocess.Popen([sys.executable, "-m", "pyanom.cli", "serve", str(bottle_model), "--port", str(port),
-                             "--max-wait-ms", "1500", "--api-key", "k"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+def test_real_server_scores_like_the_library_and_sigterm_drains_then_exits_0(bottle_model, bottle_images,
+                                                                             serve_process):
+    # a long batching wait keeps the requests in flight while the server is told to stop
+    server = serve_process(str(bottle_model), "--max-wait-ms", "5000", "--api-key", "k")
     auth = {"Authorization": "Bearer k", "content-type": "image/png"}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 120 s"
-            time.sleep(0.2)
-        image = bottle_images[-1]
-        expected = float(pyanom.load(bottle_model).predict(open_images(image, image_size=128)).image_scores[0])
-        assert httpx.post(f"{url}/v1/models/bottle/predict", content=image.read_bytes()).status_code == 401
+    images = bottle_images[-3:]
+    expected = pyanom.load(bottle_model).predict(open_images(*images, image_size=128)).image_scores.tolist()
+    assert httpx.post(f"{server.url}/v1/models/bottle/predict", content=images[0].read_bytes()).status_code == 401
 
-        in_flight = {}
-        thread = threading.Thread(target=lambda: in_flight.update(response=httpx.post(
-            f"{url}/v1/models/bottle/predict", content=image.read_bytes(), headers=auth, timeout=60)))
-        thread.start()
-        time.sleep(0.5)  # the request is waiting in the batcher
-        proc.send_signal(signal.SIGTERM)
-        thread.join(60)
-        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    response = in_flight["response"]
-    assert response.status_code == 200
+    answers = {}
+
+    def ask(i):
+        answers[i] = httpx.post(f"{server.url}/v1/models/bottle/predict", content=images[i].read_bytes(),
+                                headers=auth, timeout=60)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/v1/models", headers=auth).json()[0]["queue"]["waiting"] < 3:
+        assert time.monotonic() < deadline, "the three requests never reached the batcher"
+        time.sleep(0.02)
+    server.proc.send_signal(signal.SIGTERM)  # while the three wait in the batcher
+    for t in threads:
+        t.join(60)
+    assert server.proc.wait(60) == 0  # a stop asked for and drained is a clean exit
+    assert [answers[i].status_code for i in range(3)] == [200] * 3
     # Another process may run another number of threads, so float sums differ in their last bits:
     # equal to 1e-6 of the score (scores here are 10-60).
-    assert response.json()["results"][0]["image_score"] == pytest.approx(expected, rel=1e-6)
-    log = proc.stdout.read()
-    assert "loaded bottle: patchcore" in log and "Shutting down" in log
+    assert [answers[i].json()["results"][0]["image_score"] for i in range(3)] == pytest.approx(expected, rel=1e-5)
+    log = server.log()
+    assert "loaded bottle: patchcore" in log and "Shutting down" in log and "Traceback" not in log
 
 
 def test_the_core_and_the_cli_do_not_import_the_serve_extra():

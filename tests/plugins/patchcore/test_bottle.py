@@ -40,7 +40,7 @@ def test_bottle_accuracy(bottle, name, ratio, image_auroc, pixel_auroc, aupro):
 
 @pytest.mark.slow
 def test_sharded_fit_matches_the_exact_fit(bottle):
-    """Bounded-memory fit (five shards of 40 images, pyanom.memory_bank) within 0.005 AUROC of the exact fit."""
+    """Bounded-memory fit (five shards of 40 images, pyanom.memory) within 0.005 AUROC of the exact fit."""
     train, test = bottle
     reports = {}
     for mode in ("exact", "sharded"):

@@ -110,6 +110,23 @@ def test_save_load_keeps_the_state(fitted, texture_set, tmp_path):
     torch.testing.assert_close(a.anomaly_maps, b.anomaly_maps)
 
 
+def test_model_files_with_the_retired_context_settings(fitted, tmp_path):
+    """A channel model saved with the per-position context memory's settings is refused by name;
+    a spatial one loads without them (they never touched its scores)."""
+    from pyanom.archive import ArchiveError, load_archive, save_archive
+
+    config, tensors = load_archive(fitted.save(tmp_path / "sa.pyanom"))
+    config["config"].update(attention_weight=2.0, context_coreset_ratio=0.1, context_margin=0.9)
+    del config["config"]["context_weight"], config["config"]["context_floor"]
+    with pytest.raises(ArchiveError, match=r"fitted with a per-position context memory \(attention_weight, "
+                       r"context_coreset_ratio, context_margin\).*fit it again"):
+        pyanom.load(save_archive(tmp_path / "channel.pyanom", config, tensors))
+    config["config"]["attention"] = "spatial"
+    loaded = pyanom.load(save_archive(tmp_path / "spatial.pyanom", config, {"memory_bank": tensors["memory_bank"]}))
+    assert loaded.config.attention == "spatial" and not hasattr(loaded.config, "attention_weight")
+    torch.testing.assert_close(loaded.memory_bank, fitted.memory_bank)
+
+
 @pytest.fixture(scope="module")
 def rods(tmp_path_factory):
     """pyanom's rods and nuts at 128 px: 30 good training rods (a nut on one end), 10 good test
@@ -141,9 +158,9 @@ def test_spatial_keeps_patchcore_width(texture_set):
 @pytest.mark.parametrize("kwargs, message", [
     ({"attention": "global"}, "attention must be one of channel, spatial"),
     ({"attention_layer": "stride16"}, "attention_layer must differ from layers"),
-    ({"attention_temperature": 0}, r"attention_temperature must be in \(0, 100\]"),
-    ({"context_weight": -1.0}, r"context_weight must be in \(0, 100\]"),
-    ({"context_floor": 21}, r"context_floor must be in \[0, 20\] spreads"),
+    ({"attention_temperature": 0}, r"attention_temperature must be a float in \(0, 100\], got 0"),
+    ({"context_weight": -1.0}, r"context_weight must be a float in \(0, 100\], got -1.0"),
+    ({"context_floor": 21}, r"context_floor must be a float in \[0, 20\], got 21"),
     ({"image_size": None, "tile_size": 64}, "attention='channel' reads the whole part at once"),
 ])
 def test_bad_attention_settings(kwargs, message):

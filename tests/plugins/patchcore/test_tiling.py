@@ -12,7 +12,7 @@ from PIL import Image
 
 import pyanom
 from pyanom.data import open_dataset
-from pyanom.tiling import blend_window, cut_tiles, stitch, tile_positions
+from pyanom_plugins.patchcore.tiling import blend_window, cut_tiles, stitch, tile_positions
 
 SIDE, DEFECT = 2048, (1300, 700)  # the defect's top-left corner (row, column); it is 8 x 8 pixels
 
@@ -107,9 +107,9 @@ def test_tiles_are_the_units_of_the_bounded_memory_plan(tmp_path):
 
 
 def test_tiling_settings_are_checked():
-    with pytest.raises(ValueError, match="tile_size 256 covers the whole 256 image: set image_size=None"):
+    with pytest.raises(ValueError, match="tile_size 256 covers the whole 256 image: set image_size=null"):
         pyanom.create("patchcore", tile_size=256)
-    with pytest.raises(ValueError, match="image_size=None keeps each image's own size, which only tiling"):
+    with pytest.raises(ValueError, match="image_size=null keeps each image's own size, which only tiling"):
         pyanom.create("patchcore", image_size=None)
     with pytest.raises(ValueError, match=r"tile_overlap must be an int number of pixels in \[0, 64\)"):
         pyanom.create("patchcore", image_size=None, tile_size=64, tile_overlap=64)
