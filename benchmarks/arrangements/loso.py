@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import pyanom  # noqa: E402
-import pyanom_plugins.patchcore.detector as patchcore_module  # noqa: E402
+import pyanom.memory as memory_module  # noqa: E402
 from pyanom_plugins.patchcore.detector import SAPatchCoreConfig  # noqa: E402
 from pyanom.features import create_backbone  # noqa: E402
 from sets import CACHE, SETS, open_set, type_aurocs  # noqa: E402
@@ -93,7 +93,7 @@ class Banks:
 
     def __init__(self):
         self.key = None
-        self.real = patchcore_module.build_memory_bank
+        self.real = memory_module.build_memory_bank
 
     def __call__(self, batches, **kwargs):
         file = CACHE / ("bank-" + "-".join(str(k) for k in self.key) + ".pt")
@@ -107,7 +107,7 @@ class Banks:
 
 
 BANKS = Banks()
-patchcore_module.build_memory_bank = BANKS
+memory_module.build_memory_bank = BANKS  # what build_locally, the detectors' builder, calls
 
 
 def holdout_split(name: str, seed: int, n: int) -> tuple[list[int], list[int]]:
