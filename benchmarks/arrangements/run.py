@@ -1,24 +1,25 @@
-"""PatchCore vs SA-PatchCore on the arrangement sets and MVTec AD bottle, end to end, and the
-figures written to a JSON file (benchmarks/results/arrangements.json by default).
+"""PatchCore vs SA-PatchCore on the arrangement sets and MVTec AD bottle, end to end, the figures
+recorded in benchmarks/results/arrangements.json (benchmarks/results.py's shape: one entry per set,
+training count, seed and detector; a new run of a case replaces its entry).
 
 Every set (sets.py: rods, board, tray), seed and training count: both detectors fitted through
 the public API on the first N good training images (each holds 10% out for its threshold, as
 `Detector.fit` does) at the same coreset ratio (SA-PatchCore's default, 0.01), SA-PatchCore with
 its defaults plus any --set; per defect type the image AUROC against the good test images,
-"co-occurrence" the mean over the arrangement types (too many, missing, wrong place), "local" the
-local defects together. Bottle: image and pixel AUROC at 256 px (fit on its 209 good images).
+"arrangement_auroc" the mean over the arrangement types (too many, missing, wrong place),
+"local_auroc" the local defects together (issue 29 calls the first "co-occurrence AUROC"). Bottle:
+image and pixel AUROC at 256 px (fit on its 209 good images).
 
     OMP_NUM_THREADS=2 python3 -P benchmarks/arrangements/run.py [--sets rods board tray] [--seeds 0 1 2]
         [--n-train 50 200] [--bottle] [--set KEY=VALUE] [--out benchmarks/results/arrangements.json]
 
 The generated sets are written once to $PYANOM_ARRANGEMENTS (default /tmp/pyanom-arrangements),
-never into the repository. A run adds to the file's entries and replaces those it measures again.
+never into the repository.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -26,11 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyanom  # noqa: E402
 from pyanom.data import open_dataset  # noqa: E402
 from pyanom.metrics import evaluate  # noqa: E402
 from pyanom_plugins.patchcore.detector import SAPatchCoreConfig  # noqa: E402
+from results import record  # noqa: E402
 from sets import SETS, open_set, type_aurocs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,49 +83,50 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "arrangements.json")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    SAPatchCoreConfig(**overrides)  # refused before any fit
     dets = detectors(overrides)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    settings = dataclasses.asdict(SAPatchCoreConfig(**overrides))
-    if results.get("sa_patchcore_settings", settings) != settings:
-        raise SystemExit(f"{args.out} holds figures of other sa_patchcore settings "
-                         f"({results['sa_patchcore_settings']}); write to another --out")
-    results["sa_patchcore_settings"] = settings
-    results["command"] = "python3 -P benchmarks/arrangements/run.py " + " ".join(sys.argv[1:])
-    sets = results.setdefault("sets", {})
+    tag = "".join(f" {k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+    entries = []
     for name in args.sets:
         for seed in args.seeds:
             for n in args.n_train:
-                sets.setdefault(name, {}).setdefault(f"seed{seed}", {})[f"n{n}"] = run_set(name, seed, n, dets)
-                _write(args.out, results)
+                for label, aurocs in run_set(name, seed, n, dets).items():
+                    entries.append({"case": f"{name} n{n} seed {seed} {label}{tag}", "set": name, "n_train": n,
+                                    "seed": seed, "detector": label, "settings": overrides,
+                                    "arrangement_auroc": aurocs.pop("co-occurrence"),
+                                    "local_auroc": aurocs.pop("local"), **aurocs})
+                record("arrangements", ABOUT, entries[-len(dets):], path=args.out)
     if args.bottle:
-        results["bottle"] = run_bottle(args.data, dets)
-        _write(args.out, results)
-    summary(results)
+        for label, figures in run_bottle(args.data, dets).items():
+            entries.append({"case": f"bottle {label}{tag}", "set": "bottle", "detector": label,
+                            "settings": overrides, **figures})
+        record("arrangements", ABOUT, entries[-len(dets):], path=args.out)
+    summary(entries)
 
 
-def _write(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+ABOUT = ("Image AUROC per arrangement type (too_many, missing, wrong_place) against the good test images, "
+         "arrangement_auroc their mean, local_auroc the local defects together; per set, training count, seed "
+         "and detector (benchmarks/arrangements/run.py)")
 
 
-def summary(results: dict) -> None:
-    """The table: per set and training count, the mean over seeds (min in brackets)."""
-    keys = ("co-occurrence", "too_many", "missing", "wrong_place", "local")
+def summary(entries: list[dict]) -> None:
+    """The table of this run: per set, training count and detector, the mean over seeds (min in brackets)."""
+    keys = ("arrangement_auroc", "too_many", "missing", "wrong_place", "local_auroc")
     print("\n| set | n | detector | " + " | ".join(keys) + " | seeds |\n|---|---|---|" + "---|" * (len(keys) + 1))
-    for name, seeds in results.get("sets", {}).items():
-        counts = sorted({n for s in seeds.values() for n in s}, key=lambda n: int(n[1:]))
-        for n in counts:
-            runs = [s[n] for s in seeds.values() if n in s]
-            for label in runs[0]:
-                cells = []
-                for k in keys:
-                    vals = [r[label][k] for r in runs if k in r[label]]
-                    cells.append(f"{sum(vals) / len(vals):.3f} ({min(vals):.3f})" if vals else "-")
-                print(f"| {name} | {n[1:]} | {label} | " + " | ".join(cells) + f" | {len(runs)} |")
-    for label, r in results.get("bottle", {}).items():
-        print(f"bottle {label}: image {r['image_auroc']:.4f}, pixel {r['pixel_auroc']:.4f}, aupro {r['aupro']:.4f}")
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        if "arrangement_auroc" in e:
+            groups.setdefault((e["set"], e["n_train"], e["detector"]), []).append(e)
+    for (name, n, label), runs in groups.items():
+        cells = []
+        for k in keys:
+            vals = [r[k] for r in runs if k in r]
+            cells.append(f"{sum(vals) / len(vals):.3f} ({min(vals):.3f})" if vals else "-")
+        print(f"| {name} | {n} | {label} | " + " | ".join(cells) + f" | {len(runs)} |")
+    for e in entries:
+        if e["set"] == "bottle":
+            print(f"bottle {e['detector']}: image {e['image_auroc']:.4f}, pixel {e['pixel_auroc']:.4f}, "
+                  f"aupro {e['aupro']:.4f}")
 
 
 if __name__ == "__main__":
