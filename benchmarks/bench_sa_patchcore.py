@@ -7,7 +7,7 @@ row, then again), so a change of machine load hits every row alike; the ratio is
 by median, and as the median of the per-round ratios. The parts of sa_patchcore's extra cost are
 timed the same way: the backbone pass with the attention tap against PatchCore's, and the
 context search (attention, its mean over the image, 1-NN to the training parts' contexts) on its
-own. The figures are also written to --json (benchmarks/results/sa_patchcore_speed.json).
+own. The figures are also recorded in --json (benchmarks/results/sa_patchcore_speed.json).
 
     OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py --parts [--rounds 9]
     OMP_NUM_THREADS=2 python3 -P benchmarks/bench_sa_patchcore.py [--rounds 9]
@@ -32,6 +32,8 @@ from pyanom.ops import knn_scores
 from pyanom_plugins.patchcore.embedding import context_descriptor
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import record  # noqa: E402
 
 
 def clock(fn, *args, **kwargs) -> float:
@@ -144,12 +146,12 @@ def main() -> None:
                        "median_of_round_ratios": statistics.median(ratios)}
         print(f"| {label} | {rows[label]['min_ms']:.1f} | {rows[label]['median_ms']:.1f} | {rows[label]['ratio_by_min']:.3f} "
               f"| {rows[label]['ratio_by_median']:.3f} | {rows[label]['median_of_round_ratios']:.3f} |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "command": "python3 -P benchmarks/bench_sa_patchcore.py " + " ".join(sys.argv[1:]),
-        "rounds": args.rounds, "batch": 32, "threads": torch.get_num_threads(), "channel_overrides": overrides,
-        "load_average_1min": os.getloadavg()[0], "rows": rows}, indent=1, sort_keys=True) + "\n")
-
+    tag = "".join(f",{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+    record("sa_patchcore_speed", "predict() of 32 MVTec AD bottle images at batch 32, interleaved rounds: each row's "
+           "time and its ratio to patchcore's (by min, by median, median of per-round ratios)",
+           [{"case": label + (tag if label.startswith("sa_patchcore channel") else ""), **row, "rounds": args.rounds,
+             "batch": 32, "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0]}
+            for label, row in rows.items()], path=args.json)
 
 if __name__ == "__main__":
     main()
