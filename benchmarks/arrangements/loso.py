@@ -13,7 +13,7 @@ the most bars met on the other sets is chosen, then the least total shortfall (s
 its figures on the held-out set are reported.
 
     python3 -P benchmarks/arrangements/loso.py --seeds 0 [--n-train 50 200] --grid grid.json [--out DIR]
-        [--json benchmarks/results/loso.json]
+        [--json benchmarks/results/loso.json]   (recorded in benchmarks/results.py's shape)
 
 grid.json: {"name": {settings}, ...}; a "patchcore" row (PatchCore at SA-PatchCore's coreset
 ratio) is added for the local bar.
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
@@ -35,6 +36,7 @@ import pyanom  # noqa: E402
 import pyanom.memory as memory_module  # noqa: E402
 from pyanom_plugins.patchcore.detector import SAPatchCoreConfig  # noqa: E402
 from pyanom.features import create_backbone  # noqa: E402
+from results import record  # noqa: E402
 from sets import CACHE, SETS, open_set, type_aurocs  # noqa: E402
 
 TAPS = ("blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6")
@@ -226,16 +228,20 @@ def report(results, grid, args) -> None:
     overall = min(cands, key=lambda c: rank(c, args.sets))
     print(f"\nchosen on all sets: {overall} {grid[overall]}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": "python3 -P benchmarks/arrangements/loso.py " + " ".join(sys.argv[1:]),
-            "seeds": args.seeds, "n_train": args.n_train, "bar": {str(k): v for k, v in BAR.items()},
-            "folds": folds, "chosen_on_all": {"candidate": overall, "settings": grid[overall]},
-            "candidates": {c: {"settings": grid[c], **{s: {"bars_met": met[(c, s)], "shortfall": short[(c, s)],
-                                                           "worst_margin": worst[(c, s)]}
-                                                       for s in args.sets}} for c in cands}},
-            indent=1, sort_keys=True) + "\n")
-
+        entries = [{"case": f"held out {held} n{n} seeds {','.join(map(str, args.seeds))}", "held_out": held,
+                    "n_train": n, "seeds": args.seeds, "chosen": fold["chosen"], "settings": fold["settings"],
+                    "tuned_on": fold["tuned_on"], "sa_patchcore": fold[f"n{n}"]["sa_patchcore"],
+                    "patchcore": fold[f"n{n}"]["patchcore"]}
+                   for held, fold in folds.items() for n in args.n_train]
+        entries.append({"case": f"chosen on all sets seeds {','.join(map(str, args.seeds))}", "chosen": overall,
+                        "settings": grid[overall], "bar": {str(k): v for k, v in BAR.items()},
+                        "candidates": {c: {"settings": grid[c], **{s: {"bars_met": met[(c, s)],
+                                                                         "shortfall": short[(c, s)],
+                                                                         "worst_margin": worst[(c, s)]}
+                                                                     for s in args.sets}} for c in cands}})
+        record("loso", "Leave-one-set-out choice of sa_patchcore's settings on the arrangement sets: per held-out "
+               "set and training count, the candidate chosen on the other sets and its figures there, beside "
+               "PatchCore's (benchmarks/arrangements/loso.py)", entries, path=args.json)
 
 if __name__ == "__main__":
     main()
