@@ -75,12 +75,12 @@ class SAPatchCoreConfig(PatchCoreConfig):
                              "positions), one context per part; spatial: eq. 4 as printed", choices=ATTENTIONS)
     attention_layer: str = setting("blocks.5", "backbone stage the channel attention reads (Lite0's stride-32 "
                                    "stage)")
-    attention_temperature: float = setting(4.0, "scale of the standardised attention input: low makes the context "
+    attention_temperature: float = setting(0.25, "scale of the standardised attention input: low makes the context "
                                            "each channel's mean over the image, high its maximum",
                                            bounds=(0, 100), open="low")
     context_weight: float = setting(1.0, "PatchCore score spreads added to the image score per context spread "
                                     "beyond context_floor", bounds=(0, 100), open="low")
-    context_floor: float = setting(2.5, "context spreads above good parts' median distance that add nothing to "
+    context_floor: float = setting(1.5, "context spreads above good parts' median distance that add nothing to "
                                    "the score", bounds=(0, 20))
 
     def validate(self) -> None:
