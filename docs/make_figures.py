@@ -130,21 +130,23 @@ def runtimes(entries: list[dict], plt):
 
 
 def arrangements(entries: list[dict], plt):
-    """Image AUROC on parts with a piece twice or missing (every patch normal) and on local
-    defects, per detector, one point per seed.
+    """Image AUROC on parts with a piece twice, missing or misplaced (every patch normal) and on
+    local defects, per set, training count and detector, one point per seed.
 
-    benchmarks/results/arrangements.json entries: {"case": "sa_patchcore seed 0", "detector":
-    "sa_patchcore", "seed": 0, "arrangement_auroc": 0.982, "local_auroc": 0.871 (optional),
-    "command", "machine", "date"}, any number of detectors and seeds."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.0))
-    detectors = list(dict.fromkeys(e["detector"] for e in entries))
+    benchmarks/results/arrangements.json entries (benchmarks/arrangements/run.py): {"case", "set",
+    "n_train", "seed", "detector", "arrangement_auroc", "local_auroc", "command", "machine", "date"};
+    entries without an arrangement_auroc (bottle) are not drawn."""
+    entries = [e for e in entries if e.get("arrangement_auroc") is not None]
+    groups = list(dict.fromkeys((e.get("set", ""), e.get("n_train", ""), e["detector"]) for e in entries))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(groups) + 1), 3.2))
     for col, (key, color, label) in enumerate((("arrangement_auroc", PYANOM, "arrangement"),
                                                ("local_auroc", PEER, "local defects"))):
-        for i, det in enumerate(detectors):
-            vals = [e[key] for e in entries if e["detector"] == det and e.get(key) is not None]
+        for i, group in enumerate(groups):
+            vals = [e[key] for e in entries if (e.get("set", ""), e.get("n_train", ""), e["detector"]) == group
+                    and e.get(key) is not None]
             ax.scatter([i + (col - 0.5) * 0.3] * len(vals), vals, color=color, label=label if i == 0 else None)
-    ax.set_xticks(range(len(detectors)), detectors)
-    ax.set_xlim(-0.6, len(detectors) - 0.4)
+    ax.set_xticks(range(len(groups)), [f"{s} {n}\n{d}".strip() for s, n, d in groups], fontsize=7)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_ylabel("image AUROC (one point per seed)")
     ax.set_ylim(0.3, 1.02)
     ax.legend(fontsize=8, loc="lower center")

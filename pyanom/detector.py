@@ -115,6 +115,12 @@ class Detector(abc.ABC):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what state_tensors returned."""
 
+    @classmethod
+    def saved_config(cls, values: dict) -> Any:
+        """The Config of a model file's settings. A plugin that retires settings overrides it to
+        read older files without them, or to refuse by name those it can no longer score."""
+        return cls.Config(**values)
+
     def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
         """Optional export hook (pyanom.export): the fitted inference as one traceable module
         mapping float images [B, 3, S, S] in [0, 1] to (image_scores [B], anomaly_maps [B, S, S]

@@ -93,7 +93,7 @@ def load(path, *, device="cpu", runtime: str | None = None, skip: tuple[str, ...
     config, tensors = load_archive(path, map_location=device, skip=skip)
     try:
         cls = detector_class(config["detector"])
-        det = cls(cls.Config(**config["config"]), device=device)
+        det = cls(cls.saved_config(config["config"]), device=device)
     except (KeyError, TypeError, SettingError) as exc:
         raise ArchiveError(f"{path}: detector config does not fit this pyanom version ({exc})") from exc
     det.load_state_tensors(tensors)

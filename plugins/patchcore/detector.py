@@ -17,9 +17,9 @@ from pyanom.data.transforms import checked_image_size, pair
 from pyanom.features import create_backbone, list_backbones
 from pyanom.features.backbone import PRECISIONS
 from pyanom.memory import MemoryBankDetector, MemoryBankSettings, build_locally
-from pyanom.ops import greedy_coreset, knn_scores
-from pyanom.settings import Size, setting
-from pyanom_plugins.patchcore.embedding import channel_context, context_input, patch_embedding
+from pyanom.ops import knn_scores
+from pyanom.settings import SettingError, Size, setting
+from pyanom_plugins.patchcore.embedding import context_descriptor, context_input, patch_embedding
 from pyanom_plugins.patchcore.tiling import checked_tiling, score_tiled, tile_features
 
 ATTENTIONS = ("channel", "spatial")
@@ -72,23 +72,25 @@ class SAPatchCoreConfig(PatchCoreConfig):
     coreset_ratio: float = setting(0.01, "share of the training patch features kept in the memory bank",
                                    bounds=(0, 1), open="low")
     attention: str = setting("channel", "channel: the authors' released code (per-channel softmax over "
-                             "positions); spatial: eq. 4 as printed", choices=ATTENTIONS)
+                             "positions), one context per part; spatial: eq. 4 as printed", choices=ATTENTIONS)
     attention_layer: str = setting("blocks.5", "backbone stage the channel attention reads (Lite0's stride-32 "
                                    "stage)")
-    attention_temperature: float = setting(4.0, "scale of the standardised attention input (the softmax's "
-                                           "sharpness)", bounds=(0, None), open="low")
-    attention_weight: float = setting(2.0, "weight of the context distance beyond what good parts reach, added "
-                                      "to the image score", bounds=(0, None), open="low")
-    context_coreset_ratio: float = setting(0.1, "share of the training contexts kept in the context memory",
-                                           bounds=(0, 1), open="low")
-    context_margin: float = setting(0.9, "quantile of good parts' own context distances that adds nothing to "
-                                    "the score", bounds=(0, 1))
+    attention_temperature: float = setting(0.25, "scale of the standardised attention input: low makes the context "
+                                           "each channel's mean over the image, high its maximum",
+                                           bounds=(0, 100), open="low")
+    context_weight: float = setting(1.0, "PatchCore score spreads added to the image score per context spread "
+                                    "beyond context_floor", bounds=(0, 100), open="low")
+    context_floor: float = setting(1.5, "context spreads above good parts' median distance that add nothing to "
+                                   "the score", bounds=(0, 20))
 
     def validate(self) -> None:
         super().validate()
         if self.attention == "channel" and self.attention_layer in self.layers:
             raise ValueError(f"attention_layer must differ from layers {list(self.layers)}, "
                              f"got {self.attention_layer!r}")
+        if self.attention == "channel" and self.tile_size is not None:
+            raise ValueError("attention='channel' reads the whole part at once: it cannot score tiles "
+                             "(tile_size); use attention='spatial' or patchcore to tile")
 
 
 class PatchCore(MemoryBankDetector):
@@ -142,6 +144,12 @@ class PatchCore(MemoryBankDetector):
         if self.config.tile_size is not None:
             return score_tiled(self, images)
         emb, (h, w) = self._embed(images)
+        patch_scores, image_scores = self._image_scores(emb)
+        maps = upsample_scores(patch_scores.reshape(len(emb), h, w), images.shape[-2:], self.config.blur_sigma)
+        return image_scores, maps
+
+    def _image_scores(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patch scores [B, P], image scores [B]) of patch features [B, P, D] against the memory bank."""
         b, n_patches, d = emb.shape
         queries = emb.reshape(-1, d)
         dist, nearest = self.nearest(queries, 1)
@@ -149,8 +157,7 @@ class PatchCore(MemoryBankDetector):
         image_scores, worst = patch_scores.max(dim=1)
         if self.config.reweight and self.config.num_neighbors > 1 and len(self.memory_bank) > 1:
             image_scores = image_scores * self._reweight(queries, nearest[:, 0], worst, n_patches)
-        maps = upsample_scores(patch_scores.reshape(b, h, w), images.shape[-2:], self.config.blur_sigma)
-        return image_scores, maps
+        return patch_scores, image_scores
 
     def _reweight(self, queries, nearest, worst, n_patches) -> torch.Tensor:
         """PatchCore eq. 7: w = 1 - softmax over the distances from the worst test patch to its
@@ -192,24 +199,48 @@ class SAPatchCore(PatchCore):
     """SA-PatchCore (Ishida et al., IEEE Access 2023): PatchCore plus parameter-free self-attention
     over the whole image, to catch anomalies of arrangement (co-occurrence).
 
-    attention="channel": the attended map (the context) gets its own memory (`context_bank`,
-    a greedy coreset of the training contexts at `context_coreset_ratio`) and its own 1-NN
-    distance; the image score is PatchCore's plus attention_weight times the largest context
-    distance beyond `context_floor` (what good parts reach), and the anomaly map is PatchCore's:
-    the context is much the same for every patch of an image, so it tells whether the part is
-    wrong, not where.
+    attention="channel": the attended map, averaged over the image, is the part's context
+    (`context_descriptor`); fit keeps the training parts' contexts (`context_descriptors`), the
+    median and spread of their leave-one-out distances to each other, and the spread of
+    PatchCore's own leave-one-out scores of `score_images` training parts (each scored without
+    the memory rows it gave). A part's context distance (to the nearest training part's) is
+    measured in spreads of the training parts' own distances; beyond `context_floor` spreads above
+    their median, `context_weight` times that excess, in spreads of PatchCore's scores of good
+    parts, is added to PatchCore's image score. Both spreads are learnt at fit, so the two
+    defaults mean the same on any part. The anomaly map is PatchCore's: the context tells whether
+    the part is wrong, not where.
     """
 
     name = "sa_patchcore"
     Config = SAPatchCoreConfig
     scale_images = 32  # training images the per-channel scale of the attention input is taken from
+    score_images = 32  # training images whose leave-one-out PatchCore scores give PatchCore's spread
+    STATE = ("attention_scale", "descriptor_scale", "context_descriptors", "context_median", "context_spread",
+             "score_spread")
+    RETIRED = ("attention_weight", "context_coreset_ratio", "context_margin")  # of the per-position context memory
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.attention_scale: torch.Tensor | None = None
-        self.context_bank: torch.Tensor | None = None
-        self.context_floor: torch.Tensor | None = None  # [] context distance that good parts reach
-        self._contexts: list[torch.Tensor] = []  # of the backbone passes since the last reset
+        self.attention_scale: torch.Tensor | None = None  # [C] of the attention input
+        self.descriptor_scale: torch.Tensor | None = None  # [C] of the contexts
+        self.context_descriptors: torch.Tensor | None = None  # [N, C] the training parts', scaled
+        self.context_median: torch.Tensor | None = None  # [] of their leave-one-out distances
+        self.context_spread: torch.Tensor | None = None  # []
+        self.score_spread: torch.Tensor | None = None  # [] of PatchCore's leave-one-out scores
+        self._contexts: list[torch.Tensor] = []  # of the backbone passes since the last take
+        self._kept: list[torch.Tensor] = []  # patch features of the first training images, at fit
+        self._keep = 0  # how many more of them to keep
+
+    @classmethod
+    def saved_config(cls, values: dict) -> SAPatchCoreConfig:
+        """A spatial model file's retired settings are dropped (they never touched its scores); a
+        channel model with them holds a per-position context memory this version cannot score."""
+        retired = sorted(set(values) & set(cls.RETIRED))
+        if retired and values.get("attention", "channel") == "channel":
+            raise SettingError(f"{cls.name}: this model was fitted with a per-position context memory "
+                               f"({', '.join(retired)}), which one context per part (context_weight, "
+                               "context_floor) replaced: fit it again with this pyanom version")
+        return super().saved_config({k: v for k, v in values.items() if k not in cls.RETIRED})
 
     @property
     def channel(self) -> bool:
@@ -224,57 +255,76 @@ class SAPatchCore(PatchCore):
         return self._backbone
 
     def _patch_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """PatchCore's features (spatial: eq. 4 in place of the stride-16 average); the channel
-        context of the same pass is kept aside for `_take_contexts`."""
+        """PatchCore's features (spatial: eq. 4 in place of the stride-16 average); the context of
+        the same pass is kept aside for `_take_contexts`, and at fit the first images' features."""
         cfg = self.config
         if self.channel:
-            self._contexts.append(channel_context(features[cfg.attention_layer], self.attention_scale,
-                                                  cfg.attention_temperature))
-        return patch_embedding(features, tuple(cfg.layers), self_attend=not self.channel)
+            self._contexts.append(context_descriptor(features[cfg.attention_layer], self.attention_scale,
+                                                     cfg.attention_temperature))
+        emb = patch_embedding(features, tuple(cfg.layers), self_attend=not self.channel)
+        if self._keep > 0:
+            kept = emb[:self._keep]
+            self._kept.append(kept.flatten(2).transpose(1, 2).contiguous())
+            self._keep -= len(kept)
+        return emb
 
     def _take_contexts(self) -> torch.Tensor:
-        """The contexts collected since the last call, as rows [N * h * w, C]."""
+        """The contexts [N, C] collected since the last call."""
         contexts, self._contexts = torch.cat(self._contexts), []
-        return contexts.permute(0, 2, 3, 1).reshape(-1, contexts.shape[1]).contiguous()
+        return contexts
 
     def _fit(self, train, progress: bool) -> None:
         if not self.channel:
             return super()._fit(train, progress)
         if self.bank_builder is not build_locally:
             raise NotImplementedError("sa_patchcore: attention='channel' cannot fit on Ray yet "
-                                      "(its context memory is built here); fit it on one machine")
+                                      "(its context statistics are learnt here); fit it on one machine")
+        if len(train) < 2:
+            raise ValueError("sa_patchcore: attention='channel' needs at least 2 training images after the "
+                             "hold-out, to learn how far good parts' contexts lie from each other")
         self.attention_scale = self._channel_scale(train)
-        self._contexts = []
+        self._contexts, self._kept, self._keep = [], [], min(len(train), self.score_images)
         super()._fit(train, progress)
-        rows = self._take_contexts()
-        owner = torch.arange(len(rows), device=rows.device) // (len(rows) // len(train))
-        chosen = torch.arange(len(rows), device=rows.device)
-        if self.config.context_coreset_ratio < 1:
-            k = max(1, math.ceil(self.config.context_coreset_ratio * len(rows)))
-            chosen = greedy_coreset(rows, k, projection_dim=self.config.projection_dim, seed=self.config.seed)
-        self.context_bank = rows[chosen].contiguous()
-        self.context_floor = self._context_floor(rows, owner, owner[chosen])
+        self._keep = 0
+        contexts = self._take_contexts()
+        self.descriptor_scale = _floored(contexts.std(dim=0))
+        self.context_descriptors = (contexts / self.descriptor_scale).contiguous()
+        nearest_other = knn_scores(self.context_descriptors, self.context_descriptors, 2)[0][:, 1]
+        self.context_median, self.context_spread = nearest_other.median(), _spread(nearest_other)
+        kept, self._kept = torch.cat(self._kept), []
+        self.score_spread = _spread(self._left_out_scores(kept))
 
-    def _context_floor(self, rows, owner, bank_owner) -> torch.Tensor:
-        """The context_margin quantile of the training parts' context distances, each part's to the
-        memory without its own contexts (what a good test part reaches); zero from one part."""
-        others = [bank_owner != i for i in range(int(owner[-1]) + 1)]
-        if not all(bool(o.any()) for o in others):
-            return rows.new_zeros(())
-        dist = torch.stack([knn_scores(rows[owner == i], self.context_bank[o], 1)[0][:, 0].amax()
-                            for i, o in enumerate(others)])
-        return torch.quantile(dist, self.config.context_margin)
+    def _left_out_scores(self, kept: torch.Tensor) -> torch.Tensor:
+        """PatchCore's image score [K] of each kept training image [K, P, D] against the memory bank
+        without the rows it gave (found by exact match): what a good part not seen at fit gets."""
+        bank = self.memory_bank
+        bank_code = _row_codes(bank)
+        scores = []
+        try:
+            for rows in kept:
+                own = torch.isin(bank_code, _row_codes(rows))
+                self.memory_bank = bank[~own].contiguous()
+                scores.append(self._image_scores(rows[None])[1])
+        finally:
+            self.memory_bank = bank
+        return torch.cat(scores)
 
     def _score(self, images: torch.Tensor):
         if not self.channel:
             return super()._score(images)
-        if self.context_bank is None:
+        if self.context_descriptors is None:
             raise RuntimeError(f"{self.name}: not fitted")
         self._contexts = []
         image_scores, maps = super()._score(images)
-        dist, _ = knn_scores(self._take_contexts(), self.context_bank, 1)
-        beyond = (dist[:, 0].reshape(len(images), -1).amax(dim=1) - self.context_floor).clamp_min(0)
-        return image_scores + self.config.attention_weight * beyond, maps
+        return image_scores + self._context_penalty(self._take_contexts()), maps
+
+    def _context_penalty(self, contexts: torch.Tensor) -> torch.Tensor:
+        """What the contexts [B, C] add to PatchCore's image scores: context_weight PatchCore
+        spreads per context spread beyond context_floor spreads above the good parts' median."""
+        cfg = self.config
+        dist = knn_scores((contexts / self.descriptor_scale).contiguous(), self.context_descriptors, 1)[0][:, 0]
+        excess = ((dist - self.context_median) / self.context_spread - cfg.context_floor).clamp_min(0)
+        return cfg.context_weight * self.score_spread * excess
 
     def export_module(self, *, knn_chunk: int | None = None) -> torch.nn.Module:
         from pyanom_plugins.patchcore.export import ChannelAttentionGraph, PatchCoreGraph
@@ -293,23 +343,37 @@ class SAPatchCore(PatchCore):
             maps = [context_input(self.backbone(torch.stack(subset[i:i + self.config.batch_size])
                                                 .to(self.device))[self.config.attention_layer])
                     for i in range(0, len(subset), self.config.batch_size)]
-        spread = torch.cat(maps).std(dim=(0, 2, 3))
         # Near-dead channels (spread 1e-5 on bottle) would blow a rare activation up to logits
         # of 1e9: no channel counts as narrower than a tenth of the median one.
-        return spread.clamp_min(0.1 * float(spread.median().clamp_min(1e-12)))
+        return _floored(torch.cat(maps).std(dim=(0, 2, 3)))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().state_tensors()
         if self.channel:
-            tensors.update(attention_scale=self.attention_scale, context_bank=self.context_bank,
-                           context_floor=self.context_floor)
+            tensors.update({name: getattr(self, name) for name in self.STATE})
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_state_tensors(tensors)
         if self.channel:
-            self.attention_scale = tensors["attention_scale"].to(self.device, torch.float32)
-            self.context_bank = tensors["context_bank"].to(self.device, torch.float32).contiguous()
-            floor = tensors.get("context_floor")  # models saved before the margin had none
-            self.context_floor = torch.zeros(()) if floor is None else floor.to(torch.float32)
-            self.context_floor = self.context_floor.to(self.device)
+            for name in self.STATE:
+                setattr(self, name, tensors[name].to(self.device, torch.float32).contiguous())
+
+
+def _row_codes(rows: torch.Tensor) -> torch.Tensor:
+    """An int64 code of each row's exact bits [N]: equal rows, equal codes (integer sums are exact
+    in any order); different rows collide with odds of about 2^-64."""
+    weights = torch.randint(1, 2 ** 31, (rows.shape[1],), generator=torch.Generator().manual_seed(0))
+    return (rows.float().contiguous().view(torch.int32).long() * weights.to(rows.device)).sum(dim=1)
+
+
+def _floored(spread: torch.Tensor) -> torch.Tensor:
+    """Per-channel spreads, none narrower than a tenth of the median one."""
+    return spread.clamp_min(0.1 * float(spread.median().clamp_min(1e-12)))
+
+
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """Half the distance between the 16th and 84th percentiles (one standard deviation for a
+    normal sample, less swayed by one odd part), never zero."""
+    lo, hi = torch.quantile(values.double(), torch.tensor([0.1587, 0.8413], dtype=torch.float64)).float()
+    return ((hi - lo) / 2).clamp_min(1e-6 * float(values.abs().median()) + 1e-12)

@@ -45,3 +45,12 @@ def channel_context(feature: torch.Tensor, scale: torch.Tensor, temperature: flo
     """
     z = context_input(feature) * (temperature / scale).view(1, -1, 1, 1)
     return attention(z)
+
+
+def context_descriptor(feature: torch.Tensor, scale: torch.Tensor, temperature: float, *,
+                       attention=channel_self_attention) -> torch.Tensor:
+    """[B, C]: the channel context averaged over the image, what the whole part holds in one
+    vector. Averaging keeps how much of each channel the image holds (two nuts or none, one
+    part more or fewer), which no single patch's context shows as clearly; it does not depend on
+    where the part lies or how it is turned."""
+    return channel_context(feature, scale, temperature, attention=attention).mean(dim=(2, 3))

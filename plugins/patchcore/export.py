@@ -8,7 +8,7 @@ from torch import nn
 from pyanom.anomaly_map import upsample_scores
 from pyanom.export.graph import DEFAULT_KNN_CHUNK, nearest_neighbour
 from pyanom.ops import knn_scores, reference
-from pyanom_plugins.patchcore.embedding import channel_context, patch_embedding
+from pyanom_plugins.patchcore.embedding import context_descriptor, patch_embedding
 
 
 class PatchCoreGraph(nn.Module):
@@ -68,11 +68,11 @@ def channel_self_attention(x: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelAttentionGraph(PatchCoreGraph):
-    """SA-PatchCore with attention="channel": PatchCore's graph plus the context of the
-    attention layer (channel_self_attention above, with the fitted per-channel scale and the
-    temperature), its chunked 1-NN distance to the context memory (a constant), and image
-    score = PatchCore's + attention_weight x the largest context distance beyond the fitted
-    context_floor.
+    """SA-PatchCore with attention="channel": PatchCore's graph plus the part's context (the
+    attention layer's map through channel_self_attention above, with the fitted per-channel scale
+    and the temperature, averaged over the image), its distance to the nearest training part's
+    context (a constant [N, C]), and image score = PatchCore's + the context penalty of
+    SAPatchCore._context_penalty, from the fitted medians and spreads.
 
     Besides the kNN tiles, the attention holds its logits, [B, C, L, L] for L positions of the
     attention layer's map (192 x 64 x 64 per image at 256 px: under the backbone's widest map).
@@ -83,20 +83,20 @@ class ChannelAttentionGraph(PatchCoreGraph):
         cfg = detector.config
         self.attention_layer = cfg.attention_layer
         self.temperature = float(cfg.attention_temperature)
-        self.attention_weight = float(cfg.attention_weight)
-        contexts = detector.context_bank.detach().float().contiguous()
+        self.weight, self.floor = float(cfg.context_weight), float(cfg.context_floor)
+        contexts = detector.context_descriptors.detach().float().contiguous()
         self.register_buffer("attention_scale", detector.attention_scale.detach().float())
-        self.register_buffer("context_bank", contexts)
+        self.register_buffer("descriptor_scale", detector.descriptor_scale.detach().float())
+        self.register_buffer("context_descriptors", contexts)
         self.register_buffer("context_sq_norms", (contexts * contexts).sum(1))
-        self.register_buffer("context_floor", detector.context_floor.detach().float().reshape(()))
+        for name in ("context_median", "context_spread", "score_spread"):
+            self.register_buffer(name, getattr(detector, name).detach().float().reshape(()))
 
     def forward(self, images: torch.Tensor):
         features = self.backbone.traceable(images)
         image_scores, maps = self.patchcore(features, images.shape[-2:])
-        context = channel_context(features[self.attention_layer], self.attention_scale, self.temperature,
-                                  attention=channel_self_attention)
-        b, c = context.shape[:2]
-        rows = context.permute(0, 2, 3, 1).reshape(-1, c)
-        dist, _ = nearest_neighbour(rows, self.context_bank, self.context_sq_norms, self.knn_chunk)
-        beyond = (dist.reshape(b, -1).amax(dim=1) - self.context_floor).clamp(min=0)
-        return image_scores + self.attention_weight * beyond, maps
+        context = context_descriptor(features[self.attention_layer], self.attention_scale, self.temperature,
+                                     attention=channel_self_attention) / self.descriptor_scale
+        dist, _ = nearest_neighbour(context, self.context_descriptors, self.context_sq_norms, self.knn_chunk)
+        excess = ((dist - self.context_median) / self.context_spread - self.floor).clamp(min=0)
+        return image_scores + self.weight * self.score_spread * excess, maps

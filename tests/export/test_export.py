@@ -149,8 +149,8 @@ def assert_largest_tensor_bounded(det, folder: Path, knn_chunk: int):
     assert s == width  # the bound below is written for a square input
     patches = (s // 8) ** 2
     bound = max(96 * (s // 2 + 1) ** 2, patches * knn_chunk)
-    if getattr(det, "context_bank", None) is not None:
-        bound = max(bound, det.context_bank.shape[1] * ((s // 32) ** 2) ** 2)
+    if getattr(det, "context_descriptors", None) is not None:
+        bound = max(bound, det.context_descriptors.shape[1] * ((s // 32) ** 2) ** 2)
     assert patches * len(det.memory_bank) > bound
     batch = 2
     sizes = largest_intermediates(folder / "model.onnx", np.random.default_rng(0).random(
@@ -174,8 +174,8 @@ def test_patchcore_graph_size_and_largest_tensor(patchcore_export, files):
 
 
 def test_sa_patchcore_graph_largest_tensor(bottle, tmp_path):
-    """Both memories whole (coreset ratios 1): neither search may hold a (rows x bank) matrix."""
-    det = fit("sa_patchcore", bottle, coreset_ratio=1.0, context_coreset_ratio=1.0)
+    """PatchCore's memory whole (coreset ratio 1): no search may hold a (rows x bank) matrix."""
+    det = fit("sa_patchcore", bottle, coreset_ratio=1.0)
     assert_largest_tensor_bounded(det, export(det, tmp_path / "onnx", knn_chunk=256), 256)
 
 
@@ -271,7 +271,7 @@ class _RescoredPatchCore(pyanom.create("patchcore").__class__):
 @pytest.mark.parametrize("make, message", [
     (lambda: _RescoredPatchCore(image_size=PATCHCORE_SIZE),
      r"rescored \(.*_RescoredPatchCore\) cannot be exported: it changes PatchCore's scoring"),
-    (lambda: pyanom.create("sa_patchcore", image_size=PATCHCORE_SIZE, tile_size=64),
+    (lambda: pyanom.create("sa_patchcore", image_size=PATCHCORE_SIZE, tile_size=64, attention="spatial"),
      r"sa_patchcore: a tiling model \(tile_size=64\) cannot be exported yet"),
     (lambda: pyanom.create("patchcore", image_size=PATCHCORE_SIZE, precision="bfloat16"),
      r"patchcore: a model fitted with precision='bfloat16' cannot be exported; .* fit it with precision='float32'"),
