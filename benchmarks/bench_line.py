@@ -1,6 +1,8 @@
 """From file to verdict against the model alone, in one run on one machine (issue 31's line benchmark).
 
-    OMP_NUM_THREADS=2 python3 -P benchmarks/bench_line.py [--rounds 3] [--json benchmarks/results/line.json]
+    OMP_NUM_THREADS=2 python3 -P benchmarks/bench_line.py [--rounds 3] [--json F]
+
+The figures go to benchmarks/results/line.json (or F), one entry per case (`benchmarks/results.py`).
 
 PatchCore on MVTec bottle (Lite0, 256 px, coreset 1%), the 83 test images (900 x 900 PNG):
 - model alone: tensors in, scores out, at batch 32 and batch 1 (ms per image);
@@ -137,6 +139,27 @@ def serve(model: Path, paths: list[Path], clients: int, seconds: float) -> dict:
             "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
 
 
+ABOUT = ("PatchCore on MVTec AD bottle (Lite0, 256 px, coreset 1%), the 83 test images: the model alone "
+         "against file to verdict (pyanom predict, pyanom serve), ms per image and ratios in one run")
+
+
+def entries_of(result: dict) -> list[dict]:
+    """The run's figures as results-file entries, one per case."""
+    b32 = result["model_alone"]["batch32_ms"]
+    entries = [{"case": "model alone, batch 32", "ms_per_image": b32},
+               {"case": "model alone, batch 1", "ms_per_image": result["model_alone"]["batch1_ms"],
+                "vs_batch32": result["model_alone"]["batch1_ms"] / b32}]
+    for kind in ("all", "none"):
+        ms = result[f"predict_heatmaps_{kind}_ms"]
+        entries.append({"case": f"pyanom predict, --write-heatmaps {kind}", "ms_per_image": ms, "vs_model_b32": ms / b32})
+    for part, figures in result["parts"].items():
+        entries.append({"case": f"part: {part}", **figures})
+    for s in result["serve"]:
+        entries.append({"case": f"pyanom serve, {s['clients']} clients", **{k: v for k, v in s.items() if k != "clients"},
+                        "vs_model_b32_throughput": s["images_per_s"] * b32 / 1000})
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -178,11 +201,11 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import record
+
+    print("wrote", record("line", ABOUT, entries_of(result), path=args.json))
 
 
 if __name__ == "__main__":
