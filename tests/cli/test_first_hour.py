@@ -310,7 +310,13 @@ def test_ctrl_c_of_a_fit_without_checkpoint_says_how_to_have_one(tmp_path, data)
     assert training.wait(300), seen.decode()
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        reader.join(timeout=10)
+        pytest.fail("the fit did not stop within 120 s of Ctrl-C; the end of what it printed:\n"
+                    + seen.decode(errors="replace")[-3000:])
     reader.join(timeout=10)
     err = seen.decode()
     assert proc.returncode == 130, err
