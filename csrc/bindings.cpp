@@ -68,6 +68,10 @@ PYBIND11_MODULE(PYANOM_MODULE, m) {
 #endif
     return info;
   });
+  // The kernels' OpenMP threads for the calling thread. pyanom.ops sets torch's intra-op count
+  // before each CPU call: a wheel bundles its own OpenMP runtime, which torch.set_num_threads
+  // does not reach (a source build shares torch's, where this changes nothing).
+  m.def("set_num_threads", [](int n) { omp_set_num_threads(n > 0 ? n : 1); }, py::arg("n"));
 #ifdef PYANOM_CPU_LEVELS
   m.attr("cpu_levels_built") = std::string(PYANOM_CPU_LEVELS);
   m.def("cpu_supported_levels", &cpu_supported_levels,

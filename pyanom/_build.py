@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import types
 from typing import Any
 
@@ -84,6 +85,8 @@ def build_info() -> dict[str, Any]:
     if _KERNELS is None:
         info["native_error"] = _IMPORT_ERROR
         return info
+    if "torch" in sys.modules:  # the count the kernels would use now: torch's (pyanom.ops sets it)
+        _KERNELS.set_num_threads(sys.modules["torch"].get_num_threads())
     info.update(_KERNELS.build_info())
     info["cpu_isa_built"] = _KERNELS.cpu_levels_built.split(",")
     info["cpu_isa_supported"] = _SUPPORTED

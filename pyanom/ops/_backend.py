@@ -122,6 +122,8 @@ def workspace(kernel: str, like: torch.Tensor, **sizes) -> torch.Tensor:
     """The uint8 scratch _C.<kernel>_workspace_bytes_<device>(**sizes, dtype) asks for, on like's
     device (allocated by torch's caching allocator: kernels allocate nothing)."""
     size = _bound(f"{kernel}_workspace_bytes_{like.device.type}", sizes, ("dtype",))
+    if like.device.type == "cpu":
+        _follow_torch_threads()
     with _current(like.device):
         nbytes = size(*sizes.values(), dtype_name(like))
     return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
@@ -136,7 +138,13 @@ def launch(kernel: str, like: torch.Tensor, **args) -> None:
             fn = _bound(f"{kernel}_cuda", args, ("dtype", "stream"))
             fn(*args.values(), dtype_name(like), torch.cuda.current_stream(device).cuda_stream)
         else:
+            _follow_torch_threads()
             _bound(f"{kernel}_cpu", args, ("dtype",))(*args.values(), dtype_name(like))
+
+
+def _follow_torch_threads() -> None:
+    """The CPU kernels use torch's intra-op thread count (torch.set_num_threads), on this thread."""
+    native_module().set_num_threads(torch.get_num_threads())
 
 
 @dataclass
