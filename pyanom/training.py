@@ -305,20 +305,29 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C (SIGINT) asks training to stop after the current epoch, once the
-    checkpoint is written; a second one stops at once. Only in the main thread, and only while
-    there is a checkpoint to write."""
+    """Ctrl-C (SIGINT) during training sets a flag that the loop reads: with a checkpoint to write,
+    training stops after the current epoch, once it is written; without one, after the current
+    step. A second Ctrl-C stops at once. The loop raising at a known point, rather than Python at
+    any bytecode, keeps the interrupt from landing where it is swallowed (a finalizer's
+    "Exception ignored"). Only in the main thread."""
 
-    def __init__(self, active: bool):
-        self.active = active and threading.current_thread() is threading.main_thread()
+    def __init__(self, keep: bool):
+        self.active = threading.current_thread() is threading.main_thread()
+        self.keep = keep
         self.requested = False
 
     def _handle(self, signum, frame):
         if self.requested:
             signal.default_int_handler(signum, frame)
         self.requested = True
-        print("\npyanom: stopping after this epoch to write the checkpoint (Ctrl-C again stops at once)",
-              file=sys.stderr, flush=True)
+        if self.keep:
+            print("\npyanom: stopping after this epoch to write the checkpoint (Ctrl-C again stops at once)",
+                  file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        """After each step: stop now when asked and there is nothing to write."""
+        if self.requested and not self.keep:
+            raise KeyboardInterrupt
 
     def __enter__(self):
         if self.active:
@@ -365,6 +374,7 @@ class Trainer:
             with _StopOnInterrupt(self.checkpoint is not None) as interrupt, deterministic_kernels():
                 for s in stages:
                     self._run_stage(s, stages, done, history, interrupt)
+                    interrupt.check()
         except KeyboardInterrupt as stop:
             if self.checkpoint is not None or isinstance(stop, TrainingInterrupted):
                 raise
@@ -411,6 +421,7 @@ class Trainer:
                     sums[name][0] += value
                     sums[name][1] += 1
                 at["steps"] += 1
+                interrupt.check()
             means = {name: total / count if count else None for name, (total, count) in sums.items()}
             for name, value in means.items():
                 history[name].append(value)
@@ -424,6 +435,7 @@ class Trainer:
                 self._finish(s, at)
             if self.checkpoint is not None and (at["epochs"] % self.every == 0 or last or interrupt.requested):
                 self._save(stages, done, history)
+            interrupt.check()
             if interrupt.requested:
                 raise TrainingInterrupted(f"training stopped after {s.name} epoch {at['epochs']} of {s.epochs}; "
                                           f"checkpoint written to {self.checkpoint}: run the same command "
