@@ -17,11 +17,9 @@ PatchCore on MVTec bottle (Lite0, 256 px, coreset 1%), the 83 test images (900 x
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -184,9 +182,7 @@ def main() -> None:
         alone = model_alone(det, batch, args.rounds)
         say("pyanom predict, then the parts, then pyanom serve")
         result = {
-            "command": "OMP_NUM_THREADS=2 python3 -P benchmarks/bench_line.py" + (f" --rounds {args.rounds}"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}",
-            "date": datetime.date.today().isoformat(), "images": len(paths), "model_alone": alone,
+            "torch_threads": threads, "images": len(paths), "model_alone": alone,
             "predict_heatmaps_all_ms": predict_folder(model, folder, work / "all", "all", args.rounds),
             "predict_heatmaps_none_ms": predict_folder(model, folder, work / "none", "none", args.rounds),
             "parts": parts(det, paths, args.rounds),

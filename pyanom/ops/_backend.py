@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,9 +143,15 @@ def launch(kernel: str, like: torch.Tensor, **args) -> None:
             _bound(f"{kernel}_cpu", args, ("dtype",))(*args.values(), dtype_name(like))
 
 
+_THREADS = threading.local()  # the count last given to the kernels' OpenMP runtime, per thread
+
+
 def _follow_torch_threads() -> None:
     """The CPU kernels use torch's intra-op thread count (torch.set_num_threads), on this thread."""
-    native_module().set_num_threads(torch.get_num_threads())
+    threads = torch.get_num_threads()
+    if getattr(_THREADS, "count", None) != threads:
+        native_module().set_num_threads(threads)
+        _THREADS.count = threads
 
 
 @dataclass
